@@ -1,0 +1,1 @@
+"""PFP engine: memory-compressed autoregressive video generation (pure PyTorch, no ComfyUI import)."""

@@ -1,0 +1,79 @@
+"""Finished chunks on disk, so an interrupted run resumes instead of restarting.
+
+One safetensors file per chunk (latents in fp32, frames as uint8), written to a temporary name and renamed, so a
+file under its final name is always whole. A manifest holds the run's fingerprint: a folder only resumes the run
+that started it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class ChunkStoreError(ValueError):
+    pass
+
+
+class ChunkStore:
+    def __init__(self, folder: str | Path, fingerprint: dict):
+        self.folder = Path(folder)
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ChunkStoreError(f"out: cannot create {self.folder} ({error.strerror}); choose a writable folder") from None
+        self._check_manifest()
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / "manifest.json"
+
+    def _check_manifest(self) -> None:
+        if self.manifest_path.exists():
+            saved = json.loads(self.manifest_path.read_text())
+            if saved != self.fingerprint:
+                changed = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+                raise ChunkStoreError(f"out: {self.folder} holds chunks of a different run (differs in "
+                                      f"{', '.join(changed)}); use a new folder or delete it to start over")
+            return
+        self._atomic_write(self.manifest_path, json.dumps(self.fingerprint, indent=1).encode())
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise ChunkStoreError(f"out: cannot write {path.name} in {self.folder} ({error.strerror}); "
+                                  "free space or choose another folder; finished chunks are kept") from None
+
+    def chunk_path(self, index: int) -> Path:
+        return self.folder / f"chunk_{index:04d}.safetensors"
+
+    def has(self, index: int) -> bool:
+        return self.chunk_path(index).exists()
+
+    def save(self, index: int, latents: torch.Tensor, frames: torch.Tensor) -> None:
+        """latents [C, t, h, w] float, frames [T, H, W, 3] uint8."""
+        tmp = self.chunk_path(index).with_name(self.chunk_path(index).name + ".part")
+        try:
+            save_file({"latents": latents.float().contiguous().cpu(), "frames": frames.contiguous().cpu()}, str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.chunk_path(index))
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise ChunkStoreError(f"out: cannot write chunk {index} in {self.folder} ({error.strerror}); "
+                                  "free space or choose another folder; finished chunks are kept") from None
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = load_file(str(self.chunk_path(index)))
+        return tensors["latents"], tensors["frames"]

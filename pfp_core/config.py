@@ -1,0 +1,165 @@
+"""Model configurations: the Wan DiT sizes, the memory-encoder variants and the rate notation.
+
+A rate "4x4x2" means height/4, width/4, time/2 on the DiT's token grid (after the VAE and the DiT's 1x2x2
+patch): 20 s of 480x832 at 16 fps is 81 latent frames x 30 x 52 tokens = 126k tokens, /32 = ~4k memory tokens,
+the paper's "~5k".
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Compression factors on the DiT token grid."""
+
+    h: int
+    w: int
+    t: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Rate":
+        parts = str(text).lower().split("x")
+        if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"rate: '{text}' is not HxWxT with positive whole numbers, e.g. 4x4x2")
+        h, w, t = (int(p) for p in parts)
+        return cls(h=h, w=w, t=t)
+
+    def __str__(self) -> str:
+        return f"{self.h}x{self.w}x{self.t}"
+
+    @property
+    def tokens_per_memory_token(self) -> int:
+        return self.h * self.w * self.t
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """How a VAE maps pixels to latents: the engine only needs the factors."""
+
+    name: str
+    latent_channels: int
+    spatial_factor: int
+    temporal_factor: int
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Wan 2.1 / 2.2 layout. Field names follow the original Wan release."""
+
+    name: str
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    in_dim: int = 16
+    out_dim: int = 16
+    freq_dim: int = 256
+    text_dim: int = 4096
+    text_len: int = 512
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    model_type: str = "t2v"  # "i2v" adds the CLIP image projection and image cross-attention
+    vae: str = "wan2.1"
+    fps: int = 16
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def comfy_detectable(self) -> bool:
+        """ComfyUI's stock loader infers heads = dim/128, freq_dim 256 and text_dim 4096."""
+        return self.dim % 128 == 0 and self.num_heads == self.dim // 128 and self.freq_dim == 256 and self.text_dim == 4096
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DiTConfig":
+        raw = json.loads(text)
+        raw["patch_size"] = tuple(raw["patch_size"])
+        return cls(**raw)
+
+
+ENCODER_VARIANTS = ("proposed", "only_lr", "without_lr", "large_patchifier")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Memory encoder phi. `variant` selects the Table 1 ablations of one architecture."""
+
+    dim: int  # output width: the DiT's inner width
+    in_channels: int = 16  # VAE latent channels
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # the DiT's patch: rates count DiT tokens
+    rate: str = "4x4x2"
+    variant: str = "proposed"
+    width: int = 32  # HR branch channels
+    hr_blocks: int = 1  # residual 3D conv blocks at full latent resolution
+    attn_layers: int = 1
+    attn_heads: int = 4
+    lr_downsample: int = 2  # the LR branch sees latents pooled by this factor in space
+    hr_gate_init: float = 0.1  # not 0: a zero gate barely opens in short trainings
+    base_model: str = "tiny"
+    fps: int = 8
+
+    def __post_init__(self) -> None:
+        if self.variant not in ENCODER_VARIANTS:
+            raise ValueError(f"variant: '{self.variant}' is unknown; use one of {', '.join(ENCODER_VARIANTS)}")
+        Rate.parse(self.rate)
+
+    @property
+    def parsed_rate(self) -> Rate:
+        return Rate.parse(self.rate)
+
+    @property
+    def latent_stride(self) -> tuple[int, int, int]:
+        """(t, h, w) stride in latent cells from history latents to memory tokens."""
+        r = self.parsed_rate
+        return (r.t * self.patch_size[0], r.h * self.patch_size[1], r.w * self.patch_size[2])
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EncoderConfig":
+        raw = json.loads(text)
+        raw["patch_size"] = tuple(raw["patch_size"])
+        return cls(**raw)
+
+    def replace(self, **changes) -> "EncoderConfig":
+        return dataclasses.replace(self, **changes)
+
+
+VAES = {
+    "wan2.1": VAEConfig("wan2.1", latent_channels=16, spatial_factor=8, temporal_factor=4),
+    "wan2.2": VAEConfig("wan2.2", latent_channels=48, spatial_factor=16, temporal_factor=4),
+    "space_to_depth": VAEConfig("space_to_depth", latent_channels=16, spatial_factor=2, temporal_factor=1),
+}
+
+# `tiny` meets ComfyUI's detection rule (dim multiple of 128, heads = dim/128, freq 256, text 4096), so the
+# same file loads with ComfyUI's stock UNET loader.
+DIT_CONFIGS = {
+    "tiny": DiTConfig("tiny", dim=128, ffn_dim=256, num_heads=1, num_layers=4, text_len=32, vae="space_to_depth", fps=8),
+    "wan2.1-1.3b": DiTConfig("wan2.1-1.3b", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "wan2.1-14b": DiTConfig("wan2.1-14b", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    "wan2.2-5b": DiTConfig("wan2.2-5b", dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48,
+                           vae="wan2.2", fps=24),
+}
+
+# Encoder widths for the real sizes: the HR branch is a small fraction of the DiT (the paper calls it lightweight).
+ENCODER_WIDTHS = {"tiny": 32, "wan2.1-1.3b": 256, "wan2.1-14b": 384, "wan2.2-5b": 320}
+
+
+def dit_config(name: str) -> DiTConfig:
+    if name not in DIT_CONFIGS:
+        raise ValueError(f"model: '{name}' is unknown; use one of {', '.join(DIT_CONFIGS)}")
+    return DIT_CONFIGS[name]
+
+
+def encoder_config_for(model: str, rate: str = "4x4x2", variant: str = "proposed") -> EncoderConfig:
+    dit = dit_config(model)
+    return EncoderConfig(dim=dit.dim, in_channels=dit.in_dim, patch_size=dit.patch_size, rate=rate, variant=variant,
+                         width=ENCODER_WIDTHS[model], attn_heads=max(1, ENCODER_WIDTHS[model] // 32),
+                         base_model=model, fps=dit.fps)

@@ -1,0 +1,193 @@
+"""Wan 2.1 / 2.2 diffusion transformer with the parameter names of the original Wan release.
+
+The modules below only hold parameters; the math is in the flat functions after them, which take any module
+tree with Wan's names. That is what lets ComfyUI's own WanModel (comfy.ops layers, fp8, offloading) run the exact
+same forward, memory injection included.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import attention
+from .config import DiTConfig
+from .memory import Memory, drop_memory, join_memory
+from .rope import apply_rope, grid_positions, rope_angles
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight.to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+
+class CrossAttention(SelfAttention):
+    def __init__(self, dim: int, num_heads: int, eps: float, image_input: bool):
+        super().__init__(dim, num_heads, eps)
+        if image_input:  # Wan i2v: a second key/value set for CLIP image tokens
+            self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
+            self.norm_k_img = RMSNorm(dim, eps)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = nn.LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm3 = nn.LayerNorm(dim, cfg.eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(dim, cfg.num_heads, cfg.eps, image_input=cfg.model_type == "i2v")
+        self.norm2 = nn.LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+
+class MLPProj(nn.Module):
+    def __init__(self, dim: int, clip_dim: int = 1280):
+        super().__init__()
+        self.proj = nn.Sequential(nn.LayerNorm(clip_dim), nn.Linear(clip_dim, clip_dim), nn.GELU(),
+                                  nn.Linear(clip_dim, dim), nn.LayerNorm(dim))
+
+
+class WanDiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.config = cfg
+        self.patch_size = cfg.patch_size
+        self.freq_dim = cfg.freq_dim
+        self.num_heads = cfg.num_heads
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        if cfg.model_type == "i2v":
+            self.img_emb = MLPProj(cfg.dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Wan's initialisation: xavier linears, small embeddings, a zero head so training starts at v = 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        for module in (*self.text_embedding, *self.time_embedding):
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                memory: Memory | None = None, frame_times: torch.Tensor | None = None,
+                clip_fea: torch.Tensor | None = None) -> torch.Tensor:
+        return wan_forward(self, latents, timestep, context, memory, frame_times, clip_fea)
+
+
+def sinusoidal_embedding(dim: int, timestep: torch.Tensor) -> torch.Tensor:
+    half = dim // 2
+    angles = torch.outer(timestep.float(), torch.pow(10000, -torch.arange(half, device=timestep.device).float() / half))
+    return torch.cat((angles.cos(), angles.sin()), dim=1)
+
+
+def _param(p: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return p.to(device=like.device, dtype=like.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def self_attention(attn: nn.Module, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    q = apply_rope(attn.norm_q(attn.q(x)), angles, attn.num_heads)
+    k = apply_rope(attn.norm_k(attn.k(x)), angles, attn.num_heads)
+    return attn.o(attention(q, k, attn.v(x), attn.num_heads))
+
+
+def cross_attention(attn: nn.Module, x: torch.Tensor, context: torch.Tensor, image_tokens: int) -> torch.Tensor:
+    q = attn.norm_q(attn.q(x))
+    image_context, text_context = context[:, :image_tokens], context[:, image_tokens:]
+    out = attention(q, attn.norm_k(attn.k(text_context)), attn.v(text_context), attn.num_heads)
+    if image_tokens:
+        out = out + attention(q, attn.norm_k_img(attn.k_img(image_context)), attn.v_img(image_context), attn.num_heads)
+    return attn.o(out)
+
+
+def block_forward(block: nn.Module, x: torch.Tensor, time_mod: torch.Tensor, angles: torch.Tensor,
+                  context: torch.Tensor, image_tokens: int) -> torch.Tensor:
+    """One Wan block. time_mod [B, 6, dim]: shift/scale/gate for attention, then for the FFN."""
+    shift1, scale1, gate1, shift2, scale2, gate2 = (_param(block.modulation, x) + time_mod).chunk(6, dim=1)
+    x = x + gate1 * self_attention(block.self_attn, modulate(block.norm1(x), shift1, scale1), angles)
+    x = x + cross_attention(block.cross_attn, block.norm3(x), context, image_tokens)
+    return x + gate2 * block.ffn(modulate(block.norm2(x), shift2, scale2))
+
+
+def head_forward(head: nn.Module, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+    shift, scale = (_param(head.modulation, x) + time_emb[:, None]).chunk(2, dim=1)
+    return head.head(modulate(head.norm(x), shift, scale))
+
+
+def unpatchify(x: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int]) -> torch.Tensor:
+    """[B, t*h*w, C*pt*ph*pw] -> [B, C, t*pt, h*ph, w*pw] (Wan's channel-last patch order)."""
+    b = x.shape[0]
+    (t, h, w), (pt, ph, pw) = grid, patch
+    x = x.view(b, t, h, w, pt, ph, pw, -1)
+    return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, -1, t * pt, h * ph, w * pw)
+
+
+def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                memory: Memory | None = None, frame_times: torch.Tensor | None = None,
+                clip_fea: torch.Tensor | None = None) -> torch.Tensor:
+    """Velocity prediction for latents [B, C, T, H, W] at timestep [B] (0..1000) with text context [B, L, text_dim].
+
+    frame_times [T] or [B, T]: the time position (in latent frames) of each input frame; default 0..T-1.
+    Retrieval puts the noised frames at their place inside the history; generation puts a chunk right after it.
+    """
+    patch = tuple(model.patch_size)
+    x = model.patch_embedding(latents.float()).to(latents.dtype)
+    grid = tuple(x.shape[2:])
+    x = x.flatten(2).transpose(1, 2)
+    if frame_times is None:
+        frame_times = torch.arange(grid[0], device=x.device)
+    positions = grid_positions(frame_times.to(x.device).expand(x.shape[0], -1), grid[1], grid[2])
+    video_tokens = x.shape[1]
+    x, positions = join_memory(x, positions, memory, patch)
+    angles = rope_angles(positions, x.shape[-1] // model.num_heads)
+
+    time_emb = model.time_embedding(sinusoidal_embedding(model.freq_dim, timestep).to(x.dtype))
+    time_mod = model.time_projection(time_emb).unflatten(1, (6, -1))
+    context = model.text_embedding(context.to(x.dtype))
+    image_tokens = 0
+    if clip_fea is not None and getattr(model, "img_emb", None) is not None:
+        context = torch.cat((model.img_emb(clip_fea.to(x.dtype)), context), dim=1)
+        image_tokens = clip_fea.shape[1]
+
+    for block in model.blocks:
+        x = block_forward(block, x, time_mod, angles, context, image_tokens)
+    x = head_forward(model.head, drop_memory(x, video_tokens), time_emb)
+    return unpatchify(x, grid, patch)

@@ -1,0 +1,142 @@
+"""Memory encoder phi: compresses history latents into memory tokens in the DiT's inner width.
+
+Two branches (paper, Fig. 3). The low-resolution (LR) branch pools the latents and patchifies them into one token
+per memory cell: global structure. The high-resolution (HR) branch runs 3D convolutions + SiLU at full latent
+resolution, downsamples with a strided 3D convolution and refines with attention; its output is added to the LR
+tokens as residual enhancing vectors through a learned gate. The Table 1 ablations are variants of this one
+module: `only_lr`, `without_lr`, and `large_patchifier` (FramePack-like: one big patch embedding).
+
+Every memory token depends only on the frames of its own temporal slab (rate t latent frames): attention runs
+within a slab. So appending a chunk only needs the new slabs encoded (pfp_core.generator keeps them), and a
+memory token means the same thing wherever the history window starts.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from .attention import attention
+from .config import EncoderConfig
+from .memory import Memory
+from .rope import apply_rope, rope_angles
+
+
+class ResBlock3d(nn.Module):
+    """SiLU -> conv -> SiLU -> conv, residual. Kernels are 1x3x3: time is mixed by the slab convolution."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
+        self.conv2 = nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class SlabAttention(nn.Module):
+    """Pre-norm attention + MLP over the memory tokens of one temporal slab, with 2D rotary positions."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.SiLU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        q, k = apply_rope(q, angles, self.heads), apply_rope(k, angles, self.heads)
+        x = x + self.proj(attention(q, k, v, self.heads))
+        return x + self.mlp(self.norm2(x))
+
+
+class LowResBranch(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        st, sh, sw = cfg.latent_stride
+        self.pool = math.gcd(cfg.lr_downsample, sh, sw)  # pooling must divide the memory cell
+        self.patchify = nn.Conv3d(cfg.in_channels, cfg.dim, (st, sh // self.pool, sw // self.pool),
+                                  stride=(st, sh // self.pool, sw // self.pool))
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        pooled = F.avg_pool3d(latents, (1, self.pool, self.pool))
+        return self.patchify(pooled)
+
+
+class HighResBranch(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        stride = cfg.latent_stride
+        self.stem = nn.Conv3d(cfg.in_channels, cfg.width, (1, 3, 3), padding=(0, 1, 1))
+        self.blocks = nn.Sequential(*(ResBlock3d(cfg.width) for _ in range(cfg.hr_blocks)))
+        self.down = nn.Conv3d(cfg.width, cfg.width, stride, stride=stride)
+        self.attn = nn.ModuleList(SlabAttention(cfg.width, cfg.attn_heads) for _ in range(cfg.attn_layers))
+        self.out = nn.Linear(cfg.width, cfg.dim)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        x = self.down(F.silu(self.blocks(self.stem(latents))))
+        b, _, t, h, w = x.shape
+        slabs = rearrange(x, "b c t h w -> (b t) (h w) c")
+        angles = slab_angles(h, w, slabs.shape[-1] // self.attn[0].heads if self.attn else 2, x.device)
+        for layer in self.attn:
+            slabs = layer(slabs, angles)
+        return rearrange(self.out(slabs), "(b t) (h w) c -> b c t h w", b=b, t=t, h=h)
+
+
+def slab_angles(height: int, width: int, head_dim: int, device: torch.device) -> torch.Tensor:
+    hh, ww = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+    positions = torch.stack((torch.zeros_like(hh), hh, ww), dim=-1).reshape(-1, 3).float()
+    return rope_angles(positions, head_dim)
+
+
+class MemoryEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.config = cfg
+        if cfg.variant == "large_patchifier":
+            self.patchifier = nn.Conv3d(cfg.in_channels, cfg.dim, cfg.latent_stride, stride=cfg.latent_stride)
+        if cfg.variant in ("proposed", "only_lr"):
+            self.lr = LowResBranch(cfg)
+        if cfg.variant in ("proposed", "without_lr"):
+            self.hr = HighResBranch(cfg)
+        if cfg.variant == "proposed":
+            self.hr_gate = nn.Parameter(torch.full((cfg.dim,), cfg.hr_gate_init))
+
+    def forward(self, history_latents: torch.Tensor) -> torch.Tensor:
+        """history latents [B, C, T, H, W] -> memory grid [B, dim, T/st, H/sh, W/sw] (padded up to whole cells)."""
+        latents = pad_to_cells(history_latents, self.config.latent_stride)
+        variant = self.config.variant
+        if variant == "large_patchifier":
+            return self.patchifier(latents)
+        if variant == "only_lr":
+            return self.lr(latents)
+        if variant == "without_lr":
+            return self.hr(latents)
+        return self.lr(latents) + self.hr_gate[:, None, None, None] * self.hr(latents)
+
+    def encode(self, history_latents: torch.Tensor, fps: float, time_factor: int = 1) -> Memory:
+        """Memory tokens with the positions they summarise. `time_factor`: video frames per latent frame."""
+        grid = self(history_latents)
+        latent_frames = history_latents.shape[2]
+        return Memory(tokens=grid.flatten(2).transpose(1, 2), positions=cell_centres(grid.shape[2:], self.config.latent_stride,
+                      grid.device), latent_frames=latent_frames, seconds=latent_frames * time_factor / fps)
+
+
+def pad_to_cells(latents: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tensor:
+    """Replicate-pad T, H, W at the end up to multiples of the memory cell."""
+    pads = [(-size) % s for size, s in zip(latents.shape[2:], stride)]
+    if not any(pads):
+        return latents
+    return F.pad(latents, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+
+
+def cell_centres(grid: tuple[int, int, int], stride: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """Centre (t, h, w) of each memory cell in latent units, in the token order of flatten(2)."""
+    axes = [torch.arange(n, device=device, dtype=torch.float32) * s + (s - 1) / 2 for n, s in zip(grid, stride)]
+    t, h, w = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack((t, h, w), dim=-1).reshape(-1, 3)

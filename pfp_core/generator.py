@@ -1,0 +1,148 @@
+"""The autoregressive loop: compress history -> sample the next chunk from memory -> decode -> append -> repeat.
+
+The loop knows nothing of models or files: it is given a compressor (history latents -> Memory), a chunk sampler
+(ComfyUI supplies its own), a VAE and optionally a ChunkStore. Video frames [k*C, (k+1)*C) form chunk k, which
+lines chunks up with the storyboard plan; frames given as the start (an image or a clip) are never regenerated,
+so N chunks give exactly the promised frames with nothing duplicated or dropped at a seam.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from .chunk_store import ChunkStore
+from .memory import Memory
+from .vae import VAE
+
+
+class GenerationCancelled(RuntimeError):
+    """Raised between sampling steps when the caller cancels; finished chunks stay on disk."""
+
+
+class ChunkSampler(Protocol):
+    def __call__(self, memory: Memory, frame_times: torch.Tensor, prompt: str, latent_shape: tuple[int, ...],
+                 seed: int, on_step: Callable[[int, int, torch.Tensor], None]) -> torch.Tensor: ...
+
+
+Compressor = Callable[[torch.Tensor], Memory]  # window latents [1, C, T, h, w] -> Memory
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    index: int
+    first_frame: int  # first frame generated in this chunk
+    end_frame: int  # one past the last frame of the chunk
+
+    @property
+    def frames(self) -> int:
+        return self.end_frame - self.first_frame
+
+
+def chunk_spans(total_frames: int, start_frames: int, chunk_frames: int) -> list[ChunkSpan]:
+    """Chunk k covers video frames [k*C, (k+1)*C), minus the frames the start already provides."""
+    if chunk_frames <= 0:
+        raise ValueError(f"chunk_frames: must be positive, got {chunk_frames}")
+    if total_frames <= start_frames:
+        raise ValueError(f"seconds: the video ({total_frames} frames) must be longer than the start "
+                         f"({start_frames} frames); ask for more seconds")
+    count = -(-total_frames // chunk_frames)
+    spans = [ChunkSpan(k, max(k * chunk_frames, start_frames), min((k + 1) * chunk_frames, total_frames))
+             for k in range(count)]
+    return [span for span in spans if span.frames > 0]
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """Each chunk's noise depends only on (seed, chunk), so a resumed run draws the same noise."""
+    return (seed * 1_000_003 + index) % (2**63)
+
+
+@dataclass
+class Callbacks:
+    on_progress: Callable[[int, int], None] = lambda done, total: None  # steps over the whole run
+    on_preview: Callable[[int, torch.Tensor], None] = lambda chunk, pixels: None  # x0 estimate, pixels
+    on_chunk: Callable[[int, torch.Tensor], None] = lambda chunk, frames: None  # finished chunk, uint8 frames
+    should_cancel: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class GenerationRequest:
+    start_pixels: torch.Tensor  # [1, 3, T0, H, W] in [-1, 1]: the start image (T0 = 1) or clip
+    prompts: list[str]  # one per chunk index (storyboard plan), covering all chunks
+    total_frames: int
+    chunk_frames: int
+    window_frames: int  # history window in video frames (20 s by default)
+    seed: int = 0
+    steps_per_chunk: int = 1  # for progress accounting only
+    slab_frames: int = 1  # memory cell length in latent frames: windows start on slab boundaries
+
+
+@dataclass
+class GenerationResult:
+    frames: torch.Tensor  # [T, H, W, 3] uint8, exactly total_frames
+    latents: torch.Tensor  # [1, C, t, h, w]
+    resumed_chunks: int
+    memory_tokens: list[int] = field(default_factory=list)
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[1, 3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8."""
+    return ((pixels[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).contiguous()
+
+
+def history_window(history: torch.Tensor, window_latents: int, slab: int) -> tuple[torch.Tensor, int]:
+    """The most recent `window_latents` latent frames, starting on a slab boundary; returns (window, offset)."""
+    start = max(0, history.shape[2] - window_latents)
+    start -= start % slab
+    return history[:, :, start:], start
+
+
+class AutoregressiveGenerator:
+    def __init__(self, compress: Compressor, sample_chunk: ChunkSampler, vae: VAE, store: ChunkStore | None = None,
+                 callbacks: Callbacks | None = None):
+        self.compress, self.sample_chunk, self.vae = compress, sample_chunk, vae
+        self.store, self.callbacks = store, callbacks or Callbacks()
+
+    def run(self, request: GenerationRequest) -> GenerationResult:
+        factor = self.vae.config.temporal_factor
+        history = self.vae.encode(request.start_pixels)
+        frames = [to_uint8(request.start_pixels)]
+        spans = chunk_spans(request.total_frames, request.start_pixels.shape[2], request.chunk_frames)
+        if len(request.prompts) < spans[-1].index + 1:
+            raise ValueError(f"prompts: {len(request.prompts)} given for {spans[-1].index + 1} chunks; plan the storyboard "
+                             "for the whole video")
+        total_steps, resumed, token_counts = len(spans) * request.steps_per_chunk, 0, []
+        for n, span in enumerate(spans):
+            if self.store is not None and self.store.has(span.index):
+                latents, chunk_frames = self.store.load(span.index)
+                latents = latents[None]
+                resumed += 1
+            else:
+                window, offset = history_window(history, request.window_frames // factor, request.slab_frames)
+                memory = self.compress(window)
+                token_counts.append(memory.token_count)
+                latents = self._sample(span, memory, history.shape[2] - offset, history.shape, request, n, total_steps)
+                chunk_frames = to_uint8(self.vae.decode(latents))
+                if self.store is not None:
+                    self.store.save(span.index, latents[0], chunk_frames)
+                self.callbacks.on_chunk(span.index, chunk_frames)
+            self.callbacks.on_progress((n + 1) * request.steps_per_chunk, total_steps)
+            history = torch.cat((history, latents.to(history.dtype)), dim=2)
+            frames.append(chunk_frames)
+        return GenerationResult(torch.cat(frames), history, resumed, token_counts)
+
+    def _sample(self, span: ChunkSpan, memory: Memory, first_time: int, history_shape: torch.Size,
+                request: GenerationRequest, n: int, total_steps: int) -> torch.Tensor:
+        latent_frames = span.frames // self.vae.config.temporal_factor
+        shape = (1, history_shape[1], latent_frames, *history_shape[3:])
+        frame_times = torch.arange(first_time, first_time + latent_frames)[None]
+
+        def on_step(step: int, steps: int, x0_estimate: torch.Tensor) -> None:
+            if self.callbacks.should_cancel():
+                raise GenerationCancelled(f"cancelled during chunk {span.index}; finished chunks are kept")
+            self.callbacks.on_progress(n * request.steps_per_chunk + step * request.steps_per_chunk // steps, total_steps)
+            self.callbacks.on_preview(span.index, x0_estimate)
+
+        return self.sample_chunk(memory, frame_times, request.prompts[span.index], shape,
+                                 chunk_seed(request.seed, span.index), on_step)

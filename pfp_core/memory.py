@@ -1,0 +1,61 @@
+"""Memory injection: the single place where compressed history enters a Wan DiT.
+
+Memory tokens are appended to the video tokens after patch embedding, take part in every self-attention with
+their own 3D rotary positions, and are dropped before the head. The standalone DiT and ComfyUI's WanModel both
+run `pfp_core.dit.wan_forward`, which calls these functions, so an encoder trained here works unchanged there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Memory:
+    """Compressed history phi(H).
+
+    tokens: [B, M, dim] in the DiT's inner width. positions: [M, 3] centres (t, h, w) of the regions the tokens
+    summarise, in latent cells, t counted from the first latent frame of the history window.
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    latent_frames: int  # length of the compressed history in latent frames
+    seconds: float
+
+    @property
+    def token_count(self) -> int:
+        return self.tokens.shape[1]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Memory":
+        return Memory(self.tokens.to(device=device, dtype=dtype), self.positions.to(device=device),
+                      self.latent_frames, self.seconds)
+
+    def repeat(self, batch: int) -> "Memory":
+        """The same memory for `batch` samples (e.g. the conditional and unconditional halves of CFG)."""
+        if self.tokens.shape[0] == batch:
+            return self
+        return Memory(self.tokens.expand(batch, -1, -1), self.positions, self.latent_frames, self.seconds)
+
+
+def latent_to_token_positions(positions: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
+    """Latent-cell centres -> the DiT token grid, where token j covers cells [j*p, (j+1)*p)."""
+    patch = torch.tensor(patch_size, dtype=positions.dtype, device=positions.device)
+    return (positions - (patch - 1) / 2) / patch
+
+
+def join_memory(tokens: torch.Tensor, positions: torch.Tensor, memory: Memory | None,
+                patch_size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append memory tokens ([B, M, dim]) and their token-grid positions ([B, M, 3]) to the video tokens."""
+    if memory is None or memory.token_count == 0:
+        return tokens, positions
+    batch = tokens.shape[0]
+    memory_tokens = memory.repeat(batch).tokens.to(tokens.dtype)
+    memory_positions = latent_to_token_positions(memory.positions.to(positions), patch_size).expand(batch, -1, -1)
+    return torch.cat((tokens, memory_tokens), dim=1), torch.cat((positions, memory_positions), dim=1)
+
+
+def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:
+    """Memory tokens only inform the video tokens: the head never sees them."""
+    return tokens[:, :video_token_count]

@@ -1,0 +1,294 @@
+"""Budget planner: what a history length and memory rate cost on a given Wan DiT, before anything is built.
+
+Everything here is arithmetic on the configs in `pfp_core.config`; no module is instantiated. The counts mirror
+the modules in `pfp_core.dit` and `pfp_core.encoder` one layer at a time, and the tests check them against
+`sum(p.numel())` of meta-built modules and against `torch.utils.flop_counter.FlopCounterMode`.
+
+Conventions:
+- A clip of s seconds at f fps has round(s * f) + 1 frames (Wan's 4k+1: 5 s at 16 fps = 81 frames); a causal VAE
+  with temporal factor tf turns n frames into 1 + (n - 1) // tf latent frames (20 s at 16 fps -> 81).
+- FLOPs are 2 x multiply-accumulates of matrix products and convolutions; elementwise work (norms, RoPE,
+  activations, modulation) is not counted, matching FlopCounterMode.
+- GB are 1e9 bytes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .config import DiTConfig, EncoderConfig, Rate, VAES, VAEConfig, dit_config, encoder_config_for
+
+GPU_BUDGET_GB = 12.0
+CLIP_IMAGE_DIM = 1280  # MLPProj input width of Wan i2v (CLIP ViT-H features)
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+def frame_count(seconds: float, fps: float) -> int:
+    """Video frames of a clip: Wan's round(seconds * fps) + 1."""
+    return round(seconds * fps) + 1
+
+
+def latent_frame_count(frames: int, temporal_factor: int) -> int:
+    """Frames -> latent frames of a causal VAE (the first frame is encoded alone)."""
+    return 1 + (frames - 1) // temporal_factor
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def memory_grid(latent_shape: tuple[int, int, int], stride: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(t, h, w) memory cells for history latents (T, H, W): ceil division, as `encoder.pad_to_cells` pads up."""
+    return tuple(ceil_div(size, s) for size, s in zip(latent_shape, stride))  # type: ignore[return-value]
+
+
+def memory_token_count(enc: EncoderConfig, latent_shape: tuple[int, int, int]) -> int:
+    return math.prod(memory_grid(latent_shape, enc.latent_stride))
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+
+
+def _linear(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+def _conv(n_in: int, n_out: int, kernel: tuple[int, ...]) -> int:
+    return n_in * n_out * math.prod(kernel) + n_out
+
+
+def block_param_count(cfg: DiTConfig) -> int:
+    """One Wan block: self-attn (q k v o + RMSNorm q, k), cross-attn (+ image k, v, norm for i2v), norm3, FFN,
+    modulation. norm1 / norm2 have no affine parameters."""
+    d = cfg.dim
+    self_attn = 4 * _linear(d, d) + 2 * d
+    cross_attn = self_attn + (2 * _linear(d, d) + d if cfg.model_type == "i2v" else 0)
+    ffn = _linear(d, cfg.ffn_dim) + _linear(cfg.ffn_dim, d)
+    return self_attn + cross_attn + 2 * d + ffn + 6 * d
+
+
+def dit_param_groups(cfg: DiTConfig) -> dict[str, int]:
+    """Parameters per top-level module of WanDiT; `block` is ONE of the num_layers blocks."""
+    d = cfg.dim
+    patch_out = cfg.out_dim * math.prod(cfg.patch_size)
+    groups = {
+        "patch_embedding": _conv(cfg.in_dim, d, cfg.patch_size),
+        "text_embedding": _linear(cfg.text_dim, d) + _linear(d, d),
+        "time_embedding": _linear(cfg.freq_dim, d) + _linear(d, d),
+        "time_projection": _linear(d, 6 * d),
+        "block": block_param_count(cfg),
+        "head": _linear(d, patch_out) + 2 * d,
+    }
+    if cfg.model_type == "i2v":
+        c = CLIP_IMAGE_DIM
+        groups["img_emb"] = 2 * c + _linear(c, c) + _linear(c, d) + 2 * d
+    return groups
+
+
+def dit_param_count(cfg: DiTConfig) -> int:
+    groups = dit_param_groups(cfg)
+    return sum(groups.values()) + (cfg.num_layers - 1) * groups["block"]
+
+
+def _slab_attention_params(width: int) -> int:
+    return 4 * width + _linear(width, 3 * width) + _linear(width, width) + _linear(width, 4 * width) + _linear(4 * width, width)
+
+
+def _lr_kernel(enc: EncoderConfig) -> tuple[int, int, int]:
+    """LowResBranch's patchify kernel after pooling by gcd(lr_downsample, cell)."""
+    st, sh, sw = enc.latent_stride
+    pool = math.gcd(enc.lr_downsample, sh, sw)
+    return st, sh // pool, sw // pool
+
+
+def encoder_param_count(enc: EncoderConfig) -> int:
+    """MemoryEncoder parameters for any variant."""
+    w, total = enc.width, 0
+    if enc.variant == "large_patchifier":
+        total += _conv(enc.in_channels, enc.dim, enc.latent_stride)
+    if enc.variant in ("proposed", "only_lr"):
+        total += _conv(enc.in_channels, enc.dim, _lr_kernel(enc))
+    if enc.variant in ("proposed", "without_lr"):
+        total += _conv(enc.in_channels, w, (1, 3, 3)) + enc.hr_blocks * 2 * _conv(w, w, (1, 3, 3))
+        total += _conv(w, w, enc.latent_stride) + enc.attn_layers * _slab_attention_params(w) + _linear(w, enc.dim)
+    if enc.variant == "proposed":
+        total += enc.dim  # hr_gate
+    return total
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+
+
+def dit_flops(cfg: DiTConfig, video_tokens: int, context_tokens: int, text_tokens: int) -> int:
+    """FLOPs of one t2v forward at batch 1. L = video + context tokens (memory or history joined to the chunk).
+
+    per block: linear 2*L*(4d^2 [q k v o] + 2d^2 [cross q, o] + 2*d*ffn) + 2*text*2d^2 [cross k, v]
+               attention 4*L^2*d [self: QK^T and AV] + 4*L*text*d [cross]
+    once:      patch embedding and head on the video tokens only (memory joins after the patch embedding and
+               leaves before the head), text embedding on the text tokens, time embedding + projection.
+    """
+    d, f, n = cfg.dim, cfg.ffn_dim, video_tokens + context_tokens
+    patch = math.prod(cfg.patch_size)
+    block = 2 * n * (6 * d * d + 2 * d * f) + 4 * text_tokens * d * d + 4 * n * n * d + 4 * n * text_tokens * d
+    embed = 2 * video_tokens * patch * d * (cfg.in_dim + cfg.out_dim) + 2 * text_tokens * (cfg.text_dim * d + d * d)
+    time = 2 * (cfg.freq_dim * d + d * d + 6 * d * d)
+    return cfg.num_layers * block + embed + time
+
+
+def encoder_flops(enc: EncoderConfig, latent_shape: tuple[int, int, int]) -> int:
+    """FLOPs (2 x MACs) of MemoryEncoder on history latents (T, H, W), padded up to whole cells first.
+
+    Convolutions: stride-1 convs cost voxels * c_in * c_out * kernel, strided ones cells * c_in * c_out * kernel.
+    The HR branch's slab attention: linears per memory token plus QK^T / AV within each temporal slab.
+    Average pooling, SiLU, norms and the gate are elementwise and not counted.
+    """
+    grid = memory_grid(latent_shape, enc.latent_stride)
+    cells, slab_tokens = math.prod(grid), grid[1] * grid[2]
+    voxels = cells * math.prod(enc.latent_stride)  # padded T * H * W
+    c, w, macs = enc.in_channels, enc.width, 0
+    if enc.variant == "large_patchifier":
+        macs += cells * c * enc.dim * math.prod(enc.latent_stride)
+    if enc.variant in ("proposed", "only_lr"):
+        macs += cells * c * enc.dim * math.prod(_lr_kernel(enc))
+    if enc.variant in ("proposed", "without_lr"):
+        macs += voxels * 9 * w * (c + 2 * enc.hr_blocks * w)  # stem + residual blocks
+        macs += cells * w * w * math.prod(enc.latent_stride)  # strided downsample
+        macs += enc.attn_layers * (cells * 12 * w * w + 2 * cells * slab_tokens * w)  # qkv, proj, mlp; QK^T, AV
+        macs += cells * w * enc.dim  # out
+    return 2 * macs
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def activation_bytes(cfg: DiTConfig, tokens: int, dtype_bytes: int) -> int:
+    """Peak activations of one block at batch 1 over `tokens` (video + memory): the residual stream, q, k, v, the
+    attention output and the FFN intermediate, with a memory-efficient attention kernel (no L^2 matrix)."""
+    return tokens * (cfg.dim + 3 * cfg.dim + cfg.dim + cfg.ffn_dim) * dtype_bytes
+
+
+def largest_offload_unit(cfg: DiTConfig, enc: EncoderConfig) -> int:
+    """The most parameters that must sit on the GPU at once when weights stream module by module."""
+    return max(*dit_param_groups(cfg).values(), encoder_param_count(enc))
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+        raise ValueError(f"{name}: must be a positive number, got {value!r}")
+
+
+def _check_size(name: str, value: Any, vae: VAEConfig, cfg: DiTConfig) -> None:
+    patch = cfg.patch_size[1] if name == "height" else cfg.patch_size[2]
+    multiple = vae.spatial_factor * patch
+    if not isinstance(value, int) or value % multiple:
+        raise ValueError(f"{name}: {value!r} is not a multiple of {multiple} (the {vae.name} VAE's "
+                         f"{vae.spatial_factor}x downscale times the DiT's {patch}x patch)")
+
+
+def _validate(model: str, width: int, height: int, numbers: dict[str, Any]) -> DiTConfig:
+    cfg = dit_config(model)  # unknown names raise "model: 'x' is unknown; use one of ..."
+    for name, value in {"width": width, "height": height, **numbers}.items():
+        _check_positive(name, value)
+    for name in ("dtype_bytes", "text_tokens"):
+        if not isinstance(numbers[name], int):
+            raise ValueError(f"{name}: must be a whole number, got {numbers[name]!r}")
+    vae = VAES[cfg.vae]
+    _check_size("width", width, vae, cfg)
+    _check_size("height", height, vae, cfg)
+    return cfg
+
+
+def _gb(n_bytes: float) -> float:
+    return round(n_bytes / 1e9, 3)
+
+
+def _notes(cfg: DiTConfig, vae: VAEConfig) -> list[str]:
+    return [
+        f"frames = round(seconds * fps) + 1; latent frames = 1 + (frames - 1) // {vae.temporal_factor} "
+        f"({vae.name} VAE, causal, {vae.spatial_factor}x spatial); DiT patch {'x'.join(map(str, cfg.patch_size))}",
+        "memory_tokens: ceil division of the history's latent T, H, W by the memory cell (the encoder pads up)",
+        "attention_flops_ratio = (chunk + full_history)^2 / (chunk + memory)^2: joint self-attention of the chunk "
+        "with its context, the L^2 part only",
+        "dit_flops_per_step_*: one forward at batch 1 (double for CFG); per block 2*L*(6d^2 + 2*d*ffn) + "
+        "4*text*d^2 linear, 4*L^2*d self-attention, 4*L*text*d cross-attention; plus embeddings and head",
+        "encoder_flops: one pass over the whole history (the generator re-encodes only new slabs)",
+        "FLOPs = 2 x MACs of matmuls and convolutions; elementwise ops are not counted",
+        "activation_gb: one block at batch 1 over chunk + memory tokens: residual + q, k, v + attention output + "
+        "FFN intermediate; memory-efficient attention (no L^2 matrix); eager PyTorch briefly holds the FFN "
+        "intermediate twice (Linear and GELU outputs) and float32 RoPE copies, so the true peak is somewhat higher",
+        "weights_offloaded: the largest module (a DiT block, embedding or the encoder) twice, for double "
+        "buffering, as ComfyUI's partial loading streams weights",
+        f"fits_12gb compares against {GPU_BUDGET_GB:g} GB = 1e9 bytes (a 12 GiB card keeps ~0.9 GB for the CUDA "
+        "context); the VAE, the text encoder and the latents are not counted (ComfyUI unloads them)",
+    ]
+
+
+def plan(model: str, width: int, height: int, fps: float, history_seconds: float, rate: str = "4x4x2",
+         chunk_seconds: float = 5.0, dtype_bytes: int = 2, text_tokens: int = 512) -> dict:
+    """Tokens, FLOPs, parameters and VRAM of generating one chunk after `history_seconds` of compressed history."""
+    cfg = _validate(model, width, height, {"fps": fps, "history_seconds": history_seconds,
+                                           "chunk_seconds": chunk_seconds, "dtype_bytes": dtype_bytes,
+                                           "text_tokens": text_tokens})
+    parsed = Rate.parse(rate)
+    vae, enc = VAES[cfg.vae], encoder_config_for(model, str(parsed))
+    latent_h, latent_w = height // vae.spatial_factor, width // vae.spatial_factor
+    per_frame = (latent_h // cfg.patch_size[1]) * (latent_w // cfg.patch_size[2])
+    history_frames = latent_frame_count(frame_count(history_seconds, fps), vae.temporal_factor)
+    chunk_frames = latent_frame_count(frame_count(chunk_seconds, fps), vae.temporal_factor)
+    history_shape = (history_frames, latent_h, latent_w)
+    memory, full, chunk = memory_token_count(enc, history_shape), history_frames * per_frame, chunk_frames * per_frame
+    dit_params, encoder_params = dit_param_count(cfg), encoder_param_count(enc)
+    weights = (dit_params + encoder_params) * dtype_bytes
+    activations = activation_bytes(cfg, chunk + memory, dtype_bytes)
+    vram = {"all_on_gpu": _gb(weights + activations),
+            "weights_offloaded": _gb(2 * largest_offload_unit(cfg, enc) * dtype_bytes + activations)}
+    return {
+        "model": model, "width": width, "height": height, "fps": fps, "history_seconds": history_seconds,
+        "chunk_seconds": chunk_seconds, "rate": str(parsed), "dtype_bytes": dtype_bytes, "text_tokens": text_tokens,
+        "latent_height": latent_h, "latent_width": latent_w,
+        "history_latent_frames": history_frames, "chunk_latent_frames": chunk_frames,
+        "tokens_per_latent_frame": per_frame,
+        "memory_grid": list(memory_grid(history_shape, enc.latent_stride)),
+        "memory_tokens": memory, "full_history_tokens": full, "chunk_tokens": chunk,
+        "compression": round(full / memory, 3),
+        "attention_flops_ratio": round((chunk + full) ** 2 / (chunk + memory) ** 2, 3),
+        "dit_flops_per_step_memory": dit_flops(cfg, chunk, memory, text_tokens),
+        "dit_flops_per_step_full_history": dit_flops(cfg, chunk, full, text_tokens),
+        "dit_flops_per_step_no_history": dit_flops(cfg, chunk, 0, text_tokens),
+        "encoder_flops": encoder_flops(enc, history_shape),
+        "dit_params": dit_params, "encoder_params": encoder_params,
+        "weights_gb": _gb(weights), "activation_gb": _gb(activations),
+        "vram_estimate_gb": vram,
+        "fits_12gb": {case: gb <= GPU_BUDGET_GB for case, gb in vram.items()},
+        "notes": _notes(cfg, vae),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:.3e}" if abs(value) >= 1e12 else f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_format_value(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return " x ".join(_format_value(v) for v in value)
+    return repr(value)
+
+
+def format_plan_table(plan: dict) -> str:
+    """Two aligned columns, one field a line, then the notes as a bulleted list."""
+    rows = [(key, _format_value(value)) for key, value in plan.items() if key != "notes"]
+    width = max(len(key) for key, _ in rows)
+    lines = [f"{key.ljust(width)}  {value}" for key, value in rows]
+    return "\n".join(lines + ["notes:"] + [f"  - {note}" for note in plan.get("notes", [])])

@@ -1,0 +1,133 @@
+"""Video and image files in and out: uint8 RGB numpy arrays, no torch.
+
+Writes are atomic: the data goes to a hidden temporary file in the target folder, then os.replace moves it
+under the final name, so a crash never leaves a half-written file there.
+
+mp4v cannot encode odd sizes (the encoder silently drops the last row/column), so write_video pads odd
+heights/widths by repeating the last row/column; reading such a video back gives the padded, even size.
+Images go through imencode/imdecode plus Python file I/O because cv2.imread/imwrite fail on non-ASCII
+paths on Windows.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class VideoReadError(ValueError):
+    """A video file is missing, corrupt or unreadable."""
+
+
+def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
+    """Write uint8 RGB frames [T, H, W, 3] as an mp4 (fourcc mp4v)."""
+    _check_shape(frames, "frames", "uint8 [T, H, W, 3]", ndim=4)
+    if fps <= 0:
+        raise ValueError(f"fps: expected a positive number, got {fps}")
+    frames = _pad_to_even(frames)
+    path = Path(path)
+    with _atomic_target(path) as temporary:
+        height, width = frames.shape[1:3]
+        writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+        if not writer.isOpened():
+            raise OSError(f"video: cannot open an mp4v writer for '{path}'")
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        if temporary.stat().st_size == 0:
+            raise OSError(f"video: the mp4v encoder wrote nothing for '{path}'")
+    return path
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """(uint8 RGB frames [T, H, W, 3], fps)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise VideoReadError(f"video: cannot open '{path}' (missing, corrupt or unsupported)")
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+        frames = [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for frame in _decoded_frames(capture)]
+    finally:
+        capture.release()
+    if not frames:
+        raise VideoReadError(f"video: no decodable frames in '{path}'")
+    if fps <= 0:
+        raise VideoReadError(f"video: no frame rate recorded in '{path}'")
+    return np.stack(frames), fps
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """uint8 RGB [H, W, 3]; grayscale is replicated to three channels and alpha is dropped."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as error:
+        raise ValueError(f"image: cannot read '{path}' ({error.strerror or type(error).__name__})") from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ValueError(f"image: '{path}' is not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def save_image(array: np.ndarray, path: str | Path) -> Path:
+    """Write uint8 RGB [H, W, 3] as a PNG, atomically."""
+    _check_shape(array, "image", "uint8 [H, W, 3]", ndim=3)
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"image: PNG encoding failed for '{path}'")
+    path = Path(path)
+    with _atomic_target(path) as temporary:
+        temporary.write_bytes(encoded.tobytes())
+    return path
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize [T, H, W, C] frames: INTER_AREA when shrinking both sides (no aliasing), else INTER_CUBIC."""
+    if height < 1 or width < 1:
+        raise ValueError(f"size: expected a positive height and width, got {height}x{width}")
+    if frames.ndim != 4:
+        raise ValueError(f"frames: expected [T, H, W, C], got shape {frames.shape}")
+    shrinking = height <= frames.shape[1] and width <= frames.shape[2]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
+    resized = [cv2.resize(frame, (width, height), interpolation=interpolation) for frame in frames]
+    # cv2 drops a trailing channel axis of size 1; restore it.
+    return np.stack(resized).reshape(len(frames), height, width, frames.shape[3])
+
+
+def _decoded_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        yield frame
+
+
+def _pad_to_even(frames: np.ndarray) -> np.ndarray:
+    pad_rows, pad_cols = frames.shape[1] % 2, frames.shape[2] % 2
+    if not (pad_rows or pad_cols):
+        return frames
+    return np.pad(frames, ((0, 0), (0, pad_rows), (0, pad_cols), (0, 0)), mode="edge")
+
+
+@contextmanager
+def _atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a hidden unique path beside `path` (same suffix, so cv2 picks the right container); on success
+    move it to `path`, on failure delete it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _check_shape(array: np.ndarray, field: str, expected: str, ndim: int) -> None:
+    if (not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != ndim
+            or array.shape[-1] != 3 or 0 in array.shape):
+        described = f"{array.dtype} {list(array.shape)}" if isinstance(array, np.ndarray) else type(array).__name__
+        raise ValueError(f"{field}: expected {expected}, got {described}")

@@ -1,0 +1,68 @@
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pfp_core.checkpoint import CheckpointError, check_compatible, load_dit, load_encoder, save_model
+from pfp_core.config import dit_config, encoder_config_for
+from pfp_core.dit import WanDiT
+from pfp_core.encoder import MemoryEncoder
+
+
+def test_round_trip_keeps_weights_and_config(tmp_path, random_engine):
+    save_model(random_engine.dit, random_engine.dit.config, tmp_path / "dit.safetensors", "dit")
+    save_model(random_engine.encoder, random_engine.encoder.config, tmp_path / "enc.safetensors", "memory_encoder")
+    dit, encoder = load_dit(tmp_path / "dit.safetensors"), load_encoder(tmp_path / "enc.safetensors")
+    assert dit.config == random_engine.dit.config and encoder.config == random_engine.encoder.config
+    for a, b in zip(dit.state_dict().values(), random_engine.dit.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_wan_file_without_metadata_and_with_comfy_prefix_loads(tmp_path, random_engine):
+    tensors = {f"model.diffusion_model.{k}": v for k, v in random_engine.dit.state_dict().items()}
+    save_file(tensors, str(tmp_path / "wan.safetensors"))
+    dit = load_dit(tmp_path / "wan.safetensors")
+    assert (dit.config.dim, dit.config.num_heads, dit.config.num_layers, dit.config.in_dim) == (128, 1, 4, 16)
+    assert torch.equal(dit.head.head.weight, random_engine.dit.head.head.weight)
+
+
+def test_width_mismatch_is_one_clear_line():
+    encoder = encoder_config_for("wan2.1-1.3b")
+    with pytest.raises(CheckpointError) as error:
+        check_compatible(encoder, dit_config("wan2.2-5b"))
+    message = str(error.value)
+    assert "\n" not in message and "encoder width 1536 != DiT width 3072" in message
+    assert "latent channels 16 != DiT latent channels 48" in message
+
+
+def test_pickle_renamed_safetensors_is_refused_without_unpickling(tmp_path):
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="pickle.*not safetensors"):
+        load_encoder(path)
+    torch.save({"w": torch.zeros(1)}, tmp_path / "zip.safetensors")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_dit(tmp_path / "zip.safetensors")
+
+
+def test_truncated_and_foreign_files_are_named(tmp_path, random_engine):
+    good = save_model(random_engine.encoder, random_engine.encoder.config, tmp_path / "enc.safetensors", "memory_encoder")
+    truncated = tmp_path / "short.safetensors"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="^encoder: short.safetensors is not a readable safetensors"):
+        load_encoder(truncated)
+    save_model(random_engine.dit, random_engine.dit.config, tmp_path / "dit.safetensors", "dit")
+    with pytest.raises(CheckpointError, match="^encoder: dit.safetensors is not a PFP memory encoder"):
+        load_encoder(tmp_path / "dit.safetensors")
+    with pytest.raises(CheckpointError, match="^dit: file not found"):
+        load_dit(tmp_path / "missing.safetensors")
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
+    encoder = MemoryEncoder(encoder_config_for("tiny"))
+    other = MemoryEncoder(encoder_config_for("tiny", rate="2x2x1"))
+    save_model(other, encoder.config, tmp_path / "enc.safetensors", "memory_encoder")  # config says 4x4x2
+    with pytest.raises(CheckpointError, match="does not match its config"):
+        load_encoder(tmp_path / "enc.safetensors")

@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from pfp_core.chunk_store import ChunkStore, ChunkStoreError
+from pfp_core.generator import (AutoregressiveGenerator, Callbacks, GenerationCancelled, GenerationRequest,
+                                chunk_spans)
+from pfp_core.pipeline import FlowChunkSampler, SamplerSettings
+
+
+@pytest.mark.parametrize("total,start,chunk", [(64, 1, 8), (61, 1, 8), (20, 8, 8), (9, 1, 8), (30, 17, 4), (5, 1, 16)])
+def test_chunks_tile_the_video_exactly(total, start, chunk):
+    spans = chunk_spans(total, start, chunk)
+    covered = [f for s in spans for f in range(s.first_frame, s.end_frame)]
+    assert covered == list(range(start, total))  # every new frame once, none of the start frames again
+    assert all(s.first_frame // chunk == s.index for s in spans)  # chunk k is video frames [kC, (k+1)C)
+
+
+def test_video_must_be_longer_than_its_start():
+    with pytest.raises(ValueError, match="^seconds:"):
+        chunk_spans(8, 8, 4)
+
+
+def make_request(start: torch.Tensor, total: int = 20, chunk: int = 4, window: int = 8) -> GenerationRequest:
+    return GenerationRequest(start, ["a scene"] * 16, total, chunk, window, seed=5, steps_per_chunk=3, slab_frames=2)
+
+
+def run(engine, store, request, callbacks=None):
+    sampler = FlowChunkSampler(engine.dit, engine.text_encoder, SamplerSettings(steps=3))
+    return AutoregressiveGenerator(engine.compress, sampler, engine.vae, store, callbacks).run(request)
+
+
+@pytest.fixture
+def start_image() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.rand(1, 3, 1, 32, 32) * 2 - 1
+
+
+def test_frame_count_and_start_frame_preserved(random_engine, start_image):
+    result = run(random_engine, None, make_request(start_image, total=19))
+    assert result.frames.shape == (19, 32, 32, 3) and result.frames.dtype == torch.uint8
+    expected_first = ((start_image[0, :, 0].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8)
+    assert torch.equal(result.frames[0], expected_first)
+    assert result.latents.shape[2] == 19
+
+
+def test_history_window_bounds_memory(random_engine, start_image):
+    """With an 8-frame window the memory stops growing: 4x4x2 gives 4 tokens per 2 frames."""
+    result = run(random_engine, None, make_request(start_image, total=33, chunk=4, window=8))
+    # history of 1, 4, 8, 12, ... frames; the window keeps the last 8 (4 slabs)
+    assert result.memory_tokens == [4, 8, 16] + [16] * 6
+
+
+def test_interrupted_run_resumes_to_identical_frames(random_engine, start_image, tmp_path):
+    request = make_request(start_image)
+    reference = run(random_engine, ChunkStore(tmp_path / "a", {"run": 1}), request)
+
+    steps = []
+    cancel_in_chunk_3 = Callbacks(should_cancel=lambda: len(steps) > 11, on_progress=lambda d, t: steps.append(d))
+    with pytest.raises(GenerationCancelled):
+        run(random_engine, ChunkStore(tmp_path / "b", {"run": 1}), request, cancel_in_chunk_3)
+    kept = sorted(p.name for p in (tmp_path / "b").glob("chunk_*.safetensors"))
+    assert kept == ["chunk_0000.safetensors", "chunk_0001.safetensors", "chunk_0002.safetensors"]
+    assert not list((tmp_path / "b").glob("*.part"))
+
+    resumed = run(random_engine, ChunkStore(tmp_path / "b", {"run": 1}), request)
+    assert resumed.resumed_chunks == 3
+    assert torch.equal(resumed.frames, reference.frames)
+
+
+def test_a_folder_only_resumes_its_own_run(tmp_path):
+    ChunkStore(tmp_path, {"seed": 1, "steps": 4})
+    with pytest.raises(ChunkStoreError, match=r"^out: .* \(differs in seed\)"):
+        ChunkStore(tmp_path, {"seed": 2, "steps": 4})
+
+
+def test_unwritable_output_folder_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ChunkStoreError, match="^out: cannot create"):
+        ChunkStore(blocker / "chunks", {})

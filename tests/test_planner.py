@@ -1,0 +1,151 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pfp_core.attention import use_attention
+from pfp_core.config import DIT_CONFIGS, ENCODER_VARIANTS, dit_config, encoder_config_for
+from pfp_core.dit import WanDiT
+from pfp_core.encoder import MemoryEncoder
+from pfp_core.planner import dit_param_count, encoder_param_count, format_plan_table, plan
+
+RATES = ("4x4x2", "2x2x2", "2x2x1")
+
+
+def numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Explicit QK^T / AV matmuls: FlopCounterMode does not count the CPU flash-attention kernel behind SDPA."""
+    b, lq, inner = q.shape
+    split = lambda x: x.view(b, x.shape[1], heads, inner // heads).transpose(1, 2)
+    q, k, v = split(q), split(k), split(v)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    return (weights @ v).transpose(1, 2).reshape(b, lq, inner)
+
+
+@pytest.fixture(scope="module")
+def wan13() -> dict:
+    return plan("wan2.1-1.3b", 832, 480, 16, 20, rate="4x4x2")
+
+
+def test_wan13_20s_history_compresses_to_about_4k_tokens(wan13):
+    assert wan13["history_latent_frames"] == 81 and wan13["tokens_per_latent_frame"] == 30 * 52
+    assert wan13["full_history_tokens"] == 81 * 30 * 52
+    assert wan13["memory_tokens"] == 41 * 8 * 13 <= 5000  # 30 token rows / 4 round up to 8 cells
+    assert wan13["chunk_latent_frames"] == 21 and wan13["chunk_tokens"] == 21 * 30 * 52
+    assert wan13["compression"] == pytest.approx(wan13["full_history_tokens"] / wan13["memory_tokens"], rel=1e-3)
+
+
+def test_wan13_attention_and_flops_favour_memory(wan13):
+    assert wan13["attention_flops_ratio"] > 10
+    assert wan13["dit_flops_per_step_no_history"] < wan13["dit_flops_per_step_memory"]
+    assert wan13["dit_flops_per_step_memory"] * 10 < wan13["dit_flops_per_step_full_history"]
+    assert 0 < wan13["encoder_flops"] < wan13["dit_flops_per_step_memory"]
+
+
+def test_plan_is_json_and_consistent(wan13):
+    assert json.loads(json.dumps(wan13)) == wan13
+    assert wan13["weights_gb"] == pytest.approx((wan13["dit_params"] + wan13["encoder_params"]) * 2 / 1e9, abs=1e-3)
+    vram = wan13["vram_estimate_gb"]
+    assert vram["all_on_gpu"] == pytest.approx(wan13["weights_gb"] + wan13["activation_gb"], abs=2e-3)
+    assert wan13["activation_gb"] < vram["weights_offloaded"] < vram["all_on_gpu"]
+    assert wan13["fits_12gb"] == {case: gb <= 12 for case, gb in vram.items()}
+    assert wan13["notes"] and all(isinstance(note, str) for note in wan13["notes"])
+    table = format_plan_table(wan13)
+    assert "memory_tokens" in table and "4,264" in table and "notes:" in table
+
+
+def test_bigger_models_need_offloading_for_12gb():
+    big = plan("wan2.1-14b", 832, 480, 16, 20)
+    assert big["fits_12gb"] == {"all_on_gpu": False, "weights_offloaded": True}
+    assert plan("wan2.2-5b", 1280, 704, 24, 20)["tokens_per_latent_frame"] == 22 * 40  # 16x VAE
+
+
+@pytest.mark.parametrize("name", list(DIT_CONFIGS))
+def test_dit_param_count_matches_meta_module(name):
+    for cfg in (dit_config(name), dataclasses.replace(dit_config(name), model_type="i2v")):
+        with torch.device("meta"):
+            model = WanDiT(cfg)
+        assert dit_param_count(cfg) == numel(model), cfg.model_type
+
+
+@pytest.mark.parametrize("name", list(DIT_CONFIGS))
+def test_encoder_param_count_matches_meta_module(name):
+    for rate in RATES:
+        for variant in ENCODER_VARIANTS:
+            cfg = encoder_config_for(name, rate, variant)
+            with torch.device("meta"):
+                encoder = MemoryEncoder(cfg)
+            assert encoder_param_count(cfg) == numel(encoder), (rate, variant)
+    assert plan(name, 64 * 16, 64 * 16, 16, 1.0)["dit_params"] == dit_param_count(dit_config(name))
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("frames,height,width", [(5, 12, 20), (8, 16, 16), (3, 6, 10)])
+def test_memory_tokens_match_the_real_encoder(rate, frames, height, width):
+    # tiny: space-to-depth VAE (2x spatial, 1x temporal), 8 fps; frames latent frames = (frames - 1) / 8 seconds
+    planned = plan("tiny", 2 * width, 2 * height, 8, (frames - 1) / 8, rate=rate)
+    assert (planned["history_latent_frames"], planned["latent_height"], planned["latent_width"]) == (frames, height, width)
+    encoder = MemoryEncoder(encoder_config_for("tiny", rate)).eval()
+    with torch.no_grad():
+        memory = encoder.encode(torch.zeros(1, 16, frames, height, width), fps=8)
+    assert memory.token_count == planned["memory_tokens"]
+    assert memory.positions.shape == (planned["memory_tokens"], 3)
+
+
+def test_counted_flops_match_flop_counter():
+    planned = plan("tiny", 40, 24, 8, 2.0, chunk_seconds=0.25, text_tokens=32)
+    torch.manual_seed(0)
+    dit, encoder = WanDiT(dit_config("tiny")).eval(), MemoryEncoder(encoder_config_for("tiny")).eval()
+    history = torch.randn(1, 16, planned["history_latent_frames"], planned["latent_height"], planned["latent_width"])
+    chunk = torch.randn(1, 16, planned["chunk_latent_frames"], planned["latent_height"], planned["latent_width"])
+    start = planned["history_latent_frames"]
+    with torch.no_grad(), use_attention(matmul_attention):
+        with FlopCounterMode(display=False) as encoder_count:
+            memory = encoder.encode(history, fps=8)
+        with FlopCounterMode(display=False) as dit_count:
+            dit(chunk, torch.tensor([500.0]), torch.randn(1, 32, 4096), memory,
+                torch.arange(start, start + chunk.shape[2]))
+    assert memory.token_count == planned["memory_tokens"]
+    assert 0.8 < dit_count.get_total_flops() / planned["dit_flops_per_step_memory"] < 1.25
+    assert 0.8 < encoder_count.get_total_flops() / planned["encoder_flops"] < 1.25
+
+
+def test_unknown_model_is_one_line():
+    with pytest.raises(ValueError) as error:
+        plan("wan3-huge", 832, 480, 16, 20)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("model: 'wan3-huge' is unknown")
+    assert "wan2.1-1.3b" in message
+
+
+@pytest.mark.parametrize("field,kwargs,multiple", [
+    ("width", dict(model="wan2.1-1.3b", width=830, height=480), "16"),
+    ("height", dict(model="wan2.1-1.3b", width=832, height=488), "16"),
+    ("height", dict(model="wan2.2-5b", width=1280, height=720), "32"),
+])
+def test_sizes_off_the_token_grid_name_the_field(field, kwargs, multiple):
+    with pytest.raises(ValueError) as error:
+        plan(fps=16, history_seconds=20, **kwargs)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{field}:") and multiple in message
+
+
+@pytest.mark.parametrize("field", ["width", "height", "fps", "history_seconds", "chunk_seconds", "dtype_bytes",
+                                   "text_tokens"])
+def test_non_positive_numbers_name_the_field(field):
+    kwargs = dict(model="wan2.1-1.3b", width=832, height=480, fps=16, history_seconds=20)
+    kwargs[field] = 0
+    with pytest.raises(ValueError) as error:
+        plan(**kwargs)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{field}:")
+
+
+def test_bad_rate_names_the_field():
+    with pytest.raises(ValueError, match="^rate:"):
+        plan("wan2.1-1.3b", 832, 480, 16, 20, rate="4x4")
