@@ -5,7 +5,6 @@ ComfyUI does, so Wan checkpoints load here and what we save loads in ComfyUI.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -136,16 +135,3 @@ def check_compatible(encoder: EncoderConfig, dit: DiTConfig) -> None:
     if problems:
         raise CheckpointError(f"encoder: does not fit this DiT ({'; '.join(problems)}); use an encoder trained "
                               f"for {dit.name} (base_model={encoder.base_model} here)")
-
-
-def read_metadata(path: str | Path, field: str) -> dict[str, str]:
-    _sniff(Path(path), field)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception as error:
-        raise CheckpointError(f"{field}: {Path(path).name} is not a readable safetensors file ({error})") from None
-
-
-def metadata_json(metadata: dict[str, str], key: str) -> dict:
-    return json.loads(metadata.get(key, "{}"))

@@ -98,7 +98,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     encoder = load_encoder(args.encoder or DEFAULT_ENCODER)
     baseline = load_dit(args.no_memory_dit) if args.no_memory_dit else None
     settings = RetrievalSettings(videos=args.videos, seed=args.seed, history_frames=args.history_frames, steps=args.steps)
-    result = evaluate_retrieval(dit, encoder, settings, baseline)
+    result, examples = evaluate_retrieval(dit, encoder, settings, baseline)
+    if args.png:
+        from .video_io import save_image
+
+        save_image(examples.repeat_interleave(3, 0).repeat_interleave(3, 1).numpy(), args.png)
     print(json.dumps(result, indent=None if args.json else 1))
 
 
@@ -109,6 +113,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              history_frames=tuple(args.history_frames), lr=args.lr, seed=args.seed,
                              use_memory=not args.no_memory, bf16=not args.no_bf16, rate=args.rate,
                              variant=args.variant, checkpoint_every=args.checkpoint_every,
+                             retrieval_mix=args.retrieval_mix,
                              init_from=Path(args.init_from) if args.init_from else None)
     losses = train(settings, progress=not args.quiet)
     if losses:
@@ -157,6 +162,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--checkpoint-every", type=positive_int, default=100)
     p.add_argument("--init-from", help="start from a checkpoint folder (finetune after pretrain)")
+    p.add_argument("--retrieval-mix", type=float, default=0.25, help="finetune: share of retrieval steps kept")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -192,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--history-frames", type=positive_int, default=64)
     p.add_argument("--steps", type=positive_int, default=12)
+    p.add_argument("--png", help="also write example frames: truth | retrieved | one-step | mean frame | no memory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
     for stage, text in (("pretrain", "stage 1: frame-retrieval pretraining"), ("finetune", "stage 2: next-chunk finetuning")):

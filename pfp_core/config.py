@@ -30,10 +30,6 @@ class Rate:
     def __str__(self) -> str:
         return f"{self.h}x{self.w}x{self.t}"
 
-    @property
-    def tokens_per_memory_token(self) -> int:
-        return self.h * self.w * self.t
-
 
 @dataclass(frozen=True)
 class VAEConfig:
@@ -45,8 +41,21 @@ class VAEConfig:
     temporal_factor: int
 
 
+class JsonConfig:
+    """Configs travel as JSON in checkpoint metadata."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        raw = json.loads(text)
+        raw["patch_size"] = tuple(raw["patch_size"])  # JSON has no tuples
+        return cls(**raw)
+
+
 @dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(JsonConfig):
     """Wan 2.1 / 2.2 layout. Field names follow the original Wan release."""
 
     name: str
@@ -73,21 +82,13 @@ class DiTConfig:
         """ComfyUI's stock loader infers heads = dim/128, freq_dim 256 and text_dim 4096."""
         return self.dim % 128 == 0 and self.num_heads == self.dim // 128 and self.freq_dim == 256 and self.text_dim == 4096
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "DiTConfig":
-        raw = json.loads(text)
-        raw["patch_size"] = tuple(raw["patch_size"])
-        return cls(**raw)
 
 
 ENCODER_VARIANTS = ("proposed", "only_lr", "without_lr", "large_patchifier")
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(JsonConfig):
     """Memory encoder phi. `variant` selects the Table 1 ablations of one architecture."""
 
     dim: int  # output width: the DiT's inner width
@@ -119,17 +120,6 @@ class EncoderConfig:
         r = self.parsed_rate
         return (r.t * self.patch_size[0], r.h * self.patch_size[1], r.w * self.patch_size[2])
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "EncoderConfig":
-        raw = json.loads(text)
-        raw["patch_size"] = tuple(raw["patch_size"])
-        return cls(**raw)
-
-    def replace(self, **changes) -> "EncoderConfig":
-        return dataclasses.replace(self, **changes)
 
 
 VAES = {

@@ -123,8 +123,9 @@ class MemoryEncoder(nn.Module):
         """Memory tokens with the positions they summarise. `time_factor`: video frames per latent frame."""
         grid = self(history_latents)
         latent_frames = history_latents.shape[2]
-        return Memory(tokens=grid.flatten(2).transpose(1, 2), positions=cell_centres(grid.shape[2:], self.config.latent_stride,
-                      grid.device), latent_frames=latent_frames, seconds=latent_frames * time_factor / fps)
+        positions = cell_centres(tuple(history_latents.shape[2:]), self.config.latent_stride, grid.device)
+        return Memory(tokens=grid.flatten(2).transpose(1, 2), positions=positions, latent_frames=latent_frames,
+                      seconds=latent_frames * time_factor / fps)
 
 
 def pad_to_cells(latents: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tensor:
@@ -135,8 +136,11 @@ def pad_to_cells(latents: torch.Tensor, stride: tuple[int, int, int]) -> torch.T
     return F.pad(latents, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
 
 
-def cell_centres(grid: tuple[int, int, int], stride: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-    """Centre (t, h, w) of each memory cell in latent units, in the token order of flatten(2)."""
-    axes = [torch.arange(n, device=device, dtype=torch.float32) * s + (s - 1) / 2 for n, s in zip(grid, stride)]
+def cell_centres(size: tuple[int, int, int], stride: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """Centre (t, h, w) of the real latents in each memory cell (padding excluded), in flatten(2) order."""
+    axes = []
+    for n, s in zip(size, stride):
+        starts = torch.arange(0, n, s, device=device, dtype=torch.float32)
+        axes.append((starts + (starts + s).clamp(max=n) - 1) / 2)
     t, h, w = torch.meshgrid(*axes, indexing="ij")
     return torch.stack((t, h, w), dim=-1).reshape(-1, 3)

@@ -47,10 +47,18 @@ def score(pred_pixels: torch.Tensor, true_pixels: torch.Tensor) -> tuple[list[fl
     return psnr(pred, true).tolist(), ssim(pred, true).tolist()
 
 
+def example_row(columns: list[torch.Tensor]) -> torch.Tensor:
+    """Each [1, 3, K, H, W] column -> one uint8 row image: K frames down, one column per method."""
+    tiles = [((c[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0) for c in columns]
+    return torch.cat([torch.cat(list(tile), dim=0) for tile in tiles], dim=1)  # [K*H, methods*W, 3]
+
+
 @torch.no_grad()
 def evaluate_retrieval(dit: WanDiT, encoder: MemoryEncoder | None, settings: RetrievalSettings,
-                       no_memory_dit: WanDiT | None = None) -> dict:
+                       no_memory_dit: WanDiT | None = None, example_videos: int = 3) -> tuple[dict, torch.Tensor]:
+    """Returns the figures and an image of the first videos' frames: truth | memory | one-step | mean | (no memory)."""
     vae = SpaceToDepthVAE()
+    examples: list[torch.Tensor] = []
     rng = random.Random(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     scores: dict[str, tuple[list[float], list[float]]] = {}
@@ -69,15 +77,19 @@ def evaluate_retrieval(dit: WanDiT, encoder: MemoryEncoder | None, settings: Ret
         true = pixels[:, :, frame_times[0]]
         shape = (1, latents.shape[1], settings.targets, *latents.shape[3:])
         sampled, one_step = retrieve(dit, memory, frame_times, shape, settings, generator)
-        add("memory", vae.decode(sampled), true)
-        add("memory_one_step", vae.decode(one_step), true)
+        columns = [true, vae.decode(sampled), vae.decode(one_step), pixels.mean(dim=2, keepdim=True).expand_as(true)]
+        add("memory", columns[1], true)
+        add("memory_one_step", columns[2], true)
         add("gray", torch.zeros_like(true), true)
-        add("mean_frame", pixels.mean(dim=2, keepdim=True).expand_as(true), true)
+        add("mean_frame", columns[3], true)
         if no_memory_dit is not None:
             sampled, one_step = retrieve(no_memory_dit, None, frame_times, shape, settings, generator)
-            add("no_memory", vae.decode(sampled), true)
+            columns.append(vae.decode(sampled))
+            add("no_memory", columns[-1], true)
             add("no_memory_one_step", vae.decode(one_step), true)
-    return summarise(scores, settings)
+        if i < example_videos:
+            examples.append(example_row(columns))
+    return summarise(scores, settings), torch.cat(examples, dim=0) if examples else torch.zeros(0, 0, 3, dtype=torch.uint8)
 
 
 def summarise(scores: dict[str, tuple[list[float], list[float]]], settings: RetrievalSettings) -> dict:

@@ -35,6 +35,7 @@ class TrainSettings:
     history_frames: tuple[int, ...] = (32, 48, 64, 96)  # one length per step, drawn from these
     targets: int = 4  # pretrain: frames retrieved per encoded history (encoding is the expensive part)
     chunk_frames: int = 8  # finetune: frames generated after the history
+    retrieval_mix: float = 0.25  # finetune: share of steps that keep practising retrieval, so memory stays sharp
     lr: float = 1e-3
     warmup: int = 50
     shift: float = 1.0
@@ -118,9 +119,10 @@ def train_step(models: Models, optimizer: torch.optim.Optimizer, settings: Train
     rng = step_rng(settings, step)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     history = rng.choice(settings.history_frames)
-    frames = history + (settings.chunk_frames if settings.stage == "finetune" else 0)
+    retrieval = settings.stage == "pretrain" or rng.random() < settings.retrieval_mix
+    frames = history + (0 if retrieval else settings.chunk_frames)
     latents = SpaceToDepthVAE().encode(batch_videos(settings, rng, frames))
-    loss_fn = retrieval_loss if settings.stage == "pretrain" else next_chunk_loss
+    loss_fn = retrieval_loss if retrieval else next_chunk_loss
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
         loss = loss_fn(models, latents, settings, gen)
     optimizer.zero_grad(set_to_none=True)

@@ -66,3 +66,9 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
     save_model(other, encoder.config, tmp_path / "enc.safetensors", "memory_encoder")  # config says 4x4x2
     with pytest.raises(CheckpointError, match="does not match its config"):
         load_encoder(tmp_path / "enc.safetensors")
+
+
+def test_tiny_config_is_detectable_by_comfyui_and_real_sizes_are_wan():
+    assert dit_config("tiny").comfy_detectable()
+    for name in ("wan2.1-1.3b", "wan2.1-14b", "wan2.2-5b"):
+        assert dit_config(name).comfy_detectable()

@@ -51,19 +51,20 @@ def test_meta_forward_with_memory_keeps_the_latent_shape(name):
 
 
 def summarised_token_centres(grid: tuple[int, int, int], rate: Rate) -> torch.Tensor:
-    """Mean DiT-token position of each memory cell, over the token grid `grid` (already padded to whole cells)."""
+    """Mean position of the real DiT tokens in each memory cell (padding excluded), over the token grid `grid`."""
     positions = grid_positions(torch.arange(grid[0])[None], grid[1], grid[2])[0]
     t, h, w = positions.long().unbind(-1)
-    cells = (grid[0] // rate.t, grid[1] // rate.h, grid[2] // rate.w)
+    cells = (-(-grid[0] // rate.t), -(-grid[1] // rate.h), -(-grid[2] // rate.w))
     cell = ((t // rate.t) * cells[1] + h // rate.h) * cells[2] + w // rate.w
     sums = torch.zeros(cells[0] * cells[1] * cells[2], 3).index_add_(0, cell, positions)
-    return sums / rate.tokens_per_memory_token
+    counts = torch.zeros(sums.shape[0]).index_add_(0, cell, torch.ones(len(cell)))
+    return sums / counts[:, None]
 
 
 @pytest.mark.parametrize("rate,first,last", [
     # latents (T, H, W) = (5, 12, 20), patch 1x2x2: tokens 5 x 6 x 10, replicate-padded to whole cells; an edge
-    # token sits at the middle of its padded cell (4x4x2: rows 4-7 -> 5.5 though only rows 4-5 exist)
-    ("4x4x2", [0.5, 1.5, 1.5], [4.5, 5.5, 9.5]),  # cells of 2 frames x 4 x 4 tokens -> grid 3 x 2 x 3
+    # token sits at the middle of the real tokens of its cell (4x4x2: only rows 4-5 of rows 4-7 exist -> 4.5)
+    ("4x4x2", [0.5, 1.5, 1.5], [4.0, 4.5, 8.5]),  # cells of 2 frames x 4 x 4 tokens -> grid 3 x 2 x 3
     ("2x2x1", [0.0, 0.5, 0.5], [4.0, 4.5, 8.5]),  # cells of 1 frame x 2 x 2 tokens -> grid 5 x 3 x 5
 ])
 def test_memory_positions_sit_in_the_middle_of_the_tokens_they_summarise(rate, first, last):
@@ -75,9 +76,8 @@ def test_memory_positions_sit_in_the_middle_of_the_tokens_they_summarise(rate, f
     assert memory.positions[0].tolist() == [(s - 1) / 2 for s in stride]
     token_positions = latent_to_token_positions(memory.positions, cfg.patch_size)
     assert token_positions[0].tolist() == first and token_positions[-1].tolist() == last
-    parsed = Rate.parse(rate)
-    padded = [-(-n // s) * s // p for n, s, p in zip((5, 12, 20), stride, cfg.patch_size)]
-    assert torch.equal(token_positions, summarised_token_centres(tuple(padded), parsed))
+    tokens = tuple(n // p for n, p in zip((5, 12, 20), cfg.patch_size))
+    assert torch.equal(token_positions, summarised_token_centres(tokens, Rate.parse(rate)))
 
 
 def test_wan13_state_dict_uses_wan_names_and_size():

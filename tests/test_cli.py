@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pfp_core.cli import main
+from pfp_core.video_io import read_video, save_image
+
+SUBCOMMANDS = ["demo", "generate", "plan", "eval-retrieval", "pretrain", "finetune"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pfp_core", *args], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parents[1])
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: python -m pfp_core " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,field", [(["plan", "--model", "wan9"], "model"),
+                                        (["plan", "--model", "tiny", "--fps", "-3"], "--fps"),
+                                        (["generate", "--image", "x.png"], "--storyboard"),
+                                        (["demo", "--seconds", "0"], "--seconds"),
+                                        (["demo", "--steps", "abc"], "--steps")])
+def test_bad_arguments_exit_nonzero_with_one_line_naming_the_field(args, field, capsys):
+    try:
+        code = main(args)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and field in err
+
+
+def test_plan_json_for_wan_1_3b_fits_the_papers_budget(capsys):
+    assert main(["plan", "--model", "wan2.1-1.3b", "--width", "832", "--height", "480", "--fps", "16",
+                 "--history-seconds", "20", "--rate", "4x4x2", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["memory_tokens"] <= 5000
+    assert figures["full_history_tokens"] == 81 * 30 * 52
+    assert figures["attention_flops_ratio"] > 10 and figures["weights_gb"] > 2
+    assert {"chunk_tokens", "memory_tokens"} <= set(figures)
+
+
+def test_demo_writes_a_video_with_the_promised_frames(tmp_path):
+    result = cli("demo", "--out", str(tmp_path), "--seconds", "3", "--steps", "4", "--quiet")
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("demo: 24 frames (3.00 s at 8 fps), 3 chunks")
+    frames, fps = read_video(tmp_path / "demo.mp4")
+    assert frames.shape == (24, 32, 32, 3) and fps == 8
+    assert (tmp_path / "demo_frames.png").stat().st_size > 0
+
+
+def test_generate_resumes_from_its_chunk_folder_and_rejects_bad_storyboards(tmp_path):
+    image = (np.indices((48, 64)).sum(0) % 7 * 36).astype(np.uint8)[..., None].repeat(3, -1)
+    save_image(image, tmp_path / "start.png")
+    args = ["generate", "--image", str(tmp_path / "start.png"), "--storyboard", "0s: a cat / 1s: a dog",
+            "--seconds", "2", "--steps", "3", "--out", str(tmp_path / "v.mp4"), "--quiet"]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    again = cli(*args)
+    assert "(2 resumed)" in again.stdout
+    bad = cli(*args[:4], "5s: later / 1s: earlier", *args[5:])
+    assert bad.returncode == 2 and bad.stderr.startswith("error: storyboard line") and len(bad.stderr.splitlines()) == 1
