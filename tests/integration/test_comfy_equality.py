@@ -1,0 +1,64 @@
+"""pfp_core's DiT and ComfyUI's own WanModel give the same output on the same weights, with and without memory."""
+import importlib
+
+import pytest
+import torch
+
+from comfy_env import import_comfy_in_process
+
+from pfp_core.checkpoint import save_model
+from pfp_core.config import dit_config, encoder_config_for
+from pfp_core.dit import WanDiT
+from pfp_core.encoder import MemoryEncoder
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return import_comfy_in_process()
+
+
+@pytest.fixture(scope="module")
+def models(pack, tmp_path_factory):
+    import comfy.sd
+
+    torch.manual_seed(0)
+    dit = WanDiT(dit_config("tiny")).eval()
+    torch.nn.init.normal_(dit.head.head.weight, std=0.05)  # Wan's zero head would make every output 0
+    path = save_model(dit, dit.config, tmp_path_factory.mktemp("m") / "tiny_dit.safetensors", "dit")
+    comfy_model = comfy.sd.load_diffusion_model(str(path))
+    encoder = MemoryEncoder(encoder_config_for("tiny", "2x2x2")).eval()
+    return dit, comfy_model, encoder
+
+
+def comfy_forward(model_patcher, x, sigma, context):
+    """Through ComfyUI's apply path with the patcher's wrappers, as a sampler calls it."""
+    base = model_patcher.model
+    transformer_options = dict(model_patcher.model_options.get("transformer_options", {}))
+    transformer_options["wrappers"] = model_patcher.wrappers
+    return base.diffusion_model(x, sigma * 1000, context, transformer_options=transformer_options)
+
+
+def test_comfy_detects_the_tiny_dit_as_wan(models):
+    _, comfy_model, _ = models
+    net = comfy_model.model.diffusion_model
+    assert type(net).__name__ == "WanModel" and net.dim == 128 and net.num_heads == 1
+
+
+@pytest.mark.parametrize("with_memory", [False, True])
+def test_pfp_core_and_comfy_wan_agree(pack, models, with_memory):
+    wan_memory = importlib.import_module(pack.__name__ + ".nodes.wan_memory")
+    dit, comfy_model, encoder = models
+    torch.manual_seed(1)
+    x, sigma, context = torch.randn(1, 16, 3, 16, 16), torch.tensor([0.6]), torch.randn(1, 8, 4096)
+    with torch.no_grad():
+        if with_memory:
+            memory = encoder.encode(torch.randn(1, 16, 6, 16, 16), fps=8)
+            ours = dit(x, sigma * 1000, context, memory, torch.arange(6, 9))
+            patched = wan_memory.with_memory(comfy_model, wan_memory.MemoryInjection(memory, first_frame_time=6))
+            theirs = comfy_forward(patched, x, sigma, context)
+            plain = comfy_forward(comfy_model, x, sigma, context)
+            assert (plain - theirs).abs().max() > 1e-3  # the memory really went in
+        else:
+            ours = dit(x, sigma * 1000, context)
+            theirs = comfy_forward(comfy_model, x, sigma, context)  # ComfyUI's own Wan code, no wrapper
+    assert (ours - theirs).abs().max() <= 1e-4
