@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from safetensors import safe_open
@@ -95,7 +96,8 @@ def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], field:
                               f"e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})")
 
 
-def load_encoder(path: str | Path) -> MemoryEncoder:
+def load_encoder(path: str | Path, ops: ModuleType = torch.nn) -> MemoryEncoder:
+    """`ops`: torch.nn, or comfy.ops inside ComfyUI so model management can cast and offload the layers."""
     tensors, metadata = read_safetensors(path, "encoder")
     if metadata.get("pfp_kind") != "memory_encoder" or "config" not in metadata:
         raise CheckpointError(f"encoder: {Path(path).name} is not a PFP memory encoder (no pfp_kind=memory_encoder "
@@ -104,7 +106,7 @@ def load_encoder(path: str | Path) -> MemoryEncoder:
         config = EncoderConfig.from_json(metadata["config"])
     except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"encoder: {Path(path).name} has unreadable config metadata ({error})") from None
-    encoder = MemoryEncoder(config)
+    encoder = MemoryEncoder(config, ops)
     _load_into(encoder, tensors, "encoder", Path(path))
     return encoder.eval()
 

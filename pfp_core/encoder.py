@@ -13,6 +13,7 @@ memory token means the same thing wherever the history window starts.
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import torch
 import torch.nn as nn
@@ -28,10 +29,10 @@ from .rope import apply_rope, rope_angles
 class ResBlock3d(nn.Module):
     """SiLU -> conv -> SiLU -> conv, residual. Kernels are 1x3x3: time is mixed by the slab convolution."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, ops: ModuleType):
         super().__init__()
-        self.conv1 = nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
-        self.conv2 = nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
+        self.conv1 = ops.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
+        self.conv2 = ops.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
@@ -40,13 +41,13 @@ class ResBlock3d(nn.Module):
 class SlabAttention(nn.Module):
     """Pre-norm attention + MLP over the memory tokens of one temporal slab, with 2D rotary positions."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, ops: ModuleType):
         super().__init__()
         self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.SiLU(), nn.Linear(4 * width, width))
+        self.norm1, self.norm2 = ops.LayerNorm(width), ops.LayerNorm(width)
+        self.qkv = ops.Linear(width, 3 * width)
+        self.proj = ops.Linear(width, width)
+        self.mlp = nn.Sequential(ops.Linear(width, 4 * width), nn.SiLU(), ops.Linear(4 * width, width))
 
     def forward(self, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
@@ -56,11 +57,11 @@ class SlabAttention(nn.Module):
 
 
 class LowResBranch(nn.Module):
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, ops: ModuleType):
         super().__init__()
         st, sh, sw = cfg.latent_stride
         self.pool = math.gcd(cfg.lr_downsample, sh, sw)  # pooling must divide the memory cell
-        self.patchify = nn.Conv3d(cfg.in_channels, cfg.dim, (st, sh // self.pool, sw // self.pool),
+        self.patchify = ops.Conv3d(cfg.in_channels, cfg.dim, (st, sh // self.pool, sw // self.pool),
                                   stride=(st, sh // self.pool, sw // self.pool))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
@@ -69,14 +70,14 @@ class LowResBranch(nn.Module):
 
 
 class HighResBranch(nn.Module):
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, ops: ModuleType):
         super().__init__()
         stride = cfg.latent_stride
-        self.stem = nn.Conv3d(cfg.in_channels, cfg.width, (1, 3, 3), padding=(0, 1, 1))
-        self.blocks = nn.Sequential(*(ResBlock3d(cfg.width) for _ in range(cfg.hr_blocks)))
-        self.down = nn.Conv3d(cfg.width, cfg.width, stride, stride=stride)
-        self.attn = nn.ModuleList(SlabAttention(cfg.width, cfg.attn_heads) for _ in range(cfg.attn_layers))
-        self.out = nn.Linear(cfg.width, cfg.dim)
+        self.stem = ops.Conv3d(cfg.in_channels, cfg.width, (1, 3, 3), padding=(0, 1, 1))
+        self.blocks = nn.Sequential(*(ResBlock3d(cfg.width, ops) for _ in range(cfg.hr_blocks)))
+        self.down = ops.Conv3d(cfg.width, cfg.width, stride, stride=stride)
+        self.attn = nn.ModuleList(SlabAttention(cfg.width, cfg.attn_heads, ops) for _ in range(cfg.attn_layers))
+        self.out = ops.Linear(cfg.width, cfg.dim)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         x = self.down(F.silu(self.blocks(self.stem(latents))))
@@ -95,15 +96,17 @@ def slab_angles(height: int, width: int, head_dim: int, device: torch.device) ->
 
 
 class MemoryEncoder(nn.Module):
-    def __init__(self, cfg: EncoderConfig):
+    """`ops` supplies Conv3d, Linear and LayerNorm: torch.nn here, comfy.ops inside ComfyUI (casting, offload)."""
+
+    def __init__(self, cfg: EncoderConfig, ops: ModuleType = nn):
         super().__init__()
         self.config = cfg
         if cfg.variant == "large_patchifier":
-            self.patchifier = nn.Conv3d(cfg.in_channels, cfg.dim, cfg.latent_stride, stride=cfg.latent_stride)
+            self.patchifier = ops.Conv3d(cfg.in_channels, cfg.dim, cfg.latent_stride, stride=cfg.latent_stride)
         if cfg.variant in ("proposed", "only_lr"):
-            self.lr = LowResBranch(cfg)
+            self.lr = LowResBranch(cfg, ops)
         if cfg.variant in ("proposed", "without_lr"):
-            self.hr = HighResBranch(cfg)
+            self.hr = HighResBranch(cfg, ops)
         if cfg.variant == "proposed":
             self.hr_gate = nn.Parameter(torch.full((cfg.dim,), cfg.hr_gate_init))
 
@@ -117,7 +120,8 @@ class MemoryEncoder(nn.Module):
             return self.lr(latents)
         if variant == "without_lr":
             return self.hr(latents)
-        return self.lr(latents) + self.hr_gate[:, None, None, None] * self.hr(latents)
+        gate = self.hr_gate.to(latents.dtype)[:, None, None, None]
+        return self.lr(latents) + gate * self.hr(latents)
 
     def encode(self, history_latents: torch.Tensor, fps: float, time_factor: int = 1) -> Memory:
         """Memory tokens with the positions they summarise. `time_factor`: video frames per latent frame."""

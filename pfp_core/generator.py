@@ -53,6 +53,12 @@ def chunk_spans(total_frames: int, start_frames: int, chunk_frames: int) -> list
     return [span for span in spans if span.frames > 0]
 
 
+def frame_grid(seconds: float, chunk_seconds: float, fps: float) -> tuple[int, int]:
+    """(total frames, frames per chunk): the storyboard is planned on these exact values, so its chunk k is the
+    generator's chunk k."""
+    return round(seconds * fps), max(1, round(chunk_seconds * fps))
+
+
 def chunk_seed(seed: int, index: int) -> int:
     """Each chunk's noise depends only on (seed, chunk), so a resumed run draws the same noise."""
     return (seed * 1_000_003 + index) % (2**63)

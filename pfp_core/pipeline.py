@@ -15,7 +15,7 @@ from .chunk_store import ChunkStore
 from .dit import WanDiT
 from .encoder import MemoryEncoder
 from .flow import guided, sample, sampling_sigmas
-from .generator import AutoregressiveGenerator, Callbacks, GenerationRequest, GenerationResult
+from .generator import AutoregressiveGenerator, Callbacks, GenerationRequest, GenerationResult, frame_grid
 from .memory import Memory
 from .storyboard import parse_storyboard, plan_chunks
 from .text import HashTextEncoder, TextEncoder
@@ -23,8 +23,8 @@ from .vae import VAE, SpaceToDepthVAE
 from .video_io import resize_frames, write_video
 
 WEIGHTS = Path(__file__).parent / "weights"
-DEFAULT_ENCODER = WEIGHTS / "tiny_encoder.safetensors"
-DEFAULT_DIT = WEIGHTS / "tiny_dit.safetensors"
+DEFAULT_ENCODER = WEIGHTS / "encoders" / "pfp_tiny_encoder.safetensors"
+DEFAULT_DIT = WEIGHTS / "diffusion_models" / "pfp_tiny_dit.safetensors"  # also listed by ComfyUI's UNET loader
 
 
 @dataclass
@@ -131,8 +131,7 @@ def generate(engine: Engine, start_image: np.ndarray, storyboard_text: str, vide
              global_prompt: str = "") -> GenerationResult:
     """Generate (or resume) a video in `out_folder`: chunks land there one by one."""
     fps = engine.fps
-    chunk_frames = max(1, round(video.chunk_seconds * fps))
-    total_frames = round(video.seconds * fps)
+    total_frames, chunk_frames = frame_grid(video.seconds, video.chunk_seconds, fps)
     plan = plan_chunks(parse_storyboard(storyboard_text, global_prompt), total_frames / fps, chunk_frames / fps)
     pixels = image_to_pixels(start_image, video.size)
     fingerprint = {"weights": engine.identity(), "sampler": asdict(sampler), "video": asdict(video),

@@ -1,10 +1,18 @@
 """Finds a real ComfyUI through COMFYUI_PATH; integration tests skip, saying so, when there is none."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -31,3 +39,83 @@ def import_comfy_in_process():
     if str(REPO.parent) not in sys.path:
         sys.path.insert(0, str(REPO.parent))
     return importlib.import_module(REPO.name)
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """A real ComfyUI on loopback with this repository loaded as the custom node pack `pfp`."""
+
+    def __init__(self, url: str, process: subprocess.Popen, log_path: Path, output: Path):
+        self.url, self.process, self.log_path, self.output = url, process, log_path, output
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def wait_for(self, prompt_id: str, timeout: float = 300) -> dict:
+        """Poll /history until the prompt has finished (successfully or not)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None and (
+                    entry["status"]["completed"] or entry["status"].get("status_str") == "error"):
+                return entry
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s; log: {self.log_path}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def comfy_server(tmp: Path) -> Iterator[ComfyServer]:
+    root = comfy_path()
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    packs = tmp / "custom_nodes"
+    packs.mkdir()
+    (packs / "pfp").symlink_to(REPO)
+    config = tmp / "extra_model_paths.yaml"
+    config.write_text(f"pfp_test:\n    base_path: {tmp}\n    custom_nodes: custom_nodes\n")
+    port = free_port()
+    output = tmp / "output"
+    for folder in ("output", "temp", "user", "input"):
+        (tmp / folder).mkdir()
+    log_path = tmp / "comfy.log"
+    args = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+            "--disable-api-nodes", "--extra-model-paths-config", str(config), "--output-directory", str(output),
+            "--temp-directory", str(tmp / "temp"), "--user-directory", str(tmp / "user"), "--input-directory",
+            str(tmp / "input"), "--database-url", "sqlite:///:memory:"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(args, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    server = ComfyServer(f"http://127.0.0.1:{port}", process, log_path, output)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                server.get("/system_stats")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ComfyUI did not start; log:\n{server.log()[-3000:]}")
+                time.sleep(1)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

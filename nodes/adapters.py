@@ -1,0 +1,158 @@
+"""ComfyUI objects behind pfp_core's small interfaces: VAE protocol, chunk sampler, memory encoder handle, and
+the bundled tiny model's VAE and text encoder in the shapes ComfyUI's stock nodes expect."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import comfy.latent_formats
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.sample
+
+from ..pfp_core.checkpoint import check_compatible, load_encoder
+from ..pfp_core.config import EncoderConfig, VAEConfig
+from ..pfp_core.memory import Memory
+from ..pfp_core.text import HashTextEncoder
+from ..pfp_core.vae import SpaceToDepthVAE
+from .wan_memory import MemoryInjection, with_memory
+
+
+@dataclass
+class EncoderHandle:
+    """MEMORY_ENCODER: the encoder as a ModelPatcher, so ComfyUI loads and offloads it with the DiT."""
+
+    patcher: comfy.model_patcher.ModelPatcher
+    config: EncoderConfig
+    name: str
+
+    @classmethod
+    def load(cls, path: str, dtype: torch.dtype | None) -> "EncoderHandle":
+        encoder = load_encoder(path, comfy.ops.manual_cast)
+        if dtype is not None:
+            encoder = encoder.to(dtype)
+        patcher = comfy.model_patcher.ModelPatcher(encoder, comfy.model_management.get_torch_device(),
+                                                   comfy.model_management.unet_offload_device())
+        return cls(patcher, encoder.config, path.rsplit("/", 1)[-1])
+
+    def compress(self, latents: torch.Tensor, fps: float, time_factor: int) -> Memory:
+        comfy.model_management.load_models_gpu([self.patcher])
+        encoder = self.patcher.model
+        dtype = next(encoder.parameters()).dtype
+        with torch.no_grad():
+            memory = encoder.encode(latents.to(self.patcher.load_device, dtype), fps, time_factor)
+        return memory.to("cpu", torch.float32)
+
+    def check_model(self, model_patcher) -> None:
+        net = model_patcher.model.diffusion_model
+        if not hasattr(net, "blocks") or not hasattr(net, "head") or type(net).__name__ != "WanModel":
+            raise ValueError(f"model: {type(net).__name__} is not a Wan model; PFP memory needs Wan 2.1/2.2 (load it "
+                             "with Load Diffusion Model)")
+        check_compatible(self.config, _wan_config(net))
+
+
+def _wan_config(net):
+    from ..pfp_core.config import DiTConfig
+
+    return DiTConfig(name=type(net).__name__, dim=net.dim, ffn_dim=net.ffn_dim, num_heads=net.num_heads,
+                     num_layers=len(net.blocks), in_dim=net.in_dim, out_dim=net.out_dim, patch_size=tuple(net.patch_size))
+
+
+class ComfyVAE:
+    """pfp_core's VAE protocol over a ComfyUI VAE, in the model's normalised latent space (process_in)."""
+
+    def __init__(self, vae, latent_format):
+        self.vae, self.latent_format = vae, latent_format
+        temporal = vae.temporal_compression_decode() if hasattr(vae, "temporal_compression_decode") else 1
+        self.config = VAEConfig("comfy", vae.latent_channels, vae.spacial_compression_encode(), temporal or 1)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        images = ((pixels[0] + 1) / 2).permute(1, 2, 3, 0)  # [T, H, W, 3] in 0..1, ComfyUI's IMAGE
+        return self.latent_format.process_in(self.vae.encode(images).float().cpu())
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        images = self.vae.decode(self.latent_format.process_out(latents)).float().cpu()
+        images = images.reshape(-1, *images.shape[-3:])  # video VAEs return [B, T, H, W, 3]
+        return (images * 2 - 1).permute(3, 0, 1, 2)[None]
+
+
+@dataclass
+class ComfyChunkSampler:
+    """Samples a chunk through ComfyUI's own sampling path with memory injected into the Wan forward."""
+
+    model: comfy.model_patcher.ModelPatcher
+    conditioning: dict[str, list]  # prompt -> CONDITIONING
+    negative: list
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    encoder: EncoderHandle | None = None
+
+    def __call__(self, memory: Memory, frame_times: torch.Tensor, prompt: str, latent_shape: tuple[int, ...],
+                 seed: int, on_step: Callable[[int, int, torch.Tensor], None]) -> torch.Tensor:
+        patched = with_memory(self.model, MemoryInjection(memory, int(frame_times.flatten()[0])))
+        if self.encoder is not None:  # accounted for in the same load_models_gpu call as the DiT
+            patched.set_additional_models("pfp_encoder", [self.encoder.patcher])
+        noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
+        latent_format = self.model.model.latent_format
+        samples = comfy.sample.sample(
+            patched, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, self.conditioning[prompt],
+            self.negative, torch.zeros(latent_shape), seed=seed, disable_pbar=True,
+            callback=lambda step, x0, x, total: on_step(step + 1, total, x0))
+        return latent_format.process_in(samples.float().cpu())
+
+
+def model_identity(model_patcher) -> str:
+    """A cheap fingerprint of the DiT's weights for resumable runs: a few tensors, not gigabytes."""
+    digest = hashlib.sha1()
+    state = model_patcher.model.diffusion_model.state_dict()
+    for name in ("patch_embedding.weight", "head.head.weight", "blocks.0.self_attn.q.weight"):
+        if name in state:
+            digest.update(state[name].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class TinyVAE:
+    """The tiny model's space-to-depth VAE with ComfyUI's VAE interface, in Wan 2.1's raw latent space (the DiT
+    loads as Wan 2.1, whose latent format normalises with Wan's per-channel mean and std)."""
+
+    latent_channels = 16
+
+    def __init__(self):
+        wan = comfy.latent_formats.Wan21()
+        self.mean, self.std = wan.latents_mean, wan.latents_std
+        self.space_to_depth = SpaceToDepthVAE()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = (images[..., :3].float() * 2 - 1).permute(3, 0, 1, 2)[None]
+        return self.space_to_depth.encode(pixels) * self.std + self.mean
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        pixels = self.space_to_depth.decode((latents.float().cpu() - self.mean) / self.std)
+        return ((pixels + 1) / 2).permute(0, 2, 3, 4, 1)  # [B, T, H, W, 3]
+
+    def spacial_compression_encode(self) -> int:
+        return SpaceToDepthVAE.config.spatial_factor
+
+    def spacial_compression_decode(self) -> int:
+        return SpaceToDepthVAE.config.spatial_factor
+
+    def temporal_compression_decode(self) -> int:
+        return SpaceToDepthVAE.config.temporal_factor
+
+
+class TinyTextEncoder:
+    """The tiny model's word-hash text encoder with the two methods CLIPTextEncode calls."""
+
+    def __init__(self):
+        self.encoder = HashTextEncoder(4096, 32)
+
+    def tokenize(self, text: str) -> str:
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens: str, **kwargs) -> list:
+        return [[self.encoder.encode([tokens]), {}]]

@@ -1,0 +1,98 @@
+"""The pack inside a real ComfyUI server on loopback: nodes registered, the tiny workflow through /prompt,
+validation errors as HTTP 400 with our message, interrupt then resume."""
+import copy
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comfy_env import comfy_path, comfy_server
+
+from pfp_core.video_io import load_image
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+NODES = ["PFPLoadMemoryEncoder", "PFPTinyVAE", "PFPTinyTextEncoder", "PFPProceduralImage", "PFPStoryboardPrompt",
+         "PFPCompressHistory", "PFPApplyMemory", "PFPRetrieveFrame", "PFPAutoregressiveSampler"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    comfy_path()
+    with comfy_server(tmp_path_factory.mktemp("comfy")) as running:
+        yield running
+
+
+def tiny_workflow(run_name: str, seconds: float = 4.0) -> dict:
+    workflow = json.loads((WORKFLOWS / "pfp_tiny_cpu_api.json").read_text())
+    workflow["8"]["inputs"]["run_name"] = run_name
+    workflow["6"]["inputs"]["seconds"] = seconds
+    workflow["9"]["inputs"]["filename_prefix"] = f"{run_name}/frame"
+    return workflow
+
+
+def saved_frames(entry: dict) -> list:
+    return entry["outputs"]["9"]["images"]
+
+
+def test_every_node_is_registered_with_its_category(server):
+    info = server.get("/object_info")
+    missing = [name for name in NODES if name not in info]
+    assert not missing, f"not registered: {missing}; log tail: {server.log()[-2000:]}"
+    assert all(info[name]["category"].startswith("PFP") for name in NODES)
+    assert "pfp_tiny_encoder.safetensors" in info["PFPLoadMemoryEncoder"]["input"]["required"]["encoder_name"][1]["options"]
+    assert "pfp_tiny_dit.safetensors" in info["UNETLoader"]["input"]["required"]["unet_name"][0]
+
+
+def test_tiny_workflow_runs_to_the_promised_frames(server):
+    status, body = server.post("/prompt", {"prompt": tiny_workflow("tiny_full")})
+    assert status == 200, body
+    entry = server.wait_for(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(saved_frames(entry)) == 32  # 4 s at 8 fps
+    chunks = sorted((server.output / "pfp" / "tiny_full").glob("chunk_*.safetensors"))
+    assert len(chunks) == 4
+
+
+def test_invalid_storyboard_is_rejected_before_running_with_the_line_named(server):
+    workflow = tiny_workflow("tiny_bad")
+    workflow["6"]["inputs"]["storyboard"] = "3s: later\n1s: earlier"
+    status, body = server.post("/prompt", {"prompt": workflow})
+    assert status == 400
+    errors = body["node_errors"]["6"]["errors"]
+    assert "storyboard line 2" in json.dumps(errors)
+
+
+def test_bad_input_fails_in_the_node_with_our_one_line_message(server):
+    workflow = tiny_workflow("../escape")
+    status, body = server.post("/prompt", {"prompt": workflow})
+    assert status == 200
+    entry = server.wait_for(body["prompt_id"])
+    messages = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert messages and messages[0][1]["exception_message"].startswith("run_name: '../escape' must be a plain folder")
+
+
+def test_interrupt_then_requeue_resumes_to_the_same_frames(server):
+    status, body = server.post("/prompt", {"prompt": tiny_workflow("tiny_resume", seconds=6.0)})
+    chunk_folder = server.output / "pfp" / "tiny_resume"
+    deadline = time.time() + 120
+    while len(list(chunk_folder.glob("chunk_*.safetensors"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    server.post("/interrupt", {})
+    entry = server.wait_for(body["prompt_id"])
+    kept = len(list(chunk_folder.glob("chunk_*.safetensors")))
+    assert entry["status"]["status_str"] == "error" or kept < 6  # stopped before the end
+    assert 2 <= kept < 6
+
+    status, body = server.post("/prompt", {"prompt": tiny_workflow("tiny_resume", seconds=6.0)})
+    resumed = server.wait_for(body["prompt_id"])
+    assert resumed["status"]["status_str"] == "success"
+    assert len(saved_frames(resumed)) == 48
+    status, body = server.post("/prompt", {"prompt": tiny_workflow("tiny_fresh", seconds=6.0)})
+    fresh = server.wait_for(body["prompt_id"])
+    # PNG metadata embeds the prompt (run names differ), so compare pixels
+    pixels = lambda image: load_image(server.output / image["subfolder"] / image["filename"])
+    for a, b in zip(saved_frames(resumed), saved_frames(fresh)):
+        assert np.array_equal(pixels(a), pixels(b))
