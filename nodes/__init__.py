@@ -31,4 +31,5 @@ class PFPExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> PFPExtension:
     register_model_folders()
+    from .routes import register_routes; register_routes()  # noqa: E702  POST /pfp/storyboard/plan (web timeline)
     return PFPExtension()

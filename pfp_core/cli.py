@@ -1,4 +1,4 @@
-"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune}."""
+"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, queue}."""
 from __future__ import annotations
 
 import argparse
@@ -120,6 +120,27 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
 
 
+def cmd_queue(args: argparse.Namespace) -> None:
+    from .queue_client import (format_summary, load_workflow, parse_override, parse_server, plan_jobs, read_storyboard,
+                               run_jobs, seed_list)
+
+    if args.seed_start is not None and args.count is None:
+        raise ValueError("--seed-start needs --count")
+    servers = [parse_server(text) for text in args.server]
+    seeds = seed_list(args.seeds, args.count, args.seed_start or 0)
+    plan = plan_jobs(load_workflow(Path(args.workflow)), seeds, [read_storyboard(s) for s in args.storyboard],
+                     [parse_override(text) for text in args.set])
+    print(f"queue: {len(plan.jobs)} jobs on {len(servers)} servers", flush=True)
+    for flag, targets in plan.changed.items():
+        print(f"  {flag} sets {', '.join(targets)}", flush=True)
+    results = run_jobs(plan.jobs, servers, Path(args.out), args.timeout, lambda line: print(line, flush=True))
+    print(format_summary(results))
+    failed = [result for result in results if result.status != "ok"]
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(results)} jobs failed; job {failed[0].job.index}: {failed[0].error}")
+    print(f"queue: outputs in {args.out}")
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not np.isfinite(value) or value <= 0:
@@ -205,6 +226,23 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=text)
         add_training_flags(p)
         p.set_defaults(func=cmd_train)
+    p = sub.add_parser("queue", help="post an API-format ComfyUI workflow to servers with varied seeds/storyboards")
+    p.add_argument("--workflow", required=True, metavar="API.json", help="workflow saved in API format (Export (API))")
+    p.add_argument("--server", required=True, action="append", metavar="HOST:PORT",
+                   help="a ComfyUI server; repeat to spread jobs round-robin")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                       help="one job per seed; sets every seed and noise_seed input")
+    seeds.add_argument("--count", type=positive_int, metavar="N", help="this many seeds, counting up from --seed-start")
+    p.add_argument("--seed-start", type=int, metavar="S", help="first seed for --count (default 0)")
+    p.add_argument("--storyboard", nargs="+", action="extend", default=[], metavar="FILE_OR_TEXT",
+                   help="storyboard files or texts; one job per seed and storyboard")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="NODE_ID.INPUT=VALUE",
+                   help="fixed inputs for every job, VALUE as JSON or plain text, e.g. 12.steps=8")
+    p.add_argument("--out", default="pfp_queue", metavar="DIR", help="outputs go to OUT/<job>_<seed>/")
+    p.add_argument("--timeout", type=positive_float, default=600.0, metavar="SECONDS",
+                   help="fail a job after this many silent seconds")
+    p.set_defaults(func=cmd_queue)
     return parser
 
 

@@ -56,6 +56,15 @@ def test_tiny_workflow_runs_to_the_promised_frames(server):
     assert len(chunks) == 4
 
 
+def test_tiny_extend_workflow_continues_a_generated_clip(server):
+    workflow = json.loads((WORKFLOWS / "pfp_tiny_extend_cpu_api.json").read_text())
+    status, body = server.post("/prompt", {"prompt": workflow})
+    assert status == 200, body
+    entry = server.wait_for(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(saved_frames(entry)) == 32  # 2 s generated, then extended to 4 s at 8 fps
+
+
 def test_invalid_storyboard_is_rejected_before_running_with_the_line_named(server):
     workflow = tiny_workflow("tiny_bad")
     workflow["6"]["inputs"]["storyboard"] = "3s: later\n1s: earlier"
