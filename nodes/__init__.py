@@ -7,7 +7,9 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 from .loader_nodes import LoadMemoryEncoder, LoadTinyTextEncoder, LoadTinyVAE, ProceduralImage
+from .memory_io_nodes import LoadMemory, SaveMemory
 from .memory_nodes import ApplyMemory, CompressHistory, RetrieveFrame
+from .plan_node import Plan
 from .sampler_node import AutoregressiveSampler
 from .storyboard_node import StoryboardPrompt
 
@@ -26,7 +28,7 @@ def register_model_folders() -> None:
 class PFPExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [LoadMemoryEncoder, LoadTinyVAE, LoadTinyTextEncoder, ProceduralImage, StoryboardPrompt, CompressHistory,
-                ApplyMemory, RetrieveFrame, AutoregressiveSampler]
+                ApplyMemory, RetrieveFrame, SaveMemory, LoadMemory, Plan, AutoregressiveSampler]
 
 
 async def comfy_entrypoint() -> PFPExtension:

@@ -3,6 +3,7 @@ the bundled tiny model's VAE and text encoder in the shapes ComfyUI's stock node
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +17,7 @@ import comfy.sample
 from ..pfp_core.checkpoint import check_compatible, load_encoder
 from ..pfp_core.config import EncoderConfig, VAEConfig
 from ..pfp_core.memory import Memory
+from ..pfp_core.planner import activation_bytes
 from ..pfp_core.text import HashTextEncoder
 from ..pfp_core.vae import SpaceToDepthVAE
 from .wan_memory import MemoryInjection, with_memory
@@ -97,6 +99,7 @@ class ComfyChunkSampler:
         patched = with_memory(self.model, MemoryInjection(memory, int(frame_times.flatten()[0])))
         if self.encoder is not None:  # accounted for in the same load_models_gpu call as the DiT
             patched.set_additional_models("pfp_encoder", [self.encoder.patcher])
+        self._load_within_budget(patched, memory, latent_shape)
         noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
         latent_format = self.model.model.latent_format
         samples = comfy.sample.sample(
@@ -104,6 +107,18 @@ class ComfyChunkSampler:
             self.negative, torch.zeros(latent_shape), seed=seed, disable_pbar=True,
             callback=lambda step, x0, x, total: on_step(step + 1, total, x0))
         return latent_format.process_in(samples.float().cpu())
+
+
+    def _load_within_budget(self, patched, memory: Memory, latent_shape: tuple[int, ...]) -> None:
+        """Tell model management what one step needs with memory tokens joined (CFG doubles the batch), so it
+        offloads enough of the DiT and encoder before sampling rather than running out mid-chunk."""
+        net = self.model.model.diffusion_model
+        patch = math.prod(net.patch_size)
+        tokens = math.prod(latent_shape[2:]) // patch + memory.token_count
+        dtype_bytes = self.model.model_dtype().itemsize if hasattr(self.model, "model_dtype") else 2
+        needed = activation_bytes(_wan_config(net), tokens * (2 if self.cfg != 1.0 else 1), dtype_bytes)
+        models = [patched] + ([self.encoder.patcher] if self.encoder is not None else [])
+        comfy.model_management.load_models_gpu(models, memory_required=needed)
 
 
 def model_identity(model_patcher) -> str:

@@ -5,6 +5,7 @@ import hashlib
 from pathlib import Path
 
 import torch
+from PIL import Image
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
@@ -77,7 +78,14 @@ class AutoregressiveSampler(io.ComfyNode):
 
 
 def progress_callbacks() -> Callbacks:
-    """One progress bar over the whole run; ComfyUI's interrupt stops between sampling steps."""
+    """One progress bar over the whole run with the latest chunk's last frame as preview; caches are released
+    between chunks; ComfyUI's interrupt stops between sampling steps."""
     bar = comfy.utils.ProgressBar(1)
-    return Callbacks(on_progress=lambda done, total: bar.update_absolute(done, total),
+
+    def on_chunk(index: int, frames: torch.Tensor) -> None:
+        comfy.model_management.soft_empty_cache()
+        preview = Image.fromarray(frames[-1].numpy())
+        bar.update_absolute(bar.current, bar.total, ("JPEG", preview, 512))
+
+    return Callbacks(on_progress=lambda done, total: bar.update_absolute(done, total), on_chunk=on_chunk,
                      should_cancel=comfy.model_management.processing_interrupted)

@@ -6,9 +6,12 @@ run `pfp_core.dit.wan_forward`, which calls these functions, so an encoder train
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 
 @dataclass
@@ -59,3 +62,24 @@ def join_memory(tokens: torch.Tensor, positions: torch.Tensor, memory: Memory | 
 def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:
     """Memory tokens only inform the video tokens: the head never sees them."""
     return tokens[:, :video_token_count]
+
+
+def save_memory(memory: Memory, path: str | Path) -> Path:
+    """Safetensors with the history length in the metadata; written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"tokens": memory.tokens.float().contiguous().cpu(), "positions": memory.positions.float().contiguous().cpu()},
+              str(tmp), metadata={"pfp_kind": "memory", "latent_frames": str(memory.latent_frames),
+                                  "seconds": str(memory.seconds)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_memory(path: str | Path) -> Memory:
+    from .checkpoint import CheckpointError, read_safetensors
+
+    tensors, metadata = read_safetensors(path, "memory")
+    if metadata.get("pfp_kind") != "memory" or {"tokens", "positions"} - set(tensors):
+        raise CheckpointError(f"memory: {Path(path).name} is not a saved PFP memory; save one with PFP Save Memory")
+    return Memory(tensors["tokens"], tensors["positions"], int(metadata["latent_frames"]), float(metadata["seconds"]))

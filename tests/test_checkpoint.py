@@ -72,3 +72,15 @@ def test_tiny_config_is_detectable_by_comfyui_and_real_sizes_are_wan():
     assert dit_config("tiny").comfy_detectable()
     for name in ("wan2.1-1.3b", "wan2.1-14b", "wan2.2-5b"):
         assert dit_config(name).comfy_detectable()
+
+
+def test_memory_round_trips_through_a_file_and_foreign_files_are_named(tmp_path, random_engine):
+    from pfp_core.memory import load_memory, save_memory
+
+    memory = random_engine.encoder.encode(torch.randn(1, 16, 6, 16, 16), fps=8)
+    loaded = load_memory(save_memory(memory, tmp_path / "m.safetensors"))
+    assert torch.equal(loaded.tokens, memory.tokens) and torch.equal(loaded.positions, memory.positions)
+    assert (loaded.latent_frames, loaded.seconds) == (6, 0.75)
+    save_model(random_engine.dit, random_engine.dit.config, tmp_path / "dit.safetensors", "dit")
+    with pytest.raises(CheckpointError, match="^memory: dit.safetensors is not a saved PFP memory"):
+        load_memory(tmp_path / "dit.safetensors")

@@ -11,11 +11,13 @@ import pytest
 
 from comfy_env import comfy_path, comfy_server
 
+from pfp_core.procedural import heldout_seed, make_video
 from pfp_core.video_io import load_image
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 NODES = ["PFPLoadMemoryEncoder", "PFPTinyVAE", "PFPTinyTextEncoder", "PFPProceduralImage", "PFPStoryboardPrompt",
-         "PFPCompressHistory", "PFPApplyMemory", "PFPRetrieveFrame", "PFPAutoregressiveSampler"]
+         "PFPCompressHistory", "PFPApplyMemory", "PFPRetrieveFrame", "PFPSaveMemory", "PFPLoadMemory", "PFPPlan",
+         "PFPAutoregressiveSampler"]
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +107,37 @@ def test_interrupt_then_requeue_resumes_to_the_same_frames(server):
     pixels = lambda image: load_image(server.output / image["subfolder"] / image["filename"])
     for a, b in zip(saved_frames(resumed), saved_frames(fresh)):
         assert np.array_equal(pixels(a), pixels(b))
+
+
+def test_memory_nodes_compose_with_stock_nodes(server):
+    """Compress -> Save; Apply Memory -> stock KSampler -> stock VAEDecode; Retrieve Frame; Plan."""
+    workflow = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "pfp_tiny_dit.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["1", 0], "shift": 1.0}},
+        "3": {"class_type": "PFPTinyVAE", "inputs": {}},
+        "4": {"class_type": "PFPTinyTextEncoder", "inputs": {}},
+        "5": {"class_type": "PFPLoadMemoryEncoder", "inputs": {"encoder_name": "pfp_tiny_encoder.safetensors", "dtype": "default"}},
+        "6": {"class_type": "PFPProceduralImage", "inputs": {"seed": 3, "size": 32}},
+        "7": {"class_type": "PFPCompressHistory", "inputs": {"memory_encoder": ["5", 0], "vae": ["3", 0], "model": ["2", 0], "images": ["6", 0], "fps": 8.0}},
+        "8": {"class_type": "PFPSaveMemory", "inputs": {"memory": ["7", 0], "name": "start"}},
+        "9": {"class_type": "PFPApplyMemory", "inputs": {"model": ["2", 0], "memory": ["7", 0]}},
+        "10": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 0], "text": ""}},
+        "11": {"class_type": "VAEEncode", "inputs": {"pixels": ["6", 0], "vae": ["3", 0]}},
+        "12": {"class_type": "KSampler", "inputs": {"model": ["9", 0], "positive": ["10", 0], "negative": ["10", 0], "latent_image": ["11", 0], "seed": 0, "steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["3", 0]}},
+        "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "compose/next"}},
+        "15": {"class_type": "PFPRetrieveFrame", "inputs": {"model": ["2", 0], "vae": ["3", 0], "memory": ["7", 0], "positive": ["10", 0], "negative": ["10", 0], "time_seconds": 0.0, "fps": 8.0, "width": 32, "height": 32, "seed": 0, "steps": 8, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}},
+        "16": {"class_type": "SaveImage", "inputs": {"images": ["15", 0], "filename_prefix": "compose/retrieved"}},
+        "17": {"class_type": "PFPPlan", "inputs": {"model": "wan2.1-1.3b", "width": 832, "height": 480, "fps": 16.0, "history_seconds": 20.0, "chunk_seconds": 5.0, "rate": "4x4x2"}},
+    }
+    status, body = server.post("/prompt", {"prompt": workflow})
+    assert status == 200, body
+    entry = server.wait_for(body["prompt_id"])
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(entry["outputs"]["14"]["images"]) == 1 and len(entry["outputs"]["16"]["images"]) == 1
+    assert (server.output / "pfp_memory" / "start.safetensors").exists()
+    assert "memory_tokens" in entry["outputs"]["17"]["text"][0]
+    # the memory holds the start frame: retrieving it beats a flat gray frame by a wide margin
+    start = load_image(server.output / "compose" / entry["outputs"]["16"]["images"][0]["filename"]).astype(float)
+    truth = make_video(heldout_seed(3), 1).frames[0].astype(float)
+    assert np.mean((start - truth) ** 2) < 0.5 * np.mean((127.5 - truth) ** 2)

@@ -138,9 +138,13 @@ class DevTools:
         self.next_id += 1
         data = json.dumps({"id": self.next_id, "method": method, "params": params}).encode()
         mask = os.urandom(4)
-        n = len(data)
-        header = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
-                                  if n < 65536 else bytes([0x80 | 127]) + struct.pack(">Q", n))
+        n = len(data)  # FIN + text opcode, then the masked length (clients must mask)
+        if n < 126:
+            header = bytes([0x81, 0x80 | n])
+        elif n < 65536:
+            header = bytes([0x81, 0x80 | 126]) + struct.pack(">H", n)
+        else:
+            header = bytes([0x81, 0x80 | 127]) + struct.pack(">Q", n)
         self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
         while True:
             message = self._recv_message()
@@ -193,6 +197,7 @@ def chromium_page(tmp: Path, url: str):
             page = next(t for t in json.loads(response.read()) if t["type"] == "page")
         devtools = DevTools(page["webSocketDebuggerUrl"])
         devtools.send("Page.enable")
+        devtools.send("Emulation.setDeviceMetricsOverride", width=1280, height=800, deviceScaleFactor=1, mobile=False)
         yield devtools
         devtools.sock.close()
     finally:
@@ -232,7 +237,7 @@ def test_timeline_in_the_real_front_end(server, tmp_path):
         page.evaluate(f"""(() => {{
           app.graph.clear();
           const node = LiteGraph.createNode('PFPStoryboardPrompt');
-          node.pos = [40, 40];
+          node.pos = [40, 100];  // below the workflow tabs
           app.graph.add(node);
           node.setSize([720, Math.max(node.size[1], 560)]);
           app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0];
