@@ -10,6 +10,7 @@ from .loader_nodes import LoadMemoryEncoder, LoadTinyTextEncoder, LoadTinyVAE, P
 from .memory_io_nodes import LoadMemory, SaveMemory
 from .memory_nodes import ApplyMemory, CompressHistory, RetrieveFrame
 from .plan_node import Plan
+from .routes import register_routes
 from .sampler_node import AutoregressiveSampler
 from .storyboard_node import StoryboardPrompt
 
@@ -33,5 +34,5 @@ class PFPExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> PFPExtension:
     register_model_folders()
-    from .routes import register_routes; register_routes()  # noqa: E702  POST /pfp/storyboard/plan (web timeline)
+    register_routes()  # POST /pfp/storyboard/plan for the web timeline
     return PFPExtension()

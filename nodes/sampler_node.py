@@ -13,8 +13,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pfp_core.chunk_store import ChunkStore
-from ..pfp_core.generator import (AutoregressiveGenerator, Callbacks, GenerationCancelled, GenerationRequest,
-                                  frame_grid)
+from ..pfp_core.errors import GenerationCancelled
+from ..pfp_core.generator import AutoregressiveGenerator, Callbacks, GenerationRequest, frame_grid
 from .adapters import ComfyChunkSampler, ComfyVAE, model_identity
 from .types import MemoryEncoderType, StoryboardType
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,9 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .generator import Callbacks, GenerationCancelled
-
-DEMO_STORYBOARD = "0s: a textured world with moving objects / 4s: the camera comes back to the start"
+from .errors import GenerationCancelled
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -22,7 +21,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def progress_callbacks(bar: tqdm) -> Callbacks:
+def progress_callbacks(bar: tqdm):
+    from .generator import Callbacks
+
     def on_progress(done: int, total: int) -> None:
         bar.total = total
         bar.n = done
@@ -58,7 +59,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     image = procedural.make_video(procedural.heldout_seed(7), 1).frames[0]
-    result, engine, taken = run_generation(args, image, DEMO_STORYBOARD, out / "demo.mp4", out / "demo_chunks")
+    storyboard = f"0s: a textured world with moving objects / {args.seconds / 2:g}s: the camera comes back to the start"
+    result, engine, taken = run_generation(args, image, storyboard, out / "demo.mp4", out / "demo_chunks")
     save_image(contact_sheet(result.frames.numpy()), out / "demo_frames.png")
     print("demo: " + summary(result, engine.fps, taken, out / "demo.mp4"))
 
@@ -75,7 +77,8 @@ def contact_sheet(frames: np.ndarray, columns: int = 16) -> np.ndarray:
 def cmd_generate(args: argparse.Namespace) -> None:
     from .video_io import load_image
 
-    storyboard = Path(args.storyboard).read_text(encoding="utf-8") if Path(args.storyboard).is_file() else args.storyboard
+    # os.path.isfile, not Path.is_file: a long storyboard text is not a valid file name and must not raise
+    storyboard = Path(args.storyboard).read_text(encoding="utf-8") if os.path.isfile(args.storyboard) else args.storyboard
     out = Path(args.out)
     chunks = Path(args.chunks_dir) if args.chunks_dir else out.with_name(out.stem + "_chunks")
     result, engine, taken = run_generation(args, load_image(args.image), storyboard, out, chunks)

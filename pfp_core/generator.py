@@ -13,12 +13,9 @@ from typing import Callable, Protocol
 import torch
 
 from .chunk_store import ChunkStore
+from .errors import GenerationCancelled
 from .memory import Memory
 from .vae import VAE
-
-
-class GenerationCancelled(RuntimeError):
-    """Raised between sampling steps when the caller cancels; finished chunks stay on disk."""
 
 
 class ChunkSampler(Protocol):

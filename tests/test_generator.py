@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from pfp_core.chunk_store import ChunkStore, ChunkStoreError
-from pfp_core.generator import (AutoregressiveGenerator, Callbacks, GenerationCancelled, GenerationRequest,
-                                chunk_spans)
+from pfp_core.errors import GenerationCancelled
+from pfp_core.generator import AutoregressiveGenerator, Callbacks, GenerationRequest, chunk_spans
 from pfp_core.pipeline import FlowChunkSampler, SamplerSettings
 
 
