@@ -33,9 +33,12 @@ def import_comfy_in_process():
         sys.path.insert(0, str(root))
     try:
         from comfy.cli_args import args
+
+        args.cpu = True  # before comfy.model_management picks a device
+        import comfy.model_management  # noqa: F401  (the import that needs ComfyUI's requirements)
     except ImportError as error:
-        pytest.skip(f"ComfyUI at {root} cannot be imported with this Python ({error}); run with its environment")
-    args.cpu = True
+        pytest.skip(f"ComfyUI at {root} cannot be imported with this Python ({error}); run the integration tests "
+                    "with ComfyUI's Python")
     if str(REPO.parent) not in sys.path:
         sys.path.insert(0, str(REPO.parent))
     return importlib.import_module(REPO.name)
