@@ -52,9 +52,12 @@ class AutoregressiveSampler(io.ComfyNode):
         memory_encoder.check_model(model)
         latent_format = model.model.latent_format
         adapter = ComfyVAE(vae, latent_format)
-        total_frames, chunk_frames = frame_grid(storyboard.seconds, storyboard.chunk_seconds, storyboard.fps)
+        total_frames, chunk_frames = frame_grid(storyboard.seconds, storyboard.chunk_seconds, storyboard.fps,
+                                                adapter.config.temporal_factor)
         start = start_image[..., :3].movedim(-1, 0)[None].float() * 2 - 1
+        # snapping to the VAE's 1 + 4k frames can add a chunk the storyboard did not plan: it keeps the last prompt
         prompts = [chunk.prompt for chunk in storyboard.chunks]
+        prompts += prompts[-1:] * (-(-total_frames // chunk_frames) + 1 - len(prompts))
         fingerprint = {"model": model_identity(model), "encoder": memory_encoder.name, "seed": seed, "steps": steps,
                        "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler, "prompts": prompts,
                        "frames": [total_frames, chunk_frames], "history_seconds": history_seconds,

@@ -37,23 +37,49 @@ class ChunkSpan:
         return self.end_frame - self.first_frame
 
 
-def chunk_spans(total_frames: int, start_frames: int, chunk_frames: int) -> list[ChunkSpan]:
-    """Chunk k covers video frames [k*C, (k+1)*C), minus the frames the start already provides."""
+CAUSAL_CONTEXT_LATENTS = 2  # history latents decoded before a chunk so its first frames are continuations
+
+
+def lead_frames(temporal_factor: int) -> int:
+    """A causal video VAE (Wan: 4x in time) encodes the first frame on its own, then `factor` frames per latent."""
+    return 1 if temporal_factor > 1 else 0
+
+
+def chunk_spans(total_frames: int, start_frames: int, chunk_frames: int, temporal_factor: int = 1) -> list[ChunkSpan]:
+    """Chunk k covers video frames [L + k*C, L + (k+1)*C) (L = lead_frames), minus the frames the start provides."""
     if chunk_frames <= 0:
         raise ValueError(f"chunk_frames: must be positive, got {chunk_frames}")
     if total_frames <= start_frames:
         raise ValueError(f"seconds: the video ({total_frames} frames) must be longer than the start "
                          f"({start_frames} frames); ask for more seconds")
-    count = -(-total_frames // chunk_frames)
-    spans = [ChunkSpan(k, max(k * chunk_frames, start_frames), min((k + 1) * chunk_frames, total_frames))
+    check_causal_alignment(total_frames, start_frames, chunk_frames, temporal_factor)
+    lead = lead_frames(temporal_factor)
+    count = -(-(total_frames - lead) // chunk_frames)
+    spans = [ChunkSpan(k, max(lead + k * chunk_frames, start_frames), min(lead + (k + 1) * chunk_frames, total_frames))
              for k in range(count)]
     return [span for span in spans if span.frames > 0]
 
 
-def frame_grid(seconds: float, chunk_seconds: float, fps: float) -> tuple[int, int]:
-    """(total frames, frames per chunk): the storyboard is planned on these exact values, so its chunk k is the
-    generator's chunk k."""
-    return round(seconds * fps), max(1, round(chunk_seconds * fps))
+def check_causal_alignment(total_frames: int, start_frames: int, chunk_frames: int, factor: int) -> None:
+    """With time compression every generated latent must cover whole frames: 1 + f*k frames, chunks of f*k."""
+    if factor == 1:
+        return
+    for name, count in (("start_image", start_frames), ("seconds", total_frames)):
+        if (count - 1) % factor:
+            raise ValueError(f"{name}: {count} frames; this VAE needs 1 + {factor}k frames (e.g. "
+                             f"{count - (count - 1) % factor}); trim the clip or use frame_grid to pick the length")
+    if chunk_frames % factor:
+        raise ValueError(f"chunk_seconds: {chunk_frames} frames per chunk; this VAE needs a multiple of {factor}")
+
+
+def frame_grid(seconds: float, chunk_seconds: float, fps: float, temporal_factor: int = 1) -> tuple[int, int]:
+    """(total frames, frames per chunk), snapped to what the VAE can make: 1 + f*k frames and chunks of f*k.
+    The storyboard is planned on these values, so its chunk k is the generator's chunk k."""
+    f = temporal_factor
+    total, chunk = round(seconds * fps), max(1, round(chunk_seconds * fps))
+    if f == 1:
+        return total, chunk
+    return 1 + f * max(1, round((total - 1) / f)), f * max(1, round(chunk / f))
 
 
 def chunk_seed(seed: int, index: int) -> int:
@@ -109,9 +135,9 @@ class AutoregressiveGenerator:
 
     def run(self, request: GenerationRequest) -> GenerationResult:
         factor = self.vae.config.temporal_factor
+        spans = chunk_spans(request.total_frames, request.start_pixels.shape[2], request.chunk_frames, factor)
         history = self.vae.encode(request.start_pixels)
         frames = [to_uint8(request.start_pixels)]
-        spans = chunk_spans(request.total_frames, request.start_pixels.shape[2], request.chunk_frames)
         if len(request.prompts) < spans[-1].index + 1:
             raise ValueError(f"prompts: {len(request.prompts)} given for {spans[-1].index + 1} chunks; plan the storyboard "
                              "for the whole video")
@@ -126,7 +152,7 @@ class AutoregressiveGenerator:
                 memory = self.compress(window)
                 token_counts.append(memory.token_count)
                 latents = self._sample(span, memory, history.shape[2] - offset, history.shape, request, n, total_steps)
-                chunk_frames = to_uint8(self.vae.decode(latents))
+                chunk_frames = to_uint8(self.decode_continuation(history, latents))
                 if self.store is not None:
                     self.store.save(span.index, latents[0], chunk_frames)
                 self.callbacks.on_chunk(span.index, chunk_frames)
@@ -134,6 +160,16 @@ class AutoregressiveGenerator:
             history = torch.cat((history, latents.to(history.dtype)), dim=2)
             frames.append(chunk_frames)
         return GenerationResult(torch.cat(frames), history, resumed, token_counts)
+
+    def decode_continuation(self, history: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Decode a chunk after its history. A causal VAE decodes a lone first latent as a single image frame, so
+        the last latents of the history go in first as context and their frames are dropped."""
+        factor = self.vae.config.temporal_factor
+        if factor == 1:
+            return self.vae.decode(latents)
+        context = history[:, :, -CAUSAL_CONTEXT_LATENTS:].to(latents.dtype)
+        pixels = self.vae.decode(torch.cat((context, latents), dim=2))
+        return pixels[:, :, -latents.shape[2] * factor:]
 
     def _sample(self, span: ChunkSpan, memory: Memory, first_time: int, history_shape: torch.Size,
                 request: GenerationRequest, n: int, total_steps: int) -> torch.Tensor:

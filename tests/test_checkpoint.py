@@ -6,7 +6,6 @@ from safetensors.torch import save_file
 
 from pfp_core.checkpoint import CheckpointError, check_compatible, load_dit, load_encoder, save_model
 from pfp_core.config import dit_config, encoder_config_for
-from pfp_core.dit import WanDiT
 from pfp_core.encoder import MemoryEncoder
 
 

@@ -3,7 +3,9 @@ import torch
 
 from pfp_core.chunk_store import ChunkStore, ChunkStoreError
 from pfp_core.errors import GenerationCancelled
-from pfp_core.generator import AutoregressiveGenerator, Callbacks, GenerationRequest, chunk_spans
+from pfp_core.config import VAEConfig
+from pfp_core.generator import AutoregressiveGenerator, Callbacks, GenerationRequest, chunk_spans, frame_grid, to_uint8
+from pfp_core.vae import SpaceToDepthVAE
 from pfp_core.pipeline import FlowChunkSampler, SamplerSettings
 
 
@@ -78,3 +80,47 @@ def test_unwritable_output_folder_is_named(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ChunkStoreError, match="^out: cannot create"):
         ChunkStore(blocker / "chunks", {})
+
+
+class CausalVideoVAE:
+    """Behaves like Wan's causal VAE in time: the first frame is encoded alone, then 4 frames per latent (space
+    is an exact space-to-depth, so decoded frames can be checked exactly)."""
+
+    config = VAEConfig("causal_test", 16, 2, 4)
+
+    def __init__(self):
+        self.space = SpaceToDepthVAE()
+
+    def encode(self, pixels):
+        first, rest = pixels[:, :, :1], pixels[:, :, 1:]
+        groups = rest.unflatten(2, (-1, 4)).mean(3) if rest.shape[2] else rest
+        return self.space.encode(torch.cat((first, groups), dim=2))
+
+    def decode(self, latents):
+        frames = self.space.decode(latents)
+        return torch.cat((frames[:, :, :1], frames[:, :, 1:].repeat_interleave(4, dim=2)), dim=2)
+
+
+def test_causal_video_vae_gets_whole_latents_and_exact_frames(random_engine, start_image):
+    vae = CausalVideoVAE()
+    sampler = FlowChunkSampler(random_engine.dit, random_engine.text_encoder, SamplerSettings(steps=2))
+    result = AutoregressiveGenerator(random_engine.compress, sampler, vae).run(make_request(start_image, total=33, chunk=8))
+    assert result.frames.shape[0] == 33 and result.latents.shape[2] == 1 + 8
+    # every chunk decoded as a continuation: 4 frames per latent, none of them the context's
+    frames = result.frames
+    assert torch.equal(frames[1], frames[4]) and not torch.equal(frames[4], frames[5])
+    decoded = to_uint8(vae.space.decode(result.latents[:, :, 1:2]))
+    assert torch.equal(frames[1], decoded[0])
+
+
+def test_causal_alignment_errors_name_the_field():
+    with pytest.raises(ValueError, match="^seconds: 32 frames; this VAE needs 1 \\+ 4k frames"):
+        chunk_spans(32, 1, 8, temporal_factor=4)
+    with pytest.raises(ValueError, match="^start_image: 4 frames"):
+        chunk_spans(33, 4, 8, temporal_factor=4)
+    with pytest.raises(ValueError, match="^chunk_seconds: 6 frames"):
+        chunk_spans(33, 1, 6, temporal_factor=4)
+    assert frame_grid(20, 5, 16, temporal_factor=4) == (321, 80)
+    assert frame_grid(20, 5, 16) == (320, 80)
+    spans = chunk_spans(321, 1, 80, temporal_factor=4)
+    assert [(s.first_frame, s.end_frame) for s in spans] == [(1, 81), (81, 161), (161, 241), (241, 321)]

@@ -54,8 +54,8 @@ def free_port() -> int:
 class ComfyServer:
     """A real ComfyUI on loopback with this repository loaded as the custom node pack `pfp`."""
 
-    def __init__(self, url: str, process: subprocess.Popen, log_path: Path, output: Path):
-        self.url, self.process, self.log_path, self.output = url, process, log_path, output
+    def __init__(self, url: str, process: subprocess.Popen, log_path: Path, output: Path, models: Path):
+        self.url, self.process, self.log_path, self.output, self.models = url, process, log_path, output, models
 
     def get(self, path: str) -> dict:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
@@ -92,7 +92,9 @@ def comfy_server(tmp: Path) -> Iterator[ComfyServer]:
     packs.mkdir()
     (packs / "pfp").symlink_to(REPO)
     config = tmp / "extra_model_paths.yaml"
-    config.write_text(f"pfp_test:\n    base_path: {tmp}\n    custom_nodes: custom_nodes\n")
+    (tmp / "models" / "pfp_encoders").mkdir(parents=True)
+    config.write_text(f"pfp_test:\n    base_path: {tmp}\n    custom_nodes: custom_nodes\n"
+                      "    pfp_encoders: models/pfp_encoders\n")
     port = free_port()
     output = tmp / "output"
     for folder in ("output", "temp", "user", "input"):
@@ -104,7 +106,7 @@ def comfy_server(tmp: Path) -> Iterator[ComfyServer]:
             str(tmp / "input"), "--database-url", "sqlite:///:memory:"]
     with open(log_path, "w") as log:
         process = subprocess.Popen(args, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    server = ComfyServer(f"http://127.0.0.1:{port}", process, log_path, output)
+    server = ComfyServer(f"http://127.0.0.1:{port}", process, log_path, output, tmp / "models")
     try:
         deadline = time.time() + 180
         while True:

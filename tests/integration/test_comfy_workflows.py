@@ -1,8 +1,7 @@
 """The pack inside a real ComfyUI server on loopback: nodes registered, the tiny workflow through /prompt,
 validation errors as HTTP 400 with our message, interrupt then resume."""
-import copy
+import dataclasses
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -141,3 +140,27 @@ def test_memory_nodes_compose_with_stock_nodes(server):
     start = load_image(server.output / "compose" / entry["outputs"]["16"]["images"][0]["filename"]).astype(float)
     truth = make_video(heldout_seed(3), 1).frames[0].astype(float)
     assert np.mean((start - truth) ** 2) < 0.5 * np.mean((127.5 - truth) ** 2)
+
+
+def test_encoder_that_does_not_fit_the_model_fails_with_one_clear_line(server):
+    from pfp_core.checkpoint import save_model
+    from pfp_core.config import encoder_config_for
+    from pfp_core.encoder import MemoryEncoder
+
+    wide = MemoryEncoder(dataclasses.replace(encoder_config_for("tiny"), dim=256))
+    save_model(wide, wide.config, server.models / "pfp_encoders" / "wide.safetensors", "memory_encoder")
+    workflow = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "pfp_tiny_dit.safetensors", "weight_dtype": "default"}},
+        "3": {"class_type": "PFPTinyVAE", "inputs": {}},
+        "5": {"class_type": "PFPLoadMemoryEncoder", "inputs": {"encoder_name": "wide.safetensors", "dtype": "default"}},
+        "6": {"class_type": "PFPProceduralImage", "inputs": {"seed": 3, "size": 32}},
+        "7": {"class_type": "PFPCompressHistory", "inputs": {"memory_encoder": ["5", 0], "vae": ["3", 0], "model": ["1", 0], "images": ["6", 0], "fps": 8.0}},
+        "8": {"class_type": "PFPSaveMemory", "inputs": {"memory": ["7", 0], "name": "never"}},
+    }
+    status, body = server.post("/prompt", {"prompt": workflow})
+    assert status == 200, body
+    entry = server.wait_for(body["prompt_id"])
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert error["node_type"] == "PFPCompressHistory"
+    assert error["exception_message"].splitlines()[0].startswith(
+        "encoder: does not fit this DiT (encoder width 256 != DiT width 128)")
