@@ -88,7 +88,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     from .planner import format_plan_table, plan
 
-    figures = plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate, args.chunk_seconds)
+    figures = plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate, args.chunk_seconds,
+                   video_seconds=args.video_seconds)
     print(json.dumps(figures, indent=1) if args.json else format_plan_table(figures))
 
 
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=positive_float, default=16)
     p.add_argument("--history-seconds", type=positive_float, default=20)
     p.add_argument("--chunk-seconds", type=positive_float, default=5)
+    p.add_argument("--video-seconds", type=positive_float, help="whole video, for the RAM estimate (default: history)")
     p.add_argument("--rate", default="4x4x2")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)

@@ -223,17 +223,29 @@ def _notes(cfg: DiTConfig, vae: VAEConfig) -> list[str]:
         "intermediate twice (Linear and GELU outputs) and float32 RoPE copies, so the true peak is somewhat higher",
         "weights_offloaded: the largest module (a DiT block, embedding or the encoder) twice, for double "
         "buffering, as ComfyUI's partial loading streams weights",
+        "ram_estimate_gb: offloaded weights + the whole video as ComfyUI's float32 IMAGE + fp32 latents "
+        "(finished chunks are also on disk, so an interrupted run loses nothing)",
         f"fits_12gb compares against {GPU_BUDGET_GB:g} GB = 1e9 bytes (a 12 GiB card keeps ~0.9 GB for the CUDA "
         "context); the VAE, the text encoder and the latents are not counted (ComfyUI unloads them)",
     ]
 
 
+def ram_bytes(cfg: DiTConfig, vae: VAEConfig, width: int, height: int, video_frames: int, weights: int) -> int:
+    """Host RAM of a whole run: offloaded weights, the frames returned as a float32 IMAGE, fp32 latents."""
+    latent_frames = latent_frame_count(video_frames, vae.temporal_factor)
+    latents = latent_frames * cfg.in_dim * (height // vae.spatial_factor) * (width // vae.spatial_factor) * 4
+    return weights + video_frames * height * width * 3 * 4 + latents
+
+
 def plan(model: str, width: int, height: int, fps: float, history_seconds: float, rate: str = "4x4x2",
-         chunk_seconds: float = 5.0, dtype_bytes: int = 2, text_tokens: int = 512) -> dict:
-    """Tokens, FLOPs, parameters and VRAM of generating one chunk after `history_seconds` of compressed history."""
+         chunk_seconds: float = 5.0, dtype_bytes: int = 2, text_tokens: int = 512,
+         video_seconds: float | None = None) -> dict:
+    """Tokens, FLOPs, parameters and VRAM of generating one chunk after `history_seconds` of compressed history,
+    and the RAM of a whole `video_seconds` run (default: as long as the history)."""
+    video_seconds = history_seconds if video_seconds is None else video_seconds
     cfg = _validate(model, width, height, {"fps": fps, "history_seconds": history_seconds,
                                            "chunk_seconds": chunk_seconds, "dtype_bytes": dtype_bytes,
-                                           "text_tokens": text_tokens})
+                                           "text_tokens": text_tokens, "video_seconds": video_seconds})
     parsed = Rate.parse(rate)
     vae, enc = VAES[cfg.vae], encoder_config_for(model, str(parsed))
     latent_h, latent_w = height // vae.spatial_factor, width // vae.spatial_factor
@@ -265,6 +277,8 @@ def plan(model: str, width: int, height: int, fps: float, history_seconds: float
         "weights_gb": _gb(weights), "activation_gb": _gb(activations),
         "vram_estimate_gb": vram,
         "fits_12gb": {case: gb <= GPU_BUDGET_GB for case, gb in vram.items()},
+        "video_seconds": video_seconds,
+        "ram_estimate_gb": _gb(ram_bytes(cfg, vae, width, height, frame_count(video_seconds, fps), weights)),
         "notes": _notes(cfg, vae),
     }
 

@@ -149,3 +149,13 @@ def test_non_positive_numbers_name_the_field(field):
 def test_bad_rate_names_the_field():
     with pytest.raises(ValueError, match="^rate:"):
         plan("wan2.1-1.3b", 832, 480, 16, 20, rate="4x4")
+
+
+def test_ram_estimate_grows_with_the_video_and_counts_its_frames():
+    short = plan("wan2.1-1.3b", 832, 480, 16, 20, video_seconds=20)
+    long = plan("wan2.1-1.3b", 832, 480, 16, 20, video_seconds=120)
+    frames_bytes = (120 - 20) * 16 * 832 * 480 * 3 * 4  # float32 IMAGE
+    latent_bytes = (120 - 20) * 16 // 4 * 16 * 60 * 104 * 4  # fp32 Wan 2.1 latents, 4 frames each
+    assert long["ram_estimate_gb"] - short["ram_estimate_gb"] == pytest.approx((frames_bytes + latent_bytes) / 1e9,
+                                                                               abs=2e-3)
+    assert short["ram_estimate_gb"] > short["weights_gb"]

@@ -127,7 +127,7 @@ def test_memory_nodes_compose_with_stock_nodes(server):
         "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "compose/next"}},
         "15": {"class_type": "PFPRetrieveFrame", "inputs": {"model": ["2", 0], "vae": ["3", 0], "memory": ["7", 0], "positive": ["10", 0], "negative": ["10", 0], "time_seconds": 0.0, "fps": 8.0, "width": 32, "height": 32, "seed": 0, "steps": 8, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}},
         "16": {"class_type": "SaveImage", "inputs": {"images": ["15", 0], "filename_prefix": "compose/retrieved"}},
-        "17": {"class_type": "PFPPlan", "inputs": {"model": "wan2.1-1.3b", "width": 832, "height": 480, "fps": 16.0, "history_seconds": 20.0, "chunk_seconds": 5.0, "rate": "4x4x2"}},
+        "17": {"class_type": "PFPPlan", "inputs": {"model": "wan2.1-1.3b", "width": 832, "height": 480, "fps": 16.0, "video_seconds": 120.0, "history_seconds": 20.0, "chunk_seconds": 5.0, "rate": "4x4x2"}},
     }
     status, body = server.post("/prompt", {"prompt": workflow})
     assert status == 200, body
@@ -135,7 +135,7 @@ def test_memory_nodes_compose_with_stock_nodes(server):
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert len(entry["outputs"]["14"]["images"]) == 1 and len(entry["outputs"]["16"]["images"]) == 1
     assert (server.output / "pfp_memory" / "start.safetensors").exists()
-    assert "memory_tokens" in entry["outputs"]["17"]["text"][0]
+    assert "memory_tokens" in entry["outputs"]["17"]["text"][0] and "ram_estimate_gb" in entry["outputs"]["17"]["text"][0]
     # the memory holds the start frame: retrieving it beats a flat gray frame by a wide margin
     start = load_image(server.output / "compose" / entry["outputs"]["16"]["images"][0]["filename"]).astype(float)
     truth = make_video(heldout_seed(3), 1).frames[0].astype(float)
