@@ -1,19 +1,14 @@
 """`python -m pfp_core queue` against a real ComfyUI, with stock nodes that need no model files."""
 import json
-import os
 import struct
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from comfy_env import REPO, comfy_path, free_port
-
-START_SECONDS = 120
+from comfy_env import REPO, comfy_path, comfy_server
 
 # EmptyImage -> ImageAddNoise(seed) -> SaveImage: the seed changes the picture, and nothing needs a model file.
 NOISY_IMAGE = {
@@ -30,46 +25,12 @@ FAILS_AT_RUN_TIME = {
 }
 
 
-def wait_until_up(port: int, process: subprocess.Popen, log_path: Path) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            with opener.open(f"http://127.0.0.1:{port}/system_stats", timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"ComfyUI did not answer /system_stats within {START_SECONDS} s; log tail:\n"
-                f"{log_path.read_text(errors='replace')[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    """HOST:PORT of a ComfyUI started for these tests, with every folder it writes in a temporary directory."""
-    root = comfy_path()
-    tmp = tmp_path_factory.mktemp("comfy")
-    for folder in ("output", "temp", "user"):
-        (tmp / folder).mkdir()
-    port = free_port()
-    log_path = tmp / "comfy.log"
-    args = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-            "--port", str(port), "--disable-auto-launch", "--disable-api-nodes", "--output-directory",
-            str(tmp / "output"), "--temp-directory", str(tmp / "temp"), "--user-directory", str(tmp / "user"),
-            "--database-url", "sqlite:///:memory:"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(args, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_up(port, process, log_path)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """HOST:PORT of a real ComfyUI started for these tests (with the pack loaded, which the client ignores)."""
+    comfy_path()
+    with comfy_server(tmp_path_factory.mktemp("comfy")) as running:
+        yield running.url.removeprefix("http://")
 
 
 def queue(tmp_path: Path, workflow: dict, *args: str) -> subprocess.CompletedProcess:

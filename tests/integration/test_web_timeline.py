@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_env import comfy_path, comfy_server
+from comfy_env import comfy_path, comfy_server, stop
 
 from pfp_core.generator import frame_grid
 from pfp_core.storyboard import parse_storyboard, plan_chunks
@@ -202,11 +202,7 @@ def chromium_page(tmp: Path, url: str):
         yield devtools
         devtools.sock.close()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 # ------------------------------------------------------------------------------------------ the front end
