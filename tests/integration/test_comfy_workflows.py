@@ -164,3 +164,17 @@ def test_encoder_that_does_not_fit_the_model_fails_with_one_clear_line(server):
     assert error["node_type"] == "PFPCompressHistory"
     assert error["exception_message"].splitlines()[0].startswith(
         "encoder: does not fit this DiT (encoder width 256 != DiT width 128)")
+
+
+def test_server_memory_stays_flat_across_queued_runs(server):
+    """Ten tiny runs one after another: the server's resident memory after the last is within 5% of after the
+    third (the first runs load models and warm caches)."""
+    psutil = pytest.importorskip("psutil")
+    process = psutil.Process(server.process.pid)
+    resident = []
+    for run in range(10):
+        status, body = server.post("/prompt", {"prompt": tiny_workflow(f"tiny_soak_{run}", seconds=3.0)})
+        assert status == 200, body
+        assert server.wait_for(body["prompt_id"])["status"]["status_str"] == "success"
+        resident.append(process.memory_info().rss)
+    assert resident[-1] <= resident[2] * 1.05, [round(r / 2**20) for r in resident]
