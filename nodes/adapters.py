@@ -16,6 +16,7 @@ import comfy.sample
 
 from ..pfp_core.checkpoint import check_compatible, load_encoder
 from ..pfp_core.config import EncoderConfig, VAEConfig
+from ..pfp_core.incremental import IncrementalMemory
 from ..pfp_core.memory import Memory
 from ..pfp_core.planner import activation_bytes
 from ..pfp_core.text import HashTextEncoder
@@ -40,13 +41,20 @@ class EncoderHandle:
                                                    comfy.model_management.unet_offload_device())
         return cls(patcher, encoder.config, path.rsplit("/", 1)[-1])
 
-    def compress(self, latents: torch.Tensor, fps: float, time_factor: int) -> Memory:
+    def grid(self, latents: torch.Tensor) -> torch.Tensor:
+        """Memory grid [B, dim, t, h, w] on the CPU in fp32 (memories are small; the DiT casts them)."""
         comfy.model_management.load_models_gpu([self.patcher])
         encoder = self.patcher.model
         dtype = next(encoder.parameters()).dtype
         with torch.no_grad():
-            memory = encoder.encode(latents.to(self.patcher.load_device, dtype), fps, time_factor)
-        return memory.to("cpu", torch.float32)
+            return encoder(latents.to(self.patcher.load_device, dtype)).to("cpu", torch.float32)
+
+    def compress(self, latents: torch.Tensor, fps: float, time_factor: int) -> Memory:
+        return self.updater(fps, time_factor)(latents, 0)
+
+    def updater(self, fps: float, time_factor: int) -> IncrementalMemory:
+        """A fresh incremental compressor for one run: only new slabs are encoded after each chunk."""
+        return IncrementalMemory(self.grid, self.config, fps, time_factor)
 
     def check_model(self, model_patcher) -> None:
         net = model_patcher.model.diffusion_model

@@ -66,7 +66,7 @@ class AutoregressiveSampler(io.ComfyNode):
                                     seed, steps, memory_encoder.config.latent_stride[0])
         sampler = ComfyChunkSampler(model, storyboard.conditioning, storyboard.negative, steps, cfg, sampler_name,
                                     scheduler, memory_encoder)
-        compress = lambda window: memory_encoder.compress(window, storyboard.fps, adapter.config.temporal_factor)
+        compress = memory_encoder.updater(storyboard.fps, adapter.config.temporal_factor)
         generator = AutoregressiveGenerator(compress, sampler, adapter, ChunkStore(run_folder(run_name), fingerprint),
                                             progress_callbacks())
         try:

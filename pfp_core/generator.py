@@ -23,7 +23,7 @@ class ChunkSampler(Protocol):
                  seed: int, on_step: Callable[[int, int, torch.Tensor], None]) -> torch.Tensor: ...
 
 
-Compressor = Callable[[torch.Tensor], Memory]  # window latents [1, C, T, h, w] -> Memory
+Compressor = Callable[[torch.Tensor, int], Memory]  # (window latents [1, C, T, h, w], its first frame) -> Memory
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class AutoregressiveGenerator:
                 resumed += 1
             else:
                 window, offset = history_window(history, request.window_frames // factor, request.slab_frames)
-                memory = self.compress(window)
+                memory = self.compress(window, offset)
                 token_counts.append(memory.token_count)
                 latents = self._sample(span, memory, history.shape[2] - offset, history.shape, request, n, total_steps)
                 chunk_frames = to_uint8(self.decode_continuation(history, latents))

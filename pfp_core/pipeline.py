@@ -16,6 +16,7 @@ from .dit import WanDiT
 from .encoder import MemoryEncoder
 from .flow import guided, sample, sampling_sigmas
 from .generator import AutoregressiveGenerator, Callbacks, GenerationRequest, GenerationResult, frame_grid
+from .incremental import IncrementalMemory
 from .memory import Memory
 from .storyboard import parse_storyboard, plan_chunks
 from .text import HashTextEncoder, TextEncoder
@@ -74,9 +75,10 @@ class Engine:
     def fps(self) -> int:
         return self.encoder.config.fps
 
-    def compress(self, window_latents: torch.Tensor) -> Memory:
-        with torch.no_grad():
-            return self.encoder.encode(window_latents, self.fps, self.vae.config.temporal_factor)
+    def memory_updater(self) -> IncrementalMemory:
+        """A fresh incremental compressor for one run."""
+        return IncrementalMemory(torch.no_grad()(self.encoder), self.encoder.config, self.fps,
+                                 self.vae.config.temporal_factor)
 
     def identity(self) -> str:
         """Short digest of the weights: part of a run's fingerprint."""
@@ -139,7 +141,7 @@ def generate(engine: Engine, start_image: np.ndarray, storyboard_text: str, vide
     request = GenerationRequest(pixels, [c.prompt for c in plan], total_frames, chunk_frames,
                                 round(video.history_seconds * fps), video.seed, sampler.steps,
                                 engine.encoder.config.latent_stride[0])
-    generator = AutoregressiveGenerator(engine.compress, FlowChunkSampler(engine.dit, engine.text_encoder, sampler),
+    generator = AutoregressiveGenerator(engine.memory_updater(), FlowChunkSampler(engine.dit, engine.text_encoder, sampler),
                                         engine.vae, ChunkStore(out_folder, fingerprint), callbacks)
     return generator.run(request)
 

@@ -17,3 +17,10 @@ def random_engine() -> Engine:
     torch.nn.init.normal_(dit.head.head.weight, std=0.02)
     encoder = MemoryEncoder(encoder_config_for("tiny")).eval()
     return Engine(dit, encoder, SpaceToDepthVAE(), HashTextEncoder(4096, 32))
+
+
+@pytest.fixture
+def start_image() -> torch.Tensor:
+    """A random 32x32 start frame [1, 3, 1, H, W] in [-1, 1]."""
+    torch.manual_seed(0)
+    return torch.rand(1, 3, 1, 32, 32) * 2 - 1

@@ -26,15 +26,15 @@ def make_request(start: torch.Tensor, total: int = 20, chunk: int = 4, window: i
     return GenerationRequest(start, ["a scene"] * 16, total, chunk, window, seed=5, steps_per_chunk=3, slab_frames=2)
 
 
-def run(engine, store, request, callbacks=None):
+def full_recompute(engine):
+    """The paper's update, kept as the reference: the whole window re-encoded before every chunk."""
+    return lambda window, offset: engine.encoder.encode(window.detach(), engine.fps)
+
+
+def run(engine, store, request, callbacks=None, compress=None):
     sampler = FlowChunkSampler(engine.dit, engine.text_encoder, SamplerSettings(steps=3))
-    return AutoregressiveGenerator(engine.compress, sampler, engine.vae, store, callbacks).run(request)
-
-
-@pytest.fixture
-def start_image() -> torch.Tensor:
-    torch.manual_seed(0)
-    return torch.rand(1, 3, 1, 32, 32) * 2 - 1
+    compress = compress or engine.memory_updater()
+    return AutoregressiveGenerator(compress, sampler, engine.vae, store, callbacks).run(request)
 
 
 def test_frame_count_and_start_frame_preserved(random_engine, start_image):
@@ -104,7 +104,8 @@ class CausalVideoVAE:
 def test_causal_video_vae_gets_whole_latents_and_exact_frames(random_engine, start_image):
     vae = CausalVideoVAE()
     sampler = FlowChunkSampler(random_engine.dit, random_engine.text_encoder, SamplerSettings(steps=2))
-    result = AutoregressiveGenerator(random_engine.compress, sampler, vae).run(make_request(start_image, total=33, chunk=8))
+    result = AutoregressiveGenerator(random_engine.memory_updater(), sampler, vae).run(
+        make_request(start_image, total=33, chunk=8))
     assert result.frames.shape[0] == 33 and result.latents.shape[2] == 1 + 8
     # every chunk decoded as a continuation: 4 frames per latent, none of them the context's
     frames = result.frames
