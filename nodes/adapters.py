@@ -1,26 +1,24 @@
-"""ComfyUI objects behind pfp_core's small interfaces: VAE protocol, chunk sampler, memory encoder handle, and
-the bundled tiny model's VAE and text encoder in the shapes ComfyUI's stock nodes expect."""
+"""ComfyUI objects behind pfp_core's small interfaces: the memory encoder handle, the VAE protocol and the chunk
+sampler."""
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import comfy.latent_formats
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 import comfy.sample
 
 from ..pfp_core.checkpoint import check_compatible, load_encoder
-from ..pfp_core.config import EncoderConfig, VAEConfig
+from ..pfp_core.config import DiTConfig, EncoderConfig, VAEConfig
 from ..pfp_core.incremental import IncrementalMemory
 from ..pfp_core.memory import Memory
 from ..pfp_core.planner import activation_bytes
-from ..pfp_core.text import HashTextEncoder
-from ..pfp_core.vae import SpaceToDepthVAE
 from .wan_memory import MemoryInjection, with_memory
 
 
@@ -39,7 +37,7 @@ class EncoderHandle:
             encoder = encoder.to(dtype)
         patcher = comfy.model_patcher.ModelPatcher(encoder, comfy.model_management.get_torch_device(),
                                                    comfy.model_management.unet_offload_device())
-        return cls(patcher, encoder.config, path.rsplit("/", 1)[-1])
+        return cls(patcher, encoder.config, os.path.basename(path))
 
     def grid(self, latents: torch.Tensor) -> torch.Tensor:
         """Memory grid [B, dim, t, h, w] on the CPU in fp32 (memories are small; the DiT casts them)."""
@@ -64,9 +62,8 @@ class EncoderHandle:
         check_compatible(self.config, _wan_config(net))
 
 
-def _wan_config(net):
-    from ..pfp_core.config import DiTConfig
-
+def _wan_config(net) -> DiTConfig:
+    """The shape of ComfyUI's WanModel in pfp_core's terms, for the compatibility check and the planner."""
     return DiTConfig(name=type(net).__name__, dim=net.dim, ffn_dim=net.ffn_dim, num_heads=net.num_heads,
                      num_layers=len(net.blocks), in_dim=net.in_dim, out_dim=net.out_dim, patch_size=tuple(net.patch_size))
 
@@ -137,45 +134,3 @@ def model_identity(model_patcher) -> str:
         if name in state:
             digest.update(state[name].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-class TinyVAE:
-    """The tiny model's space-to-depth VAE with ComfyUI's VAE interface, in Wan 2.1's raw latent space (the DiT
-    loads as Wan 2.1, whose latent format normalises with Wan's per-channel mean and std)."""
-
-    latent_channels = 16
-
-    def __init__(self):
-        wan = comfy.latent_formats.Wan21()
-        self.mean, self.std = wan.latents_mean, wan.latents_std
-        self.space_to_depth = SpaceToDepthVAE()
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = (images[..., :3].float() * 2 - 1).permute(3, 0, 1, 2)[None]
-        return self.space_to_depth.encode(pixels) * self.std + self.mean
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        pixels = self.space_to_depth.decode((latents.float().cpu() - self.mean) / self.std)
-        return ((pixels + 1) / 2).permute(0, 2, 3, 4, 1)  # [B, T, H, W, 3]
-
-    def spacial_compression_encode(self) -> int:
-        return SpaceToDepthVAE.config.spatial_factor
-
-    def spacial_compression_decode(self) -> int:
-        return SpaceToDepthVAE.config.spatial_factor
-
-    def temporal_compression_decode(self) -> int:
-        return SpaceToDepthVAE.config.temporal_factor
-
-
-class TinyTextEncoder:
-    """The tiny model's word-hash text encoder with the two methods CLIPTextEncode calls."""
-
-    def __init__(self):
-        self.encoder = HashTextEncoder(4096, 32)
-
-    def tokenize(self, text: str) -> str:
-        return text
-
-    def encode_from_tokens_scheduled(self, tokens: str, **kwargs) -> list:
-        return [[self.encoder.encode([tokens]), {}]]

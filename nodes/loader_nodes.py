@@ -7,7 +7,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pfp_core.procedural import heldout_seed, make_video
-from .adapters import EncoderHandle, TinyTextEncoder, TinyVAE
+from .adapters import EncoderHandle
+from .tiny_models import TinyTextEncoder, TinyVAE
 from .types import MemoryEncoderType
 
 DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
