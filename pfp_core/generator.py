@@ -120,11 +120,34 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).contiguous()
 
 
-def history_window(history: torch.Tensor, window_latents: int, slab: int) -> tuple[torch.Tensor, int]:
-    """The most recent `window_latents` latent frames, starting on a slab boundary; returns (window, offset)."""
-    start = max(0, history.shape[2] - window_latents)
-    start -= start % slab
-    return history[:, :, start:], start
+class LatentHistory:
+    """Latents of the video so far, kept chunk by chunk so that appending never copies the whole history."""
+
+    def __init__(self, start_latents: torch.Tensor):
+        self.parts, self.length = [start_latents], start_latents.shape[2]
+
+    def append(self, latents: torch.Tensor) -> None:
+        self.parts.append(latents.to(self.parts[0].dtype))
+        self.length += latents.shape[2]
+
+    def tail(self, frames: int) -> torch.Tensor:
+        """The last `frames` latent frames (fewer if the history is shorter)."""
+        taken, kept = 0, []
+        for part in reversed(self.parts):
+            if taken >= frames:
+                break
+            kept.append(part[:, :, -(frames - taken):])
+            taken += kept[-1].shape[2]
+        return torch.cat(kept[::-1], dim=2)
+
+    def window(self, window_latents: int, slab: int) -> tuple[torch.Tensor, int]:
+        """The most recent `window_latents` latent frames, starting on a slab boundary; returns (window, offset)."""
+        start = max(0, self.length - window_latents)
+        start -= start % slab
+        return self.tail(self.length - start), start
+
+    def all(self) -> torch.Tensor:
+        return torch.cat(self.parts, dim=2)
 
 
 class AutoregressiveGenerator:
@@ -136,7 +159,7 @@ class AutoregressiveGenerator:
     def run(self, request: GenerationRequest) -> GenerationResult:
         factor = self.vae.config.temporal_factor
         spans = chunk_spans(request.total_frames, request.start_pixels.shape[2], request.chunk_frames, factor)
-        history = self.vae.encode(request.start_pixels)
+        history = LatentHistory(self.vae.encode(request.start_pixels))
         frames = [to_uint8(request.start_pixels)]
         if len(request.prompts) < spans[-1].index + 1:
             raise ValueError(f"prompts: {len(request.prompts)} given for {spans[-1].index + 1} chunks; plan the storyboard "
@@ -148,33 +171,33 @@ class AutoregressiveGenerator:
                 latents = latents[None]
                 resumed += 1
             else:
-                window, offset = history_window(history, request.window_frames // factor, request.slab_frames)
+                window, offset = history.window(request.window_frames // factor, request.slab_frames)
                 memory = self.compress(window, offset)
                 token_counts.append(memory.token_count)
-                latents = self._sample(span, memory, history.shape[2] - offset, history.shape, request, n, total_steps)
+                latents = self._sample(span, memory, history.length - offset, window.shape, request, n, total_steps)
                 chunk_frames = to_uint8(self.decode_continuation(history, latents))
                 if self.store is not None:
                     self.store.save(span.index, latents[0], chunk_frames)
                 self.callbacks.on_chunk(span.index, chunk_frames)
             self.callbacks.on_progress((n + 1) * request.steps_per_chunk, total_steps)
-            history = torch.cat((history, latents.to(history.dtype)), dim=2)
+            history.append(latents)
             frames.append(chunk_frames)
-        return GenerationResult(torch.cat(frames), history, resumed, token_counts)
+        return GenerationResult(torch.cat(frames), history.all(), resumed, token_counts)
 
-    def decode_continuation(self, history: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    def decode_continuation(self, history: LatentHistory, latents: torch.Tensor) -> torch.Tensor:
         """Decode a chunk after its history. A causal VAE decodes a lone first latent as a single image frame, so
         the last latents of the history go in first as context and their frames are dropped."""
         factor = self.vae.config.temporal_factor
         if factor == 1:
             return self.vae.decode(latents)
-        context = history[:, :, -CAUSAL_CONTEXT_LATENTS:].to(latents.dtype)
+        context = history.tail(CAUSAL_CONTEXT_LATENTS).to(latents.dtype)
         pixels = self.vae.decode(torch.cat((context, latents), dim=2))
         return pixels[:, :, -latents.shape[2] * factor:]
 
-    def _sample(self, span: ChunkSpan, memory: Memory, first_time: int, history_shape: torch.Size,
+    def _sample(self, span: ChunkSpan, memory: Memory, first_time: int, window_shape: torch.Size,
                 request: GenerationRequest, n: int, total_steps: int) -> torch.Tensor:
         latent_frames = span.frames // self.vae.config.temporal_factor
-        shape = (1, history_shape[1], latent_frames, *history_shape[3:])
+        shape = (1, window_shape[1], latent_frames, *window_shape[3:])
         frame_times = torch.arange(first_time, first_time + latent_frames)[None]
 
         def on_step(step: int, steps: int, x0_estimate: torch.Tensor) -> None:

@@ -125,3 +125,18 @@ def test_causal_alignment_errors_name_the_field():
     assert frame_grid(20, 5, 16) == (320, 80)
     spans = chunk_spans(321, 1, 80, temporal_factor=4)
     assert [(s.first_frame, s.end_frame) for s in spans] == [(1, 81), (81, 161), (161, 241), (241, 321)]
+
+
+def test_latent_history_tail_and_window_cross_chunk_boundaries():
+    from pfp_core.generator import LatentHistory
+
+    frames = torch.arange(11.0).view(1, 1, 11, 1, 1)
+    history = LatentHistory(frames[:, :, :1])
+    for start in (1, 5, 9):
+        history.append(frames[:, :, start:start + 4])
+    assert history.length == 11 and torch.equal(history.all(), frames)
+    assert history.tail(6).flatten().tolist() == [5, 6, 7, 8, 9, 10]
+    window, offset = history.window(7, slab=2)  # the last 7 would start at 4: a slab boundary already
+    assert offset == 4 and window.flatten().tolist() == list(range(4, 11))
+    window, offset = history.window(6, slab=2)  # would start at 5: moves back to 4
+    assert offset == 4 and window.shape[2] == 7
