@@ -1,4 +1,4 @@
-"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, queue}."""
+"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, queue, bench}."""
 from __future__ import annotations
 
 import argparse
@@ -145,6 +145,22 @@ def cmd_queue(args: argparse.Namespace) -> None:
     print(f"queue: outputs in {args.out}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import STAGES, run_speed
+
+    with tqdm(total=len(STAGES), desc="bench", unit="stage", disable=args.quiet) as bar:
+        def on_stage(stage: str) -> None:
+            bar.n = STAGES.index(stage)
+            bar.set_description(f"bench: {stage}")
+
+        results = run_speed(Path(args.out), quick=args.quick, on_stage=on_stage)
+        bar.n = len(STAGES)
+        bar.set_description("bench: done")
+    met = sum(v["met"] for v in results["verdicts"])
+    print(f"bench speed: {met} of {len(results['verdicts'])} targets met, {results['bench_seconds']:.0f} s -> "
+          f"{Path(args.out) / 'speed.md'}")
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not np.isfinite(value) or value <= 0:
@@ -248,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_float, default=600.0, metavar="SECONDS",
                    help="fail a job after this many silent seconds")
     p.set_defaults(func=cmd_queue)
+    p = sub.add_parser("bench", help="measure speed on this machine: per-chunk cost, memory updates, encoder")
+    p.add_argument("what", choices=("speed",), help="which benchmark")
+    p.add_argument("--out", default="docs/results", help="folder for speed.json, speed.md and speed.png")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (about a minute)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
