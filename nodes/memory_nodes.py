@@ -3,12 +3,11 @@ past frame from it (the paper's white-box check that the memory holds what it sh
 from __future__ import annotations
 
 import torch
-import comfy.sample
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..pfp_core.memory import Memory
-from .adapters import ComfyVAE
+from .adapters import ComfyChunkSampler, ComfyVAE
 from .types import MemoryEncoderType, MemoryType
 from .wan_memory import MemoryInjection, with_memory
 
@@ -91,9 +90,8 @@ class RetrieveFrame(io.ComfyNode):
             raise ValueError(f"time_seconds: {time_seconds} s is outside the memory (0 to {memory.seconds:.2f} s)")
         factor = adapter.config.spatial_factor
         shape = (1, adapter.config.latent_channels, 1, height // factor, width // factor)
-        patched = with_memory(model, MemoryInjection(memory, frame))
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-        samples = comfy.sample.sample(patched, noise, steps, cfg, sampler_name, scheduler, positive, negative,
-                                      torch.zeros(shape), seed=seed, disable_pbar=True)
-        image = adapter.decode(model.model.latent_format.process_in(samples.float().cpu()))
+        # the same chunk sampler as the Autoregressive Sampler, asked for one frame at a past time
+        sampler = ComfyChunkSampler(model, {"": positive}, negative, steps, cfg, sampler_name, scheduler)
+        latents = sampler(memory, torch.tensor([[frame]]), "", shape, seed, on_step=lambda *_: None)
+        image = adapter.decode(latents)
         return io.NodeOutput(((image[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1))
