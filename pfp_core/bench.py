@@ -509,13 +509,10 @@ def draw_figure(r: dict) -> np.ndarray:
 
 
 def write_outputs(r: dict, out: Path) -> None:
+    from .atomic import write_bytes
     from .video_io import save_image
 
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "speed.json.tmp"
-    tmp.write_text(json.dumps(r, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "speed.json")
-    tmp = out / "speed.md.tmp"
-    tmp.write_text(format_markdown(r), encoding="utf-8")
-    os.replace(tmp, out / "speed.md")
+    write_bytes(out / "speed.json", json.dumps(r, indent=1).encode())
+    write_bytes(out / "speed.md", format_markdown(r).encode())
     save_image(draw_figure(r), out / "speed.png")

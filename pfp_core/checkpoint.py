@@ -5,14 +5,13 @@ ComfyUI does, so Wan checkpoints load here and what we save loads in ComfyUI.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from .atomic import save_tensors
 from .config import DiTConfig, EncoderConfig
 from .dit import WanDiT
 from .encoder import MemoryEncoder
@@ -27,21 +26,16 @@ class CheckpointError(ValueError):
 def save_model(module: torch.nn.Module, config: DiTConfig | EncoderConfig, path: str | Path, kind: str,
                extra: dict[str, str] | None = None) -> Path:
     """Atomic write: a crash leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().contiguous().cpu() for name, t in module.state_dict().items()}
     metadata = {"pfp_kind": kind, "config": config.to_json(), **(extra or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return save_tensors(module.state_dict(), path, metadata)
 
 
 def _sniff(path: Path, field: str) -> None:
     """Refuse pickles and zip archives before any parser touches them."""
     if not path.is_file():
         raise CheckpointError(f"{field}: file not found: {path}")
-    head = path.open("rb").read(8)
+    with path.open("rb") as f:
+        head = f.read(8)
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise CheckpointError(f"{field}: {path.name} is a pickle/torch.save file, not safetensors; "
                               "only .safetensors files are loaded (pickles can run code)")

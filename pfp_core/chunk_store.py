@@ -6,12 +6,15 @@ that started it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from .atomic import save_tensors, write_bytes
 
 
 class ChunkStoreError(ValueError):
@@ -40,19 +43,15 @@ class ChunkStore:
                 raise ChunkStoreError(f"out: {self.folder} holds chunks of a different run (differs in "
                                       f"{', '.join(changed)}); use a new folder or delete it to start over")
             return
-        self._atomic_write(self.manifest_path, json.dumps(self.fingerprint, indent=1).encode())
+        with self._writing(self.manifest_path.name):
+            write_bytes(self.manifest_path, json.dumps(self.fingerprint, indent=1).encode())
 
-    def _atomic_write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
+    @contextlib.contextmanager
+    def _writing(self, name: str) -> Iterator[None]:
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            yield
         except OSError as error:
-            tmp.unlink(missing_ok=True)
-            raise ChunkStoreError(f"out: cannot write {path.name} in {self.folder} ({error.strerror}); "
+            raise ChunkStoreError(f"out: cannot write {name} in {self.folder} ({error.strerror}); "
                                   "free space or choose another folder; finished chunks are kept") from None
 
     def chunk_path(self, index: int) -> Path:
@@ -63,16 +62,8 @@ class ChunkStore:
 
     def save(self, index: int, latents: torch.Tensor, frames: torch.Tensor) -> None:
         """latents [C, t, h, w] float, frames [T, H, W, 3] uint8."""
-        tmp = self.chunk_path(index).with_name(self.chunk_path(index).name + ".part")
-        try:
-            save_file({"latents": latents.float().contiguous().cpu(), "frames": frames.contiguous().cpu()}, str(tmp))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.chunk_path(index))
-        except OSError as error:
-            tmp.unlink(missing_ok=True)
-            raise ChunkStoreError(f"out: cannot write chunk {index} in {self.folder} ({error.strerror}); "
-                                  "free space or choose another folder; finished chunks are kept") from None
+        with self._writing(f"chunk {index}"):
+            save_tensors({"latents": latents.float(), "frames": frames}, self.chunk_path(index))
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         tensors = load_file(str(self.chunk_path(index)))

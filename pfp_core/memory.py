@@ -6,12 +6,12 @@ run `pfp_core.dit.wan_forward`, which calls these functions, so an encoder train
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from .atomic import save_tensors
 
 
 @dataclass
@@ -66,14 +66,8 @@ def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:
 
 def save_memory(memory: Memory, path: str | Path) -> Path:
     """Safetensors with the history length in the metadata; written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"tokens": memory.tokens.float().contiguous().cpu(), "positions": memory.positions.float().contiguous().cpu()},
-              str(tmp), metadata={"pfp_kind": "memory", "latent_frames": str(memory.latent_frames),
-                                  "seconds": str(memory.seconds)})
-    os.replace(tmp, path)
-    return path
+    return save_tensors({"tokens": memory.tokens.float(), "positions": memory.positions.float()}, path,
+                        {"pfp_kind": "memory", "latent_frames": str(memory.latent_frames), "seconds": str(memory.seconds)})
 
 
 def load_memory(path: str | Path) -> Memory:

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from . import procedural
+from .atomic import save_tensors
 from .checkpoint import load_dit, load_encoder, read_safetensors, save_model
 from .config import dit_config, encoder_config_for
 from .dit import WanDiT
@@ -144,14 +145,10 @@ def save_checkpoint(models: Models, optimizer: torch.optim.Optimizer, settings: 
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
-    from safetensors.torch import save_file
-
     state = optimizer.state_dict()
     tensors = {f"{index}.{key}": value.contiguous() for index, entry in state["state"].items()
                for key, value in entry.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step), "param_groups": json.dumps(state["param_groups"])})
-    tmp.replace(path)
+    save_tensors(tensors, path, {"step": str(step), "param_groups": json.dumps(state["param_groups"])})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> int:

@@ -62,7 +62,7 @@ def test_interrupted_run_resumes_to_identical_frames(random_engine, start_image,
         run(random_engine, ChunkStore(tmp_path / "b", {"run": 1}), request, cancel_in_chunk_3)
     kept = sorted(p.name for p in (tmp_path / "b").glob("chunk_*.safetensors"))
     assert kept == ["chunk_0000.safetensors", "chunk_0001.safetensors", "chunk_0002.safetensors"]
-    assert not list((tmp_path / "b").glob("*.part"))
+    assert not list((tmp_path / "b").glob("*.tmp"))
 
     resumed = run(random_engine, ChunkStore(tmp_path / "b", {"run": 1}), request)
     assert resumed.resumed_chunks == 3
