@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..pfp_core.chunk_store import ChunkStore
 from ..pfp_core.errors import GenerationCancelled
-from ..pfp_core.generator import AutoregressiveGenerator, Callbacks, GenerationRequest, frame_grid
+from ..pfp_core.generator import AutoregressiveGenerator, Callbacks, GenerationRequest, chunk_spans, frame_grid
 from .adapters import ComfyChunkSampler, ComfyVAE, model_identity
 from .types import MemoryEncoderType, StoryboardType
 
@@ -57,7 +57,8 @@ class AutoregressiveSampler(io.ComfyNode):
         start = start_image[..., :3].movedim(-1, 0)[None].float() * 2 - 1
         # snapping to the VAE's 1 + 4k frames can add a chunk the storyboard did not plan: it keeps the last prompt
         prompts = [chunk.prompt for chunk in storyboard.chunks]
-        prompts += prompts[-1:] * (-(-total_frames // chunk_frames) + 1 - len(prompts))
+        chunks = chunk_spans(total_frames, start.shape[2], chunk_frames, adapter.config.temporal_factor)[-1].index + 1
+        prompts += prompts[-1:] * (chunks - len(prompts))
         fingerprint = {"model": model_identity(model), "encoder": memory_encoder.name, "seed": seed, "steps": steps,
                        "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler, "prompts": prompts,
                        "frames": [total_frames, chunk_frames], "history_seconds": history_seconds,
