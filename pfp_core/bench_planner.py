@@ -25,7 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .attention import matmul_attention, use_attention
-from .bench import machine
+from .bench import machine, write_report
 from .config import DiTConfig, EncoderConfig, dit_config, encoder_config_for
 from .dit import WanDiT
 from .encoder import MemoryEncoder
@@ -191,7 +191,7 @@ def run_planner(out: Path, quick: bool = False, on_stage: Callable[[str], None] 
     results["comfyui_12gb"] = comfy_settings()
     on_stage("report")
     results["bench_seconds"] = time.perf_counter() - started
-    write_outputs(results, Path(out))
+    write_report(Path(out), "planner", results, format_markdown(results), draw_figure(results))
     return results
 
 
@@ -290,13 +290,3 @@ def draw_figure(r: dict) -> np.ndarray:
                    "ComfyUI peak VRAM of a chunk at 832x480, 20 s history (planner estimate; budget 12 GB)", "GB",
                    "{:.1f}")
     return img
-
-
-def write_outputs(r: dict, out: Path) -> None:
-    from .atomic import write_bytes
-    from .video_io import save_image
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_bytes(out / "planner.json", json.dumps(r, indent=1).encode())
-    write_bytes(out / "planner.md", format_markdown(r).encode())
-    save_image(draw_figure(r), out / "planner.png")
