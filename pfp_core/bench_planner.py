@@ -244,7 +244,11 @@ def format_markdown(r: dict) -> str:
              "the pass allocated (beyond its weights and inputs), over one encoder pass on the history and one DiT "
              "forward of the chunk with its memory tokens, batch 1, under `torch.no_grad()`, on CPU with SDPA. "
              "bf16 means bf16 weights and activations, the patch embedding computed in fp32 as ComfyUI does. Kernel "
-             "workspaces and allocator rounding are not seen, so a GPU's peak is somewhat higher.", ""]
+             "workspaces and allocator rounding are not seen, so a GPU's peak is somewhat higher.", "",
+             "The activation model was written from what these measurements show alive at the peak (the FFN or the "
+             "RoPE moment of a block), so the agreement says it describes this code in eager PyTorch; it is not an "
+             "independent prediction. Inside ComfyUI the same forward runs over ComfyUI's modules (its RMSNorm, "
+             "layers that cast their weights), which allocate slightly differently.", ""]
     for name, case in r["cases"].items():
         c = case["dit"]
         lines += [f"## {name}", "",
