@@ -122,7 +122,9 @@ class ComfyChunkSampler:
         net = self.model.model.diffusion_model
         patch = math.prod(net.patch_size)
         tokens = math.prod(latent_shape[2:]) // patch + memory.token_count
-        dtype_bytes = self.model.model_dtype().itemsize if hasattr(self.model, "model_dtype") else 2
+        # activations are in the compute dtype: manual_cast_dtype (bf16 for fp8 weights) when ComfyUI sets one
+        dtype = getattr(self.model.model, "manual_cast_dtype", None) or self.model.model_dtype()
+        dtype_bytes = dtype.itemsize if dtype is not None else 2
         needed = activation_bytes(_wan_config(net), tokens * (2 if self.cfg != 1.0 else 1), dtype_bytes)
         models = [patched] + ([self.encoder.patcher] if self.encoder is not None else [])
         comfy.model_management.load_models_gpu(models, memory_required=needed)
