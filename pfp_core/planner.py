@@ -2,7 +2,8 @@
 
 Everything here is arithmetic on the configs in `pfp_core.config`; no module is instantiated. The counts mirror
 the modules in `pfp_core.dit` and `pfp_core.encoder` one layer at a time, and the tests check them against
-`sum(p.numel())` of meta-built modules and against `torch.utils.flop_counter.FlopCounterMode`.
+`sum(p.numel())` of meta-built modules, against `torch.utils.flop_counter.FlopCounterMode` and, for memory,
+against peaks measured on CPU by `pfp_core.peak_memory.PeakMemory` (`bench planner`).
 
 Conventions:
 - A clip of s seconds at f fps has round(s * f) + 1 frames (Wan's 4k+1: 5 s at 16 fps = 81 frames); a causal VAE
@@ -230,8 +231,7 @@ VAE_DECODE_FACTOR = {"wan2.1": 7000 * 8 * 8, "wan2.2": 8000 * 16 * 16}
 VAE_TILE_PIXELS = 256  # the tile ComfyUI falls back to when a full decode runs out of memory
 BF16 = 2  # ComfyUI computes Wan in bf16: activations, and weights cast for one layer
 WEIGHT_BYTES = {"bf16": 2, "fp8_e4m3fn": 1, "fp32": 4}
-TEXT_ENCODER_BYTES = {"fp8 on GPU": UMT5_XXL_PARAMS + UMT5_XXL_EMBEDDING, "bf16 on GPU": UMT5_XXL_PARAMS * BF16,
-                      "CPU": 0}
+TEXT_ENCODER_BYTES = {"fp8 on GPU": (UMT5_XXL_PARAMS - UMT5_XXL_EMBEDDING) + UMT5_XXL_EMBEDDING * BF16, "CPU": 0}
 
 
 @dataclass(frozen=True)
