@@ -13,7 +13,6 @@ Then it lists the planner's ComfyUI settings for 12 GB at 480p: estimates, since
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
