@@ -18,7 +18,7 @@ from ..pfp_core.checkpoint import check_compatible, load_encoder
 from ..pfp_core.config import DiTConfig, EncoderConfig, VAEConfig
 from ..pfp_core.incremental import IncrementalMemory
 from ..pfp_core.memory import Memory
-from ..pfp_core.planner import activation_bytes
+from ..pfp_core.planner import activation_bytes, encoder_activation_bytes
 from .wan_memory import MemoryInjection, with_memory
 
 
@@ -40,10 +40,12 @@ class EncoderHandle:
         return cls(patcher, encoder.config, os.path.basename(path))
 
     def grid(self, latents: torch.Tensor) -> torch.Tensor:
-        """Memory grid [B, dim, t, h, w] on the CPU in fp32 (memories are small; the DiT casts them)."""
-        comfy.model_management.load_models_gpu([self.patcher])
+        """Memory grid [B, dim, t, h, w] on the CPU in fp32 (memories are small; the DiT casts them). Model
+        management is told the pass's peak, so it unloads enough of the DiT before a long history is encoded."""
         encoder = self.patcher.model
         dtype = next(encoder.parameters()).dtype
+        needed = latents.shape[0] * encoder_activation_bytes(self.config, tuple(latents.shape[2:]), dtype.itemsize)
+        comfy.model_management.load_models_gpu([self.patcher], memory_required=needed)
         with torch.no_grad():
             return encoder(latents.to(self.patcher.load_device, dtype)).to("cpu", torch.float32)
 
@@ -120,7 +122,9 @@ class ComfyChunkSampler:
         net = self.model.model.diffusion_model
         patch = math.prod(net.patch_size)
         tokens = math.prod(latent_shape[2:]) // patch + memory.token_count
-        dtype_bytes = self.model.model_dtype().itemsize if hasattr(self.model, "model_dtype") else 2
+        # activations are in the compute dtype: manual_cast_dtype (bf16 for fp8 weights) when ComfyUI sets one
+        dtype = getattr(self.model.model, "manual_cast_dtype", None) or self.model.model_dtype()
+        dtype_bytes = dtype.itemsize if dtype is not None else 2
         needed = activation_bytes(_wan_config(net), tokens * (2 if self.cfg != 1.0 else 1), dtype_bytes)
         models = [patched] + ([self.encoder.patcher] if self.encoder is not None else [])
         comfy.model_management.load_models_gpu(models, memory_required=needed)

@@ -21,6 +21,16 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return out.transpose(1, 2).reshape(b, lq, inner)
 
 
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(QK^T / sqrt(d)) V as plain matmuls: an L^2 matrix, so for measuring only. FlopCounterMode counts
+    these products; it does not see inside the CPU flash-attention kernel behind SDPA."""
+    b, lq, inner = q.shape
+    split = lambda x: x.view(b, x.shape[1], heads, inner // heads).transpose(1, 2)
+    q, k, v = split(q), split(k), split(v)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    return (weights @ v).transpose(1, 2).reshape(b, lq, inner)
+
+
 def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     import xformers.ops  # optional dependency: only reached when available on CUDA
 
@@ -39,7 +49,7 @@ def _xformers_usable() -> bool:
     return True
 
 
-BACKENDS: dict[str, AttentionFn] = {"sdpa": sdpa_attention, "xformers": xformers_attention}
+BACKENDS: dict[str, AttentionFn] = {"sdpa": sdpa_attention, "xformers": xformers_attention, "matmul": matmul_attention}
 _active: AttentionFn | None = None
 
 

@@ -331,7 +331,7 @@ def run_speed(out: Path, quick: bool = False, on_stage: Callable[[str], None] = 
     p["flops_memory_vs_no_history"] = p["dit_flops_per_step_memory"] / p["dit_flops_per_step_no_history"]
     results["verdicts"] = verdicts(results)
     results["bench_seconds"] = time.perf_counter() - started
-    write_outputs(results, Path(out))
+    write_report(Path(out), "speed", results, format_markdown(results), draw_figure(results))
     return results
 
 
@@ -501,11 +501,12 @@ def draw_figure(r: dict) -> np.ndarray:
     return img
 
 
-def write_outputs(r: dict, out: Path) -> None:
+def write_report(out: Path, name: str, results: dict, markdown: str, figure: np.ndarray) -> None:
+    """NAME.json, NAME.md and NAME.png in `out`, each written atomically."""
     from .atomic import write_bytes
     from .video_io import save_image
 
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes(out / "speed.json", json.dumps(r, indent=1).encode())
-    write_bytes(out / "speed.md", format_markdown(r).encode())
-    save_image(draw_figure(r), out / "speed.png")
+    write_bytes(out / f"{name}.json", json.dumps(results, indent=1).encode())
+    write_bytes(out / f"{name}.md", markdown.encode())
+    save_image(figure, out / f"{name}.png")

@@ -90,7 +90,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from .planner import format_plan_table, plan
 
     figures = plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate, args.chunk_seconds,
-                   video_seconds=args.video_seconds)
+                   video_seconds=args.video_seconds, batch=args.batch)
     print(json.dumps(figures, indent=1) if args.json else format_plan_table(figures))
 
 
@@ -147,7 +147,7 @@ def cmd_queue(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    {"speed": bench_speed, "table1": bench_table1, "table2": bench_table2}[args.what](args)
+    {"speed": bench_stages, "planner": bench_stages, "table1": bench_table1, "table2": bench_table2}[args.what](args)
 
 
 def bench_table2(args: argparse.Namespace) -> None:
@@ -178,20 +178,25 @@ def bench_table1(args: argparse.Namespace) -> None:
           f"({best['variant']} {best['rate']}) -> {Path(args.out) / 'table1.md'}")
 
 
-def bench_speed(args: argparse.Namespace) -> None:
-    from .bench import STAGES, run_speed
+def bench_stages(args: argparse.Namespace) -> None:
+    if args.what == "planner":
+        from .bench_planner import STAGES
+        from .bench_planner import run_planner as run
+    else:
+        from .bench import STAGES
+        from .bench import run_speed as run
 
     with tqdm(total=len(STAGES), desc="bench", unit="stage", disable=args.quiet) as bar:
         def on_stage(stage: str) -> None:
             bar.n = STAGES.index(stage)
             bar.set_description(f"bench: {stage}")
 
-        results = run_speed(Path(args.out), quick=args.quick, on_stage=on_stage)
+        results = run(Path(args.out), quick=args.quick, on_stage=on_stage)
         bar.n = len(STAGES)
         bar.set_description("bench: done")
     met = sum(v["met"] for v in results["verdicts"])
-    print(f"bench speed: {met} of {len(results['verdicts'])} targets met, {results['bench_seconds']:.0f} s -> "
-          f"{Path(args.out) / 'speed.md'}")
+    print(f"bench {args.what}: {met} of {len(results['verdicts'])} targets met, {results['bench_seconds']:.0f} s -> "
+          f"{Path(args.out) / (args.what + '.md')}")
 
 
 def positive_float(text: str) -> float:
@@ -266,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=positive_float, default=5)
     p.add_argument("--video-seconds", type=positive_float, help="whole video, for the RAM estimate (default: history)")
     p.add_argument("--rate", default="4x4x2")
+    p.add_argument("--batch", type=positive_int, default=2,
+                   help="samples per DiT step: 2 with CFG (cond and uncond together), 1 without")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("eval-retrieval", help="PSNR/SSIM of past frames retrieved from memory")
@@ -300,10 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_float, default=600.0, metavar="SECONDS",
                    help="fail a job after this many silent seconds")
     p.set_defaults(func=cmd_queue)
-    p = sub.add_parser("bench", help="speed on this machine, or the paper's tables reproduced at small scale")
-    p.add_argument("what", choices=("speed", "table1", "table2"), help="speed: per-chunk cost, memory updates, "
-                   "encoder; table1: retrieval by encoder variant and rate; table2: consistency of long generation")
-    p.add_argument("--out", default="docs/results", help="folder for the figures (.md, .json, .png)")
+    p = sub.add_parser("bench", help="measure on this machine (speed, planner) or reproduce the paper's tables")
+    p.add_argument("what", choices=("speed", "planner", "table1", "table2"),
+                   help="speed: per-chunk cost, memory updates, encoder; planner: planned vs measured tokens, FLOPs "
+                        "and memory, and the ComfyUI 12 GB settings; table1: retrieval by encoder variant and rate; "
+                        "table2: consistency of long generation")
+    p.add_argument("--out", default="docs/results", help="folder for WHAT.json, WHAT.md and WHAT.png")
     p.add_argument("--quick", action="store_true", help="smaller sizes and budgets (seconds to a minute)")
     p.add_argument("--steps", type=positive_int, help="table1/2: (pre)training steps per run (default 600)")
     p.add_argument("--seeds", type=positive_int, help="table1: training seeds per row (default 3)")

@@ -65,7 +65,9 @@ class LowResBranch(nn.Module):
                                   stride=(st, sh // self.pool, sw // self.pool))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        pooled = F.avg_pool3d(latents, (1, self.pool, self.pool))
+        # a mean over pool x pool blocks rather than avg_pool3d, which has no bfloat16 kernel on CPU
+        b, c, t, h, w = latents.shape
+        pooled = latents.view(b, c, t, h // self.pool, self.pool, w // self.pool, self.pool).mean(dim=(4, 6))
         return self.patchify(pooled)
 
 

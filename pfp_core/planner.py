@@ -2,7 +2,8 @@
 
 Everything here is arithmetic on the configs in `pfp_core.config`; no module is instantiated. The counts mirror
 the modules in `pfp_core.dit` and `pfp_core.encoder` one layer at a time, and the tests check them against
-`sum(p.numel())` of meta-built modules and against `torch.utils.flop_counter.FlopCounterMode`.
+`sum(p.numel())` of meta-built modules, against `torch.utils.flop_counter.FlopCounterMode` and, for memory,
+against peaks measured on CPU by `pfp_core.peak_memory.PeakMemory` (`bench planner`).
 
 Conventions:
 - A clip of s seconds at f fps has round(s * f) + 1 frames (Wan's 4k+1: 5 s at 16 fps = 81 frames); a causal VAE
@@ -14,6 +15,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from .config import DiTConfig, EncoderConfig, Rate, VAES, VAEConfig, dit_config, encoder_config_for
@@ -162,16 +164,147 @@ def encoder_flops(enc: EncoderConfig, latent_shape: tuple[int, int, int]) -> int
 
 # ---------------------------------------------------------------------------------------------- memory
 
+FLOAT32 = 4
+
+
+def rope_angle_bytes(cfg: DiTConfig) -> int:
+    """Bytes per token of one float32 RoPE table: head_dim / 2 angles."""
+    return cfg.head_dim // 2 * FLOAT32
+
 
 def activation_bytes(cfg: DiTConfig, tokens: int, dtype_bytes: int) -> int:
-    """Peak activations of one block at batch 1 over `tokens` (video + memory): the residual stream, q, k, v, the
-    attention output and the FFN intermediate, with a memory-efficient attention kernel (no L^2 matrix)."""
-    return tokens * (cfg.dim + 3 * cfg.dim + cfg.dim + cfg.ffn_dim) * dtype_bytes
+    """Peak bytes one DiT forward allocates beyond its weights and inputs, over `tokens` = batch x (video + memory)
+    tokens, in eager PyTorch with a memory-efficient attention kernel (no L^2 matrix); `bench planner` measures it.
+    The peak is inside a block, at the larger of two moments. Per token, with d = dim and f = ffn_dim:
+
+    ffn:  the block input (the caller still holds it), the residual after attention, the modulated FFN input and
+          the FFN hidden state twice (Linear and GELU outputs): (3d + 2f) x dtype
+    rope: the block input, the modulated attention input, rotated q and normed k (4d x dtype), then apply_rope's
+          float32 work on k: a float32 copy (none when k is float32 already), four half-width products (2d
+          float32) and its cos and sin tables
+    Both moments also hold what lives for the whole forward: the RoPE angles and the (t, h, w) token positions.
+    """
+    d, f = cfg.dim, cfg.ffn_dim
+    ffn = (3 * d + 2 * f) * dtype_bytes
+    k_float32_copy = d * FLOAT32 if dtype_bytes != FLOAT32 else 0
+    rope = 4 * d * dtype_bytes + k_float32_copy + 2 * d * FLOAT32 + 2 * rope_angle_bytes(cfg)
+    whole_forward = rope_angle_bytes(cfg) + 3 * FLOAT32
+    return tokens * (max(ffn, rope) + whole_forward)
 
 
-def largest_offload_unit(cfg: DiTConfig, enc: EncoderConfig) -> int:
-    """The most parameters that must sit on the GPU at once when weights stream module by module."""
-    return max(*dit_param_groups(cfg).values(), encoder_param_count(enc))
+def encoder_activation_bytes(enc: EncoderConfig, latent_shape: tuple[int, int, int], dtype_bytes: int) -> int:
+    """Peak bytes MemoryEncoder allocates beyond its weights and inputs on history latents (T, H, W), batch 1.
+
+    The HR variants peak in the residual block at full latent resolution: three feature maps of `width` channels
+    (the stem output, the first conv's activated output, the second conv's output). The LR-only variant holds
+    the pooled latents instead. Both add the padded copy of the latents (only when T, H or W is not a whole
+    number of cells) and the memory tokens (for `proposed`, the LR tokens wait for the HR branch)."""
+    grid = memory_grid(latent_shape, enc.latent_stride)
+    padded_shape = tuple(g * s for g, s in zip(grid, enc.latent_stride))
+    voxels = math.prod(padded_shape)
+    padded_copy = voxels * enc.in_channels if padded_shape != tuple(latent_shape) else 0
+    pool = math.gcd(enc.lr_downsample, *enc.latent_stride[1:])
+    feature_maps = {"proposed": 3 * voxels * enc.width, "without_lr": 3 * voxels * enc.width,
+                    "only_lr": voxels // pool**2 * enc.in_channels, "large_patchifier": 0}[enc.variant]
+    return (padded_copy + feature_maps + math.prod(grid) * enc.dim) * dtype_bytes
+
+
+def largest_layer_params(cfg: DiTConfig, enc: EncoderConfig) -> int:
+    """Parameters of the largest single layer ComfyUI moves or casts at once (it streams weights one Linear or
+    Conv at a time): an FFN Linear, the text or time projection, the patch embedding or the head; the encoder,
+    being small, counts as one layer."""
+    d, patch = cfg.dim, math.prod(cfg.patch_size)
+    return max(_linear(d, cfg.ffn_dim), _linear(cfg.ffn_dim, d), _linear(cfg.text_dim, d), _linear(d, 6 * d),
+               _conv(cfg.in_dim, d, cfg.patch_size), _linear(d, cfg.out_dim * patch), encoder_param_count(enc))
+
+
+# ---------------------------------------------------------------------------------------------- ComfyUI, 12 GB
+
+# Parameters of ComfyUI 0.3.64's own modules built on the meta device: comfy.ldm.wan.vae.WanVAE (dim 96),
+# comfy.ldm.wan.vae2_2.WanVAE (dim 160) and comfy.text_encoders.t5.T5 (umt5_config_xxl.json). They match Comfy-Org's
+# files: wan_2.1_vae 254 MB and wan2.2_vae 1.41 GB in bf16, umt5_xxl_fp16 11.4 GB, umt5_xxl_fp8_e4m3fn_scaled 6.7 GB.
+VAE_PARAMS = {"wan2.1": 126_892_531, "wan2.2": 704_688_668}
+UMT5_XXL_PARAMS = 5_680_910_336
+UMT5_XXL_EMBEDDING = 256_384 * 4096  # the fp8_scaled file keeps the token embedding in bf16
+# comfy/sd.py memory_used_decode of the Wan VAEs: factor x latent height x latent width x dtype bytes
+VAE_DECODE_FACTOR = {"wan2.1": 7000 * 8 * 8, "wan2.2": 8000 * 16 * 16}
+VAE_TILE_PIXELS = 256  # the tile ComfyUI falls back to when a full decode runs out of memory
+BF16 = 2  # ComfyUI computes Wan in bf16: activations, and weights cast for one layer
+WEIGHT_BYTES = {"bf16": 2, "fp8_e4m3fn": 1, "fp32": 4}
+TEXT_ENCODER_BYTES = {"fp8 on GPU": (UMT5_XXL_PARAMS - UMT5_XXL_EMBEDDING) + UMT5_XXL_EMBEDDING * BF16, "CPU": 0}
+
+
+@dataclass(frozen=True)
+class ComfySettings:
+    """One way to run PFP on Wan in ComfyUI: which weights stay on the GPU and in which dtype."""
+
+    name: str
+    how: str  # the ComfyUI flags and node widgets that give it
+    dit_weights: str  # Load Diffusion Model weight_dtype: "bf16" (Comfy-Org's file as is) or "fp8_e4m3fn"
+    dit_resident: str  # "all", "partial" (ComfyUI fills the free VRAM, streams the rest) or "none"
+    text_encoder: str  # a key of TEXT_ENCODER_BYTES
+    vae_decode: str  # "full" or "tiled"
+    encoder_dtype: str  # PFP Load Memory Encoder dtype: "bf16" or "fp32"
+
+
+COMFY_SETTINGS = (
+    ComfySettings("bf16 DiT, all resident", "default flags (ComfyUI keeps every weight on the GPU when it fits)",
+                  "bf16", "all", "fp8 on GPU", "full", "fp32"),
+    ComfySettings("fp8 DiT, all resident", "Load Diffusion Model weight_dtype fp8_e4m3fn",
+                  "fp8_e4m3fn", "all", "fp8 on GPU", "full", "fp32"),
+    ComfySettings("bf16 DiT, partly streamed", "default flags on NVIDIA when the weights do not fit (partial "
+                  "loading), or --lowvram, which also runs the text encoder on the CPU", "bf16", "partial", "CPU",
+                  "full", "fp32"),
+    ComfySettings("bf16 DiT, all streamed, tiled decode", "--novram (text encoder on the CPU); ComfyUI decodes in "
+                  "256-px tiles when a full decode runs out of memory", "bf16", "none", "CPU", "tiled", "bf16"),
+)
+
+
+def vae_decode_bytes(vae: VAEConfig, latent_hw: tuple[int, int], mode: str) -> int:
+    """ComfyUI's reservation for a Wan VAE decode (comfy/sd.py memory_used_decode, bf16). It scales with a latent
+    frame's area, not with the number of frames: the Wan VAEs decode frame by frame with a causal cache. Tiled:
+    the same for one 256-pixel tile."""
+    tile = VAE_TILE_PIXELS // vae.spatial_factor
+    h, w = latent_hw if mode == "full" else (min(latent_hw[0], tile), min(latent_hw[1], tile))
+    return VAE_DECODE_FACTOR[vae.name] * h * w * BF16
+
+
+def comfy_phase_bytes(cfg: DiTConfig, enc: EncoderConfig, vae: VAEConfig, s: ComfySettings, step_tokens: int,
+                      history_shape: tuple[int, int, int]) -> dict[str, int]:
+    """VRAM that must be on the GPU in each phase of a chunk. ComfyUI unloads or partly unloads other models
+    between phases, so the peak is the largest phase. Weights ComfyUI streams count only for the layers in flight
+    (one computing, the next being copied), cast to bf16; so do fp8 weights, which are cast layer by layer."""
+    dit_weights = dit_param_count(cfg) * WEIGHT_BYTES[s.dit_weights]
+    resident = dit_weights if s.dit_resident == "all" else 0
+    encoder_weights = encoder_param_count(enc) * WEIGHT_BYTES[s.encoder_dtype]
+    casting = s.dit_resident != "all" or s.dit_weights != "bf16"
+    layers_in_flight = 2 * largest_layer_params(cfg, enc) * BF16 if casting else 0
+    encoder_activations = encoder_activation_bytes(enc, history_shape, WEIGHT_BYTES[s.encoder_dtype])
+    return {
+        "text_encode": TEXT_ENCODER_BYTES[s.text_encoder],
+        "memory_encode": resident + encoder_weights + encoder_activations,
+        "dit_step": resident + encoder_weights + layers_in_flight + activation_bytes(cfg, step_tokens, BF16),
+        "vae_decode": VAE_PARAMS[vae.name] * BF16 + vae_decode_bytes(vae, history_shape[1:], s.vae_decode),
+    }
+
+
+def comfy_12gb(cfg: DiTConfig, enc: EncoderConfig, vae: VAEConfig, step_tokens: int,
+               history_shape: tuple[int, int, int]) -> list[dict]:
+    """Each of COMFY_SETTINGS with its phases, peak and verdict; streamed_per_step_gb is what a 12 GB card copies
+    from RAM every DiT step (partial loading keeps what fits beside the step's needs)."""
+    rows = []
+    for s in COMFY_SETTINGS:
+        phases = comfy_phase_bytes(cfg, enc, vae, s, step_tokens, history_shape)
+        peak = max(phases, key=phases.get)
+        weights = dit_param_count(cfg) * WEIGHT_BYTES[s.dit_weights]
+        room = max(0, GPU_BUDGET_GB * 1e9 - phases["dit_step"])
+        streamed = {"all": 0, "partial": max(0, weights - room), "none": weights}[s.dit_resident]
+        rows.append({"setting": s.name, "how": s.how, "dit_weights": s.dit_weights, "dit_resident": s.dit_resident,
+                     "text_encoder": s.text_encoder, "vae_decode": s.vae_decode, "encoder_dtype": s.encoder_dtype,
+                     "phases_gb": {name: _gb(n) for name, n in phases.items()}, "peak_phase": peak,
+                     "peak_gb": _gb(phases[peak]), "streamed_per_step_gb": _gb(streamed),
+                     "fits_12gb": phases[peak] <= GPU_BUDGET_GB * 1e9})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -194,7 +327,7 @@ def _validate(model: str, width: int, height: int, numbers: dict[str, Any]) -> D
     cfg = dit_config(model)  # unknown names raise "model: 'x' is unknown; use one of ..."
     for name, value in {"width": width, "height": height, **numbers}.items():
         _check_positive(name, value)
-    for name in ("dtype_bytes", "text_tokens"):
+    for name in ("dtype_bytes", "text_tokens", "batch"):
         if not isinstance(numbers[name], int):
             raise ValueError(f"{name}: must be a whole number, got {numbers[name]!r}")
     vae = VAES[cfg.vae]
@@ -218,15 +351,18 @@ def _notes(cfg: DiTConfig, vae: VAEConfig) -> list[str]:
         "4*text*d^2 linear, 4*L^2*d self-attention, 4*L*text*d cross-attention; plus embeddings and head",
         "encoder_flops: one pass over the whole history (the generator re-encodes only new slabs)",
         "FLOPs = 2 x MACs of matmuls and convolutions; elementwise ops are not counted",
-        "activation_gb: one block at batch 1 over chunk + memory tokens: residual + q, k, v + attention output + "
-        "FFN intermediate; memory-efficient attention (no L^2 matrix); eager PyTorch briefly holds the FFN "
-        "intermediate twice (Linear and GELU outputs) and float32 RoPE copies, so the true peak is somewhat higher",
-        "weights_offloaded: the largest module (a DiT block, embedding or the encoder) twice, for double "
-        "buffering, as ComfyUI's partial loading streams weights",
+        "activation_gb: the peak of one DiT step over batch x (chunk + memory) tokens (batch 2: CFG's cond and "
+        "uncond together, as ComfyUI runs them when memory allows): the larger of the FFN moment (3d + 2*ffn per "
+        "token) and the RoPE moment (4d + float32 RoPE work), plus the RoPE angles; memory-efficient attention (no "
+        "L^2 matrix); within 1% of peaks measured on CPU (docs/results/planner.md)",
+        "weights_offloaded: the largest layer twice (one computing, the next being copied), as ComfyUI's partial "
+        "loading streams weights one Linear or Conv at a time",
         "ram_estimate_gb: offloaded weights + the whole video as ComfyUI's float32 IMAGE + fp32 latents "
         "(finished chunks are also on disk, so an interrupted run loses nothing)",
         f"fits_12gb compares against {GPU_BUDGET_GB:g} GB = 1e9 bytes (a 12 GiB card keeps ~0.9 GB for the CUDA "
-        "context); the VAE, the text encoder and the latents are not counted (ComfyUI unloads them)",
+        "context and ComfyUI's 0.4 GB reserve); vram_estimate_gb is the DiT step only",
+        "comfyui_12gb: every phase of a chunk under ComfyUI settings (text encode with UMT5-XXL, memory encode of "
+        "the whole history, DiT step, VAE decode at ComfyUI's own reservation); estimates, not measured on a GPU",
     ]
 
 
@@ -239,13 +375,14 @@ def ram_bytes(cfg: DiTConfig, vae: VAEConfig, width: int, height: int, video_fra
 
 def plan(model: str, width: int, height: int, fps: float, history_seconds: float, rate: str = "4x4x2",
          chunk_seconds: float = 5.0, dtype_bytes: int = 2, text_tokens: int = 512,
-         video_seconds: float | None = None) -> dict:
+         video_seconds: float | None = None, batch: int = 2) -> dict:
     """Tokens, FLOPs, parameters and VRAM of generating one chunk after `history_seconds` of compressed history,
     and the RAM of a whole `video_seconds` run (default: as long as the history)."""
     video_seconds = history_seconds if video_seconds is None else video_seconds
     cfg = _validate(model, width, height, {"fps": fps, "history_seconds": history_seconds,
                                            "chunk_seconds": chunk_seconds, "dtype_bytes": dtype_bytes,
-                                           "text_tokens": text_tokens, "video_seconds": video_seconds})
+                                           "text_tokens": text_tokens, "video_seconds": video_seconds,
+                                           "batch": batch})
     parsed = Rate.parse(rate)
     vae, enc = VAES[cfg.vae], encoder_config_for(model, str(parsed))
     latent_h, latent_w = height // vae.spatial_factor, width // vae.spatial_factor
@@ -256,12 +393,14 @@ def plan(model: str, width: int, height: int, fps: float, history_seconds: float
     memory, full, chunk = memory_token_count(enc, history_shape), history_frames * per_frame, chunk_frames * per_frame
     dit_params, encoder_params = dit_param_count(cfg), encoder_param_count(enc)
     weights = (dit_params + encoder_params) * dtype_bytes
-    activations = activation_bytes(cfg, chunk + memory, dtype_bytes)
+    activations = activation_bytes(cfg, batch * (chunk + memory), dtype_bytes)
     vram = {"all_on_gpu": _gb(weights + activations),
-            "weights_offloaded": _gb(2 * largest_offload_unit(cfg, enc) * dtype_bytes + activations)}
+            "weights_offloaded": _gb(2 * largest_layer_params(cfg, enc) * dtype_bytes + activations)}
+    comfy = comfy_12gb(cfg, enc, vae, batch * (chunk + memory), history_shape) if vae.name in VAE_PARAMS else []
     return {
         "model": model, "width": width, "height": height, "fps": fps, "history_seconds": history_seconds,
         "chunk_seconds": chunk_seconds, "rate": str(parsed), "dtype_bytes": dtype_bytes, "text_tokens": text_tokens,
+        "batch": batch,
         "latent_height": latent_h, "latent_width": latent_w,
         "history_latent_frames": history_frames, "chunk_latent_frames": chunk_frames,
         "tokens_per_latent_frame": per_frame,
@@ -277,6 +416,7 @@ def plan(model: str, width: int, height: int, fps: float, history_seconds: float
         "weights_gb": _gb(weights), "activation_gb": _gb(activations),
         "vram_estimate_gb": vram,
         "fits_12gb": {case: gb <= GPU_BUDGET_GB for case, gb in vram.items()},
+        "comfyui_12gb": comfy,
         "video_seconds": video_seconds,
         "ram_estimate_gb": _gb(ram_bytes(cfg, vae, width, height, frame_count(video_seconds, fps), weights)),
         "notes": _notes(cfg, vae),
@@ -300,9 +440,21 @@ def _format_value(value: Any) -> str:
     return repr(value)
 
 
+def format_comfy_row(row: dict) -> str:
+    phases = ", ".join(f"{name} {gb:g}" for name, gb in row["phases_gb"].items())
+    verdict = "fits" if row["fits_12gb"] else "does NOT fit"
+    streamed = f", streams {row['streamed_per_step_gb']:g} GB per step" if row["streamed_per_step_gb"] else ""
+    return (f"  - {row['setting']}: peak {row['peak_gb']:g} GB ({row['peak_phase']}), {verdict} in 12 GB{streamed}; "
+            f"GB by phase: {phases}; text encoder {row['text_encoder']}, VAE decode {row['vae_decode']}, encoder "
+            f"{row['encoder_dtype']}; how: {row['how']}")
+
+
 def format_plan_table(plan: dict) -> str:
-    """Two aligned columns, one field a line, then the notes as a bulleted list."""
-    rows = [(key, _format_value(value)) for key, value in plan.items() if key != "notes"]
+    """Two aligned columns, one field a line, then the ComfyUI settings and the notes as bulleted lists."""
+    rows = [(key, _format_value(value)) for key, value in plan.items() if key not in ("notes", "comfyui_12gb")]
     width = max(len(key) for key, _ in rows)
     lines = [f"{key.ljust(width)}  {value}" for key, value in rows]
+    if plan.get("comfyui_12gb"):
+        lines += ["comfyui_12gb (estimated peak VRAM of a chunk in ComfyUI, per setting):"]
+        lines += [format_comfy_row(row) for row in plan["comfyui_12gb"]]
     return "\n".join(lines + ["notes:"] + [f"  - {note}" for note in plan.get("notes", [])])

@@ -68,7 +68,8 @@ def test_attention_backends_agree_and_switch_point_routes():
     reference = torch.softmax(
         q.view(2, 5, 4, 16).transpose(1, 2) @ k.view(2, 7, 4, 16).transpose(1, 2).transpose(-1, -2) / 4, -1
     ) @ v.view(2, 7, 4, 16).transpose(1, 2)
-    assert torch.allclose(BACKENDS["sdpa"](q, k, v, 4), reference.transpose(1, 2).reshape(2, 5, 64), atol=1e-5)
+    for name in ("sdpa", "matmul"):
+        assert torch.allclose(BACKENDS[name](q, k, v, 4), reference.transpose(1, 2).reshape(2, 5, 64), atol=1e-5)
     calls = []
     with use_attention(lambda *a: calls.append(1) or BACKENDS["sdpa"](*a)):
         attention(q, k, v, 4)

@@ -52,3 +52,17 @@ def test_rate_parse_errors_name_the_field():
         Rate.parse("4x4")
     with pytest.raises(ValueError, match="variant"):
         encoder_config_for("tiny", variant="big")
+
+
+def test_bf16_encoder_runs_on_cpu_and_matches_fp32():
+    """The LR pooling is a mean over blocks: avg_pool3d has no bfloat16 kernel on CPU (ComfyUI's --cpu, bf16 dtype)."""
+    torch.manual_seed(0)
+    encoder = MemoryEncoder(encoder_config_for("tiny", "2x2x2")).eval()
+    latents = torch.randn(1, 16, 5, 12, 20)
+    with torch.no_grad():
+        reference = encoder(latents)
+        pooled = torch.nn.functional.avg_pool3d(latents, (1, 2, 2))
+        assert torch.allclose(encoder.lr.patchify(pooled), encoder.lr(latents), atol=1e-5)
+        half = encoder.to(torch.bfloat16)(latents.to(torch.bfloat16))
+    assert half.dtype == torch.bfloat16
+    assert (half.float() - reference).abs().max() < 0.05 * reference.abs().max()

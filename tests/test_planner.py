@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pfp_core.attention import use_attention
+from pfp_core.attention import matmul_attention, use_attention
 from pfp_core.config import DIT_CONFIGS, ENCODER_VARIANTS, dit_config, encoder_config_for
 from pfp_core.dit import WanDiT
 from pfp_core.encoder import MemoryEncoder
@@ -16,15 +16,6 @@ RATES = ("4x4x2", "2x2x2", "2x2x1")
 
 def numel(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Explicit QK^T / AV matmuls: FlopCounterMode does not count the CPU flash-attention kernel behind SDPA."""
-    b, lq, inner = q.shape
-    split = lambda x: x.view(b, x.shape[1], heads, inner // heads).transpose(1, 2)
-    q, k, v = split(q), split(k), split(v)
-    weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-    return (weights @ v).transpose(1, 2).reshape(b, lq, inner)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +48,34 @@ def test_plan_is_json_and_consistent(wan13):
     assert wan13["notes"] and all(isinstance(note, str) for note in wan13["notes"])
     table = format_plan_table(wan13)
     assert "memory_tokens" in table and "4,264" in table and "notes:" in table
+
+
+def test_cfg_batch_doubles_the_step_activations(wan13):
+    single = plan("wan2.1-1.3b", 832, 480, 16, 20, batch=1)
+    assert wan13["batch"] == 2 and wan13["activation_gb"] == pytest.approx(2 * single["activation_gb"], abs=2e-3)
+    assert single["comfyui_12gb"][0]["phases_gb"]["dit_step"] < wan13["comfyui_12gb"][0]["phases_gb"]["dit_step"]
+
+
+@pytest.mark.parametrize("model,fps,fits_in_bf16", [("wan2.1-1.3b", 16, True), ("wan2.2-5b", 24, False)])
+def test_comfyui_settings_for_12gb_at_480p(model, fps, fits_in_bf16):
+    rows = {row["setting"]: row for row in plan(model, 832, 480, fps, 20)["comfyui_12gb"]}
+    for row in rows.values():
+        assert row["peak_gb"] == max(row["phases_gb"].values()) == row["phases_gb"][row["peak_phase"]]
+        assert row["fits_12gb"] == (row["peak_gb"] <= 12)
+    resident, fp8 = rows["bf16 DiT, all resident"], rows["fp8 DiT, all resident"]
+    partial, streamed = rows["bf16 DiT, partly streamed"], rows["bf16 DiT, all streamed, tiled decode"]
+    assert resident["fits_12gb"] is fits_in_bf16
+    assert fp8["fits_12gb"] and partial["fits_12gb"] and streamed["fits_12gb"]
+    assert fp8["phases_gb"]["dit_step"] < resident["phases_gb"]["dit_step"]
+    assert (partial["streamed_per_step_gb"] > 0) is not fits_in_bf16 and resident["streamed_per_step_gb"] == 0
+    assert streamed["phases_gb"]["vae_decode"] < partial["phases_gb"]["vae_decode"]  # tiles
+    assert partial["phases_gb"]["text_encode"] == 0 < resident["phases_gb"]["text_encode"]  # UMT5 on the CPU
+
+
+def test_comfyui_rows_only_for_wan_vaes_and_shown_in_the_table(wan13):
+    assert plan("tiny", 32, 32, 8, 4)["comfyui_12gb"] == []
+    table = format_plan_table(wan13)
+    assert "comfyui_12gb" in table and "bf16 DiT, all resident: peak" in table and "fits in 12 GB" in table
 
 
 def test_bigger_models_need_offloading_for_12gb():
@@ -136,7 +155,7 @@ def test_sizes_off_the_token_grid_name_the_field(field, kwargs, multiple):
 
 
 @pytest.mark.parametrize("field", ["width", "height", "fps", "history_seconds", "chunk_seconds", "dtype_bytes",
-                                   "text_tokens"])
+                                   "text_tokens", "batch"])
 def test_non_positive_numbers_name_the_field(field):
     kwargs = dict(model="wan2.1-1.3b", width=832, height=480, fps=16, history_seconds=20)
     kwargs[field] = 0
