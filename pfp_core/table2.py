@@ -65,10 +65,10 @@ def train_variant(job: Table2Job) -> None:
     from .training import TrainSettings, train
 
     s = job.settings
-    common = dict(stage="finetune", out=job.folder, batch=s.pretrain.batch, history_frames=s.history_frames,
-                  chunk_frames=s.chunk_frames, lr=s.pretrain.lr, seed=0, retrieval_mix=0.0, rate=RATE)
     total = s.pretrain.steps + s.finetune_steps
-    common["checkpoint_every"] = total
+    common = {"stage": "finetune", "out": job.folder, "batch": s.pretrain.batch, "history_frames": s.history_frames,
+              "chunk_frames": s.chunk_frames, "lr": s.pretrain.lr, "seed": 0, "retrieval_mix": 0.0, "rate": RATE,
+              "checkpoint_every": total}
     if job.variant in ("pfp", "large_patchifier"):
         encoder = "proposed" if job.variant == "pfp" else "large_patchifier"
         pretrained = job_for(s.pretrain, job.work, encoder, RATE, seed=0)
@@ -84,8 +84,8 @@ def generate(folder: Path, video: procedural.ProceduralVideo, settings: Table2Se
     """The model in `folder` continues the video's first `prefix_frames`: uint8 [T, H, W, 3]."""
     from .checkpoint import load_dit, load_encoder
     from .generator import AutoregressiveGenerator, GenerationRequest, chunk_spans
-    from .pipeline import FlowChunkSampler, SamplerSettings
     from .incremental import IncrementalMemory
+    from .pipeline import FlowChunkSampler, SamplerSettings
     from .text import HashTextEncoder
     from .vae import SpaceToDepthVAE
     from .window import recent_window
@@ -179,8 +179,7 @@ def summarise(results: list[dict]) -> list[dict]:
     """One row per (scene, model), the still-frame reference included once per scene."""
     rows = []
     for scene in SCENES:
-        sources = [(r["variant"], r["scenes"][scene]) for r in results] + [("still frame", results[0]["scenes"][f"{scene}_still"])]
-        for name, videos in sources:
+        for name, videos in scene_sources(results, scene):
             pooled = {metric: [v for video in videos for v in video[metric]] for metric in videos[0]}
             row = {"scene": scene, "model": name, **{m: nan_mean(pooled[m]) for m in ("psnr", "psnr_background",
                                                                                     "psnr_object", "colour_drift")}}
@@ -193,19 +192,28 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
+def scene_sources(results: list[dict], scene: str) -> list[tuple[str, list[dict]]]:
+    """(model, per-video scores) for every model on `scene`, then the still-frame reference."""
+    return [(r["variant"], r["scenes"][scene]) for r in results] + [("still frame", results[0]["scenes"][f"{scene}_still"])]
+
+
+def per_second(videos: list[dict], metric: str, prefix_frames: int) -> tuple[list[int], list[float]]:
+    """Mean over videos and over the frames of each whole second of video (generated frames only)."""
+    seconds = [(prefix_frames + i) // FPS for i in range(len(videos[0][metric]))]
+    kept = sorted(set(seconds))
+    means = [nan_mean([video[metric][i] for video in videos for i, sec in enumerate(seconds) if sec == second])
+             for second in kept]
+    return kept, means
+
+
 def curves(results: list[dict], settings: Table2Settings) -> dict:
-    """Per scene and model: background PSNR and colour drift per second of generated video, mean over videos."""
-    fps = FPS
+    """Per scene and model: background PSNR and colour drift per second of generated video."""
     out = {}
     for scene in SCENES:
-        sources = [(r["variant"], r["scenes"][scene]) for r in results] + [("still frame", results[0]["scenes"][f"{scene}_still"])]
-        for name, videos in sources:
-            seconds = sorted({(settings.prefix_frames + i) // fps for i in range(len(videos[0]["psnr"]))})
-            by_second = lambda metric, sec: nan_mean([video[metric][i] for video in videos for i in range(len(video[metric]))
-                                                     if (settings.prefix_frames + i) // fps == sec])
-            out[f"{scene}/{name}"] = {"seconds": seconds,
-                                      "psnr_background": [by_second("psnr_background", sec) for sec in seconds],
-                                      "colour_drift": [by_second("colour_drift", sec) for sec in seconds]}
+        for name, videos in scene_sources(results, scene):
+            seconds, background = per_second(videos, "psnr_background", settings.prefix_frames)
+            out[f"{scene}/{name}"] = {"seconds": seconds, "psnr_background": background,
+                                      "colour_drift": per_second(videos, "colour_drift", settings.prefix_frames)[1]}
     return out
 
 
