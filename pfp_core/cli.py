@@ -1,4 +1,4 @@
-"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, queue, bench}."""
+"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, export, queue, bench}."""
 from __future__ import annotations
 
 import argparse
@@ -111,17 +111,29 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .distributed import launched_rank
     from .training import TrainSettings, train
 
+    optional_path = lambda text: Path(text) if text else None
     settings = TrainSettings(stage=args.command, out=Path(args.out), steps=args.steps, batch=args.batch,
                              history_frames=tuple(args.history_frames), lr=args.lr, seed=args.seed,
                              use_memory=not args.no_memory, bf16=not args.no_bf16, rate=args.rate,
                              variant=args.variant, checkpoint_every=args.checkpoint_every,
-                             retrieval_mix=args.retrieval_mix,
-                             init_from=Path(args.init_from) if args.init_from else None)
+                             retrieval_mix=args.retrieval_mix, model=args.model or "tiny",
+                             init_from=optional_path(args.init_from), dit_init=optional_path(args.dit_init),
+                             lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                             grad_checkpointing=args.grad_checkpointing, device=args.device)
     losses = train(settings, progress=not args.quiet)
-    if losses:
+    if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import DTYPES, export_dit, export_lora
+
+    export = export_lora if args.lora else export_dit
+    path = export(Path(args.source), Path(args.out), DTYPES[args.dtype])
+    print(f"export: {'LoRA' if args.lora else 'DiT'} ({args.dtype}, {path.stat().st_size / 1e6:,.1f} MB) -> {path}")
 
 
 def cmd_queue(args: argparse.Namespace) -> None:
@@ -190,7 +202,17 @@ def add_generation_flags(p: argparse.ArgumentParser, seconds: float | None) -> N
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive whole number, got {text}")
+    return value
+
+
 def add_training_flags(p: argparse.ArgumentParser) -> None:
+    from .config import DIT_CONFIGS
+    from .distributed import DEVICES
+
     p.add_argument("--out", required=True, help="folder for checkpoints (resumes if it holds one)")
     p.add_argument("--steps", type=positive_int, default=1000)
     p.add_argument("--batch", type=positive_int, default=8)
@@ -202,7 +224,17 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--checkpoint-every", type=positive_int, default=100)
-    p.add_argument("--init-from", help="start from a checkpoint folder (finetune after pretrain)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--model", choices=tuple(DIT_CONFIGS), help="a randomly initialised DiT of this size (default tiny)")
+    start.add_argument("--dit-init", metavar="PATH", help="start from a Wan DiT .safetensors (original or ComfyUI "
+                       "layout, or a folder of shards); its size sets --model")
+    start.add_argument("--init-from", metavar="DIR", help="start from a training folder (finetune after pretrain)")
+    p.add_argument("--lora-rank", type=non_negative_int, default=0,
+                   help="train a LoRA of this rank on the frozen DiT (0: train the whole DiT)")
+    p.add_argument("--lora-alpha", type=positive_float, help="LoRA scale = alpha / rank (default: alpha = rank)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute activations in backward: far less memory for ~1/3 more compute")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: this process's GPU if torch sees one")
     p.add_argument("--retrieval-mix", type=float, default=0.25, help="finetune: share of retrieval steps kept")
     p.add_argument("--quiet", action="store_true")
 
@@ -247,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=text)
         add_training_flags(p)
         p.set_defaults(func=cmd_train)
+    p = sub.add_parser("export", help="a training folder -> a DiT or LoRA file for ComfyUI's stock loaders")
+    p.add_argument("--from", dest="source", required=True, metavar="DIR", help="pretrain/finetune --out folder")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .safetensors to write")
+    p.add_argument("--lora", action="store_true",
+                   help="only the LoRA (for LoraLoaderModelOnly on the base model) instead of the merged DiT")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("queue", help="post an API-format ComfyUI workflow to servers with varied seeds/storyboards")
     p.add_argument("--workflow", required=True, metavar="API.json", help="workflow saved in API format (Export (API))")
     p.add_argument("--server", required=True, action="append", metavar="HOST:PORT",
