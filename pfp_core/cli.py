@@ -86,8 +86,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from .planner import format_plan_table, plan
+    from .planner import format_plan_table, format_training_table, plan, training_plan
 
+    if args.training:
+        figures = training_plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate,
+                                args.chunk_seconds, batch=args.batch, lora_rank=args.lora_rank)
+        print(json.dumps(figures, indent=1) if args.json else format_training_table(figures))
+        return
     figures = plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate, args.chunk_seconds,
                    video_seconds=args.video_seconds)
     print(json.dumps(figures, indent=1) if args.json else format_plan_table(figures))
@@ -262,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=positive_float, default=5)
     p.add_argument("--video-seconds", type=positive_float, help="whole video, for the RAM estimate (default: history)")
     p.add_argument("--rate", default="4x4x2")
+    p.add_argument("--training", action="store_true",
+                   help="memory per GPU of a training step (chunk = the denoised part) instead of generation")
+    p.add_argument("--batch", type=positive_int, default=1, help="--training: clips per GPU")
+    p.add_argument("--lora-rank", type=positive_int, default=32, help="--training: rank of the LoRA rows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("eval-retrieval", help="PSNR/SSIM of past frames retrieved from memory")

@@ -35,7 +35,8 @@ def test_every_subcommand_has_help(command, capsys):
                                         (["pretrain", "--out", "x", "--dit-init", "no.safetensors"], "dit-init"),
                                         (["pretrain", "--out", "x", "--lora-rank", "4"], "lora-rank"),
                                         (["pretrain", "--out", "x", "--device", "tpu"], "--device"),
-                                        (["export", "--from", "no_such_dir", "--out", "x"], "from")])
+                                        (["export", "--from", "no_such_dir", "--out", "x"], "from"),
+                                        (["plan", "--model", "tiny", "--training", "--batch", "0"], "--batch")])
 def test_bad_arguments_exit_nonzero_with_one_line_naming_the_field(args, field, capsys):
     try:
         code = main(args)
@@ -92,3 +93,11 @@ def test_lora_pretrain_then_export_through_the_cli(tmp_path, wan_file, capsys):
 
     assert load_dit(tmp_path / "dit.safetensors").config.name == "tiny"
 
+
+def test_plan_training_shows_full_and_lora_with_and_without_checkpointing(capsys):
+    assert main(["plan", "--model", "wan2.1-1.3b", "--training", "--chunk-seconds", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["mode"], r["grad_checkpointing"]) for r in rows] == [
+        ("full", False), ("full", True), ("lora r32", False), ("lora r32", True)]
+    assert main(["plan", "--model", "wan2.1-1.3b", "--training"]) == 0
+    assert "lora r32" in capsys.readouterr().out

@@ -4,10 +4,17 @@ from safetensors import safe_open
 
 from pfp_core.checkpoint import CheckpointError, load_dit
 from pfp_core.config import dit_config
-from pfp_core.dit import WanDiT
 from pfp_core.distributed import Process
+from pfp_core.dit import WanDiT
 from pfp_core.export import DTYPES, export_dit, export_lora
-from pfp_core.lora import attach, load_lora_into, lora_for, merge_into, read_lora, target_linears
+from pfp_core.lora import (
+    attach,
+    load_lora_into,
+    lora_for,
+    merge_into,
+    read_lora,
+    target_linears,
+)
 from pfp_core.training import TrainSettings, build_models, prepare, run_steps
 
 CPU = Process(rank=0, world=1, device=torch.device("cpu"))
