@@ -84,6 +84,8 @@ class TrainSettings:
             raise ValueError("dit-init: --init-from already gives the DiT; pass only one of them")
         if self.lora_rank < 0:
             raise ValueError(f"lora-rank: must be 0 (off) or a positive whole number, got {self.lora_rank}")
+        if self.lora_alpha is not None and not self.lora_rank:
+            raise ValueError("lora-alpha: only scales a LoRA; pass --lora-rank too")
         base, _ = start_files(self)
         if base is None and self.lora_rank:
             raise ValueError("lora-rank: a LoRA adapts a base DiT from a file; pass --dit-init PATH (a Wan "

@@ -125,7 +125,7 @@ def test_finetune_continues_the_pretrain_adapter_or_merges_it(tmp_path, wan_file
     folder, lora = trained_lora_folder(tmp_path, wan_file)
     continued = build_models(lora_settings(tmp_path / "ft", None, stage="finetune", init_from=folder))
     assert all(torch.equal(a, b) for a, b in zip(continued.lora.parameters(), lora.parameters()))
-    whole = build_models(lora_settings(tmp_path / "ft2", None, stage="finetune", init_from=folder, lora_rank=0))
+    whole = build_models(lora_settings(tmp_path / "ft2", None, stage="finetune", init_from=folder, lora_rank=0, lora_alpha=None))
     merged = load_dit(export_dit(folder, tmp_path / "merged.safetensors", DTYPES["fp32"]))
     assert whole.lora is None and all(p.requires_grad for p in whole.dit.parameters())
     assert all(torch.equal(a, b) for a, b in zip(whole.dit.state_dict().values(), merged.state_dict().values()))
@@ -137,9 +137,11 @@ def test_finetune_continues_the_pretrain_adapter_or_merges_it(tmp_path, wan_file
 def test_lora_needs_a_base_file_and_export_needs_a_lora(tmp_path, wan_file):
     with pytest.raises(ValueError, match="^lora-rank: a LoRA adapts a base DiT from a file; pass --dit-init"):
         TrainSettings(stage="pretrain", out=tmp_path, lora_rank=4)
+    with pytest.raises(ValueError, match="^lora-alpha: only scales a LoRA; pass --lora-rank too"):
+        TrainSettings(stage="pretrain", out=tmp_path, dit_init=wan_file, lora_alpha=8.0)
     full = tmp_path / "full"
-    run = prepare(lora_settings(full, wan_file, lora_rank=0, steps=1), CPU)
-    run_steps(run, lora_settings(full, wan_file, lora_rank=0, steps=1), CPU, progress=False)
+    run = prepare(lora_settings(full, wan_file, lora_rank=0, lora_alpha=None, steps=1), CPU)
+    run_steps(run, lora_settings(full, wan_file, lora_rank=0, lora_alpha=None, steps=1), CPU, progress=False)
     with pytest.raises(ValueError, match="^from: .* holds no lora.safetensors"):
         export_lora(full, tmp_path / "x.safetensors", torch.float32)
     with pytest.raises(CheckpointError, match="^lora: wan_tiny.safetensors has no 'diffusion_model.<module>"):
