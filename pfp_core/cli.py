@@ -230,7 +230,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--checkpoint-every", type=positive_int, default=100)
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--model", choices=tuple(DIT_CONFIGS), help="a randomly initialised DiT of this size (default tiny)")
+    start.add_argument("--model", choices=tuple(DIT_CONFIGS),
+                       help="a randomly initialised DiT of this size (default tiny)")
     start.add_argument("--dit-init", metavar="PATH", help="start from a Wan DiT .safetensors (original or ComfyUI "
                        "layout, or a folder of shards); its size sets --model")
     start.add_argument("--init-from", metavar="DIR", help="start from a training folder (finetune after pretrain)")

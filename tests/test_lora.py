@@ -125,7 +125,8 @@ def test_finetune_continues_the_pretrain_adapter_or_merges_it(tmp_path, wan_file
     folder, lora = trained_lora_folder(tmp_path, wan_file)
     continued = build_models(lora_settings(tmp_path / "ft", None, stage="finetune", init_from=folder))
     assert all(torch.equal(a, b) for a, b in zip(continued.lora.parameters(), lora.parameters()))
-    whole = build_models(lora_settings(tmp_path / "ft2", None, stage="finetune", init_from=folder, lora_rank=0, lora_alpha=None))
+    whole = build_models(lora_settings(tmp_path / "ft2", None, stage="finetune", init_from=folder, lora_rank=0,
+                                       lora_alpha=None))
     merged = load_dit(export_dit(folder, tmp_path / "merged.safetensors", DTYPES["fp32"]))
     assert whole.lora is None and all(p.requires_grad for p in whole.dit.parameters())
     assert all(torch.equal(a, b) for a, b in zip(whole.dit.state_dict().values(), merged.state_dict().values()))

@@ -167,8 +167,9 @@ def kept_for_backward(run, inputs: torch.Tensor) -> int:
     saved: dict[int, int] = {}
 
     def keep(t: torch.Tensor) -> torch.Tensor:
-        if not isinstance(t, torch.nn.Parameter) and t.untyped_storage().data_ptr() != inputs.untyped_storage().data_ptr():
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        storage = t.untyped_storage()
+        if not isinstance(t, torch.nn.Parameter) and storage.data_ptr() != inputs.untyped_storage().data_ptr():
+            saved[storage.data_ptr()] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -131,7 +131,8 @@ def test_dit_init_reads_a_folder_of_shards(tmp_path):
     names = sorted(whole)
     (tmp_path / "shards").mkdir()
     for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
-        save_file({k: whole[k] for k in part}, str(tmp_path / "shards" / f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors"))
+        shard = tmp_path / "shards" / f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: whole[k] for k in part}, str(shard))
     models = build_models(small(tmp_path / "out", dit_init=tmp_path / "shards"))
     assert all(torch.equal(models.dit.state_dict()[k], v) for k, v in whole.items())
 
@@ -159,6 +160,7 @@ def foreign_file(tmp_path, kind: str):
 ])
 def test_wrong_dit_init_files_are_one_clear_line(tmp_path, kind, message):
     with pytest.raises(ValueError, match=message) as error:
-        small(tmp_path / "out", dit_init=foreign_file(tmp_path, kind) if kind != "missing" else tmp_path / "no.safetensors")
+        path = tmp_path / "no.safetensors" if kind == "missing" else foreign_file(tmp_path, kind)
+        small(tmp_path / "out", dit_init=path)
     assert "\n" not in str(error.value)
     assert isinstance(error.value, CheckpointError) or kind == "wide"
