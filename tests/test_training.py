@@ -1,11 +1,12 @@
 
+import random
+
 import pytest
 import torch
 from conftest import write_wan_file
 from safetensors.torch import save_file
 
 from pfp_core import procedural
-from pfp_core.checkpoint import CheckpointError
 from pfp_core.config import DiTConfig
 from pfp_core.dit import WanDiT
 from pfp_core.training import (
@@ -111,7 +112,7 @@ def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
 def test_each_rank_draws_its_own_batches_and_rank_0_those_of_a_single_process(tmp_path):
     settings = small(tmp_path)
     draws = lambda step, rank: [step_rng(settings, step, rank).random() for _ in range(3)]
-    assert step_rng(settings, 5).random() == __import__("random").Random(settings.seed * 1_000_003 + 5).random()
+    assert step_rng(settings, 5).random() == random.Random(settings.seed * 1_000_003 + 5).random()
     assert draws(5, 0) == draws(5, 0) and draws(5, 0) != draws(5, 1) != draws(6, 1)
 
 
@@ -163,4 +164,3 @@ def test_wrong_dit_init_files_are_one_clear_line(tmp_path, kind, message):
         path = tmp_path / "no.safetensors" if kind == "missing" else foreign_file(tmp_path, kind)
         small(tmp_path / "out", dit_init=path)
     assert "\n" not in str(error.value)
-    assert isinstance(error.value, CheckpointError) or kind == "wide"
