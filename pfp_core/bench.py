@@ -28,11 +28,12 @@ import torch
 
 from .config import DiTConfig, EncoderConfig
 from .dit import WanDiT
-from .encoder import MemoryEncoder, cell_centres
+from .encoder import MemoryEncoder
 from .generator import LatentHistory
 from .incremental import IncrementalMemory
 from .memory import Memory
 from .planner import dit_flops, encoder_flops, plan
+from .window import uncompressed_memory
 
 LATENT = (16, 16, 16)  # channels, height, width of the tiny model's latents (32x32 pixels, space-to-depth)
 CHUNK_FRAMES = 8  # 1 s at 8 fps
@@ -116,14 +117,6 @@ def matmul_peak(size: int, repeats: int) -> dict:
     return out
 
 
-def full_history_memory(dit: WanDiT, history: torch.Tensor, fps: float) -> Memory:
-    """The uncompressed baseline: the DiT's patch embedding of the history latents, one token per DiT patch, at
-    the same (t, h, w) positions the DiT gives its own tokens. Joins exactly like memory."""
-    tokens = dit.patch_embedding(history.float()).flatten(2).transpose(1, 2)
-    positions = cell_centres(tuple(history.shape[2:]), tuple(dit.patch_size), history.device)
-    return Memory(tokens, positions, history.shape[2], history.shape[2] / fps)
-
-
 def random_latents(frames: int, seed: int) -> torch.Tensor:
     return torch.randn(1, LATENT[0], frames, LATENT[1], LATENT[2], generator=torch.Generator().manual_seed(seed))
 
@@ -180,7 +173,7 @@ def chunk_costs(name: str, dit: WanDiT, encoders: dict[str, MemoryEncoder], s: B
             if dtype == "fp32" and full and flops * seconds_per_flop > s.max_forward_seconds:
                 break  # predicted from the last length measured
             with torch.no_grad():
-                memory = full_history_memory(dit, history[:, :, -frames:], FPS)
+                memory = uncompressed_memory(dit, history[:, :, -frames:], FPS)
             taken, _ = median_seconds(forward(memory, frames, dtype), s.repeats, s.case_seconds)
             full[str(seconds)] = {"history_frames": frames, "tokens": memory.token_count, "seconds": taken}
             seconds_per_flop = taken / flops

@@ -35,15 +35,19 @@ def save_model(module: torch.nn.Module, config: DiTConfig | EncoderConfig, path:
 
 
 def _sniff(path: Path, field: str) -> None:
-    """Refuse pickles and zip archives before any parser touches them."""
+    """Refuse pickles and zip archives before any parser touches them. A safetensors file starts with its JSON
+    header's length (u64, little-endian) and then '{'; a length whose low byte is 0x80 looks like a pickle's
+    first byte, so the header is checked first."""
     if not path.is_file():
         raise CheckpointError(f"{field}: file not found: {path}")
     with path.open("rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
+        return
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise CheckpointError(f"{field}: {path.name} is a pickle/torch.save file, not safetensors; "
                               "only .safetensors files are loaded (pickles can run code)")
-    if len(head) < 8:
+    if len(head) < 9:
         raise CheckpointError(f"{field}: {path.name} is empty or truncated; re-download or re-export it")
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                              history_frames=tuple(args.history_frames), lr=args.lr, seed=args.seed,
                              use_memory=not args.no_memory, bf16=not args.no_bf16, rate=args.rate,
                              variant=args.variant, checkpoint_every=args.checkpoint_every,
-                             retrieval_mix=args.retrieval_mix, model=args.model or "tiny",
+                             retrieval_mix=args.retrieval_mix, context_window=args.context_window,
+                             model=args.model or "tiny",
                              init_from=optional_path(args.init_from), dit_init=optional_path(args.dit_init),
                              lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                              grad_checkpointing=args.grad_checkpointing, device=args.device)
@@ -163,6 +165,38 @@ def cmd_queue(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    {"speed": bench_speed, "table1": bench_table1, "table2": bench_table2}[args.what](args)
+
+
+def bench_table2(args: argparse.Namespace) -> None:
+    from .table1 import Table1Settings
+    from .table2 import Table2Settings, quick, run_table2
+
+    pretrain = Table1Settings(workers=args.workers)
+    pretrain = replace(pretrain, steps=args.steps) if args.steps else pretrain
+    settings = Table2Settings(pretrain=pretrain, workers=args.workers)
+    settings = quick(settings) if args.quick else settings
+    with tqdm(total=4, desc="table2 models", unit="model", disable=args.quiet) as bar:
+        report = run_table2(settings, Path(args.out), Path(args.work), on_done=lambda result: bar.update())
+    best = max((r for r in report["rows"] if r["scene"] == "return"), key=lambda r: r["psnr"])
+    print(f"bench table2: best PSNR on the return scene {best['psnr']:.2f} dB ({best['model']}) -> "
+          f"{Path(args.out) / 'table2.md'}")
+
+
+def bench_table1(args: argparse.Namespace) -> None:
+    from .table1 import Table1Settings, jobs_for, quick, run_table1
+
+    settings = Table1Settings(seeds=tuple(range(args.seeds or 3)), all_rates=args.all_rates, workers=args.workers)
+    settings = quick(settings) if args.quick else settings
+    settings = replace(settings, steps=args.steps) if args.steps else settings
+    with tqdm(total=len(jobs_for(settings, Path(args.work))), desc="table1 runs", unit="run", disable=args.quiet) as bar:
+        report = run_table1(settings, Path(args.out), Path(args.work), on_done=lambda result: bar.update())
+    best = max(report["rows"], key=lambda row: row["psnr_one_step"])
+    print(f"bench table1: {len(report['runs'])} runs; best one-step PSNR {best['psnr_one_step']:.2f} dB "
+          f"({best['variant']} {best['rate']}) -> {Path(args.out) / 'table1.md'}")
+
+
+def bench_speed(args: argparse.Namespace) -> None:
     from .bench import STAGES, run_speed
 
     with tqdm(total=len(STAGES), desc="bench", unit="stage", disable=args.quiet) as bar:
@@ -242,6 +276,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="recompute activations in backward: far less memory for ~1/3 more compute")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: this process's GPU if torch sees one")
     p.add_argument("--retrieval-mix", type=float, default=0.25, help="finetune: share of retrieval steps kept")
+    p.add_argument("--context-window", type=int, default=0, metavar="LATENTS",
+                   help="finetune with --no-memory: the last LATENTS history latents as uncompressed context "
+                        "(the sliding-window baseline)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -313,10 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_float, default=600.0, metavar="SECONDS",
                    help="fail a job after this many silent seconds")
     p.set_defaults(func=cmd_queue)
-    p = sub.add_parser("bench", help="measure speed on this machine: per-chunk cost, memory updates, encoder")
-    p.add_argument("what", choices=("speed",), help="which benchmark")
-    p.add_argument("--out", default="docs/results", help="folder for speed.json, speed.md and speed.png")
-    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (about a minute)")
+    p = sub.add_parser("bench", help="speed on this machine, or the paper's tables reproduced at small scale")
+    p.add_argument("what", choices=("speed", "table1", "table2"), help="speed: per-chunk cost, memory updates, "
+                   "encoder; table1: retrieval by encoder variant and rate; table2: consistency of long generation")
+    p.add_argument("--out", default="docs/results", help="folder for the figures (.md, .json, .png)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and budgets (seconds to a minute)")
+    p.add_argument("--steps", type=positive_int, help="table1/2: (pre)training steps per run (default 600)")
+    p.add_argument("--seeds", type=positive_int, help="table1: training seeds per row (default 3)")
+    p.add_argument("--all-rates", action="store_true", help="table1: every variant at every rate, not the paper's rows")
+    p.add_argument("--workers", type=positive_int, default=2, help="table1/2: training processes in parallel")
+    p.add_argument("--work", default="pfp_bench_runs", help="table1/2: folder for checkpoints (resumes from it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -6,6 +6,7 @@ figures on the same frames: a gray frame, the video's mean frame, and optionally
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from .dit import WanDiT
 from .encoder import MemoryEncoder
 from .flow import sample, sampling_sigmas
 from .memory import Memory
-from .metrics import psnr, ssim
+from .metrics import masked_psnr, psnr, ssim
 from .vae import SpaceToDepthVAE
 
 
@@ -41,10 +42,13 @@ def retrieve(dit: WanDiT, memory: Memory | None, frame_times: torch.Tensor, late
     return sample(velocity, noise, sampling_sigmas(settings.steps, settings.shift)), one_step
 
 
-def score(pred_pixels: torch.Tensor, true_pixels: torch.Tensor) -> tuple[list[float], list[float]]:
-    """[1, 3, K, H, W] pairs -> per-frame PSNR and SSIM."""
+def score(pred_pixels: torch.Tensor, true_pixels: torch.Tensor, object_masks: torch.Tensor) -> dict[str, list[float]]:
+    """[1, 3, K, H, W] pairs and [K, H, W] object masks -> per-frame PSNR, SSIM, and PSNR over the moving objects
+    and over the background separately (NaN for a frame without objects)."""
     pred, true = pred_pixels[0].transpose(0, 1), true_pixels[0].transpose(0, 1)
-    return psnr(pred, true).tolist(), ssim(pred, true).tolist()
+    return {"psnr": psnr(pred, true).tolist(), "ssim": ssim(pred, true).tolist(),
+            "psnr_object": masked_psnr(pred, true, object_masks).tolist(),
+            "psnr_background": masked_psnr(pred, true, ~object_masks).tolist()}
 
 
 def example_row(columns: list[torch.Tensor]) -> torch.Tensor:
@@ -61,43 +65,49 @@ def evaluate_retrieval(dit: WanDiT, encoder: MemoryEncoder | None, settings: Ret
     examples: list[torch.Tensor] = []
     rng = random.Random(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    scores: dict[str, tuple[list[float], list[float]]] = {}
-
-    def add(name: str, pred: torch.Tensor, true: torch.Tensor) -> None:
-        p, s = score(pred, true)
-        scores.setdefault(name, ([], []))[0].extend(p)
-        scores[name][1].extend(s)
+    scores: dict[str, dict[str, list[float]]] = {}
 
     for i in range(settings.videos):
-        pixels = procedural.video_batch([procedural.heldout_seed(settings.seed * 10_000 + i)], settings.history_frames,
-                                        settings.size, dit.config.fps)
+        video = procedural.make_video(procedural.heldout_seed(settings.seed * 10_000 + i), settings.history_frames,
+                                      settings.size, dit.config.fps)
+        pixels = procedural.to_pixels(video.frames[None])
         latents = vae.encode(pixels)
         memory = encoder.encode(latents, dit.config.fps) if encoder is not None else None
         frame_times = torch.tensor([rng.sample(range(settings.history_frames), settings.targets)])
         true = pixels[:, :, frame_times[0]]
+        object_masks = torch.from_numpy(video.object_masks)[frame_times[0]]
+        add = lambda name, pred, true=true, masks=object_masks: extend(scores.setdefault(name, {}), score(pred, true, masks))
         shape = (1, latents.shape[1], settings.targets, *latents.shape[3:])
         sampled, one_step = retrieve(dit, memory, frame_times, shape, settings, generator)
         columns = [true, vae.decode(sampled), vae.decode(one_step), pixels.mean(dim=2, keepdim=True).expand_as(true)]
-        add("memory", columns[1], true)
-        add("memory_one_step", columns[2], true)
-        add("gray", torch.zeros_like(true), true)
-        add("mean_frame", columns[3], true)
+        add("memory", columns[1])
+        add("memory_one_step", columns[2])
+        add("gray", torch.zeros_like(true))
+        add("mean_frame", columns[3])
         if no_memory_dit is not None:
             sampled, one_step = retrieve(no_memory_dit, None, frame_times, shape, settings, generator)
             columns.append(vae.decode(sampled))
-            add("no_memory", columns[-1], true)
-            add("no_memory_one_step", vae.decode(one_step), true)
+            add("no_memory", columns[-1])
+            add("no_memory_one_step", vae.decode(one_step))
         if i < example_videos:
             examples.append(example_row(columns))
     return summarise(scores, settings), torch.cat(examples, dim=0) if examples else torch.zeros(0, 0, 3, dtype=torch.uint8)
 
 
-def summarise(scores: dict[str, tuple[list[float], list[float]]], settings: RetrievalSettings) -> dict:
-    mean = lambda values: round(sum(values) / len(values), 4)
-    figures = {name: {"psnr": mean(p), "ssim": mean(s)} for name, (p, s) in scores.items()}
-    result = {"psnr": figures["memory"]["psnr"], "ssim": figures["memory"]["ssim"],
-              "psnr_one_step": figures["memory_one_step"]["psnr"], "ssim_one_step": figures["memory_one_step"]["ssim"],
-              "frames": len(scores["memory"][0]), "videos": settings.videos, "history_frames": settings.history_frames,
-              "steps": settings.steps, "seed": settings.seed,
-              "baselines": {name: figures[name] for name in figures if not name.startswith("memory")}}
-    return result
+def extend(collected: dict[str, list[float]], new: dict[str, list[float]]) -> None:
+    for metric, values in new.items():
+        collected.setdefault(metric, []).extend(values)
+
+
+def summarise(scores: dict[str, dict[str, list[float]]], settings: RetrievalSettings) -> dict:
+    """Means over all scored frames (frames without objects are left out of the object figure)."""
+    figures = {name: {metric: nan_mean(values) for metric, values in metrics.items()} for name, metrics in scores.items()}
+    one_step = {f"{metric}_one_step": value for metric, value in figures["memory_one_step"].items()}
+    return {**figures["memory"], **one_step, "frames": len(scores["memory"]["psnr"]), "videos": settings.videos,
+            "history_frames": settings.history_frames, "steps": settings.steps, "seed": settings.seed,
+            "baselines": {name: figures[name] for name in figures if not name.startswith("memory")}}
+
+
+def nan_mean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return round(sum(kept) / len(kept), 4) if kept else float("nan")

@@ -29,6 +29,7 @@ class ProceduralVideo:
     frames: np.ndarray  # uint8 [T, H, W, 3]
     object_masks: np.ndarray  # bool [T, H, W], True where any object is visible
     fps: int
+    camera: np.ndarray  # int [T, 2]: the view's top-left corner (y, x) in the world
 
 
 def heldout_seed(i: int) -> int:
@@ -38,8 +39,9 @@ def heldout_seed(i: int) -> int:
     return HELDOUT_SEED_BASE + i
 
 
-def make_video(seed: int, frames: int, size: int = 32, fps: int = 8) -> ProceduralVideo:
-    """The video of `seed`: the same seed always gives the same bytes."""
+def make_video(seed: int, frames: int, size: int = 32, fps: int = 8, moving_camera: bool = True) -> ProceduralVideo:
+    """The video of `seed`: the same seed always gives the same bytes. moving_camera=False holds the camera on
+    the start view; the world, lighting and objects stay those of the same seed."""
     if frames < 1:
         raise ValueError(f"frames: expected at least 1, got {frames}")
     if size < 8:
@@ -50,6 +52,8 @@ def make_video(seed: int, frames: int, size: int = 32, fps: int = 8) -> Procedur
     gain = _lighting(rng)
     world = _apply_lighting(_background(rng, world_height=size * 3 // 2, world_width=3 * size), gain)
     cam_y, cam_x = _camera_path(rng, frames, size, fps, world_shape=world.shape[:2])
+    if not moving_camera:
+        cam_y, cam_x = np.full_like(cam_y, cam_y[0]), np.full_like(cam_x, cam_x[0])
     video = _crop_views(world, cam_y, cam_x, size)
     masks = np.zeros(video.shape[:3], dtype=bool)
     for _ in range(int(rng.integers(2, 5))):
@@ -57,13 +61,17 @@ def make_video(seed: int, frames: int, size: int = 32, fps: int = 8) -> Procedur
         centre_y, centre_x = _object_path(rng, frames, size, fps, start_view=(cam_y[0], cam_x[0]))
         top, left = centre_y - cam_y - shape.shape[0] // 2, centre_x - cam_x - shape.shape[1] // 2
         _paste(video, masks, _apply_lighting(sprite, gain), shape, top, left)
-    return ProceduralVideo(frames=video, object_masks=masks, fps=fps)
+    return ProceduralVideo(frames=video, object_masks=masks, fps=fps, camera=np.stack((cam_y, cam_x), axis=1))
 
 
 def video_batch(seeds: Sequence[int], frames: int, size: int = 32, fps: int = 8) -> torch.Tensor:
     """float32 [B, 3, T, H, W] in [-1, 1], the engine's pixel convention."""
-    stacked = np.stack([make_video(seed, frames, size, fps).frames for seed in seeds])
-    pixels = torch.from_numpy(stacked).float().div_(127.5).sub_(1.0)
+    return to_pixels(np.stack([make_video(seed, frames, size, fps).frames for seed in seeds]))
+
+
+def to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float32 [B, 3, T, H, W] in [-1, 1]."""
+    pixels = torch.from_numpy(frames).float().div_(127.5).sub_(1.0)
     return pixels.permute(0, 4, 1, 2, 3).contiguous()
 
 

@@ -45,6 +45,7 @@ from .lora import (
 )
 from .memory import Memory
 from .vae import SpaceToDepthVAE
+from .window import recent_window
 
 STAGES = ("pretrain", "finetune")
 
@@ -64,6 +65,7 @@ class TrainSettings:
     shift: float = 1.0
     seed: int = 0
     use_memory: bool = True  # False trains the no-memory baseline
+    context_window: int = 0  # with use_memory False: the last N history latents, uncompressed (sliding-window baseline)
     bf16: bool = True
     checkpoint_every: int = 100
     model: str = "tiny"
@@ -92,6 +94,9 @@ class TrainSettings:
                              "diffusion model) or --init-from a training folder")
         if base is not None:
             self.model = trainable_size(read_dit_config(base, self.start_field), self.start_field)
+        if self.context_window and (self.use_memory or self.stage != "finetune" or self.retrieval_mix):
+            raise ValueError("context-window: the sliding-window baseline is a finetune without memory or retrieval; "
+                             "use it with --no-memory --retrieval-mix 0")
 
     @property
     def start_field(self) -> str:
@@ -181,14 +186,19 @@ def batch_videos(settings: TrainSettings, rng: random.Random, frames: int) -> to
     return procedural.video_batch(seeds, frames, settings.size, dit_config(settings.model).fps)
 
 
-def encode_memory(models: Models, history_latents: torch.Tensor, fps: int) -> Memory | None:
-    return models.encoder.encode(history_latents, fps) if models.encoder is not None else None
+def encode_memory(models: Models, history_latents: torch.Tensor, settings: TrainSettings) -> Memory | None:
+    fps = dit_config(settings.model).fps
+    if models.encoder is not None:
+        return models.encoder.encode(history_latents, fps)
+    if settings.context_window:
+        return recent_window(models.dit, settings.context_window, fps)(history_latents, 0)
+    return None
 
 
 def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator) -> torch.Tensor:
     """Stage 1: noise `targets` random frames of the history and denoise them at their own time positions."""
     b, _, t = latents.shape[:3]
-    memory = encode_memory(models, latents, dit_config(settings.model).fps)
+    memory = encode_memory(models, latents, settings)
     frame_times = torch.stack([torch.randperm(t, generator=gen)[: settings.targets] for _ in range(b)])
     index = frame_times[:, None, :, None, None].expand(-1, latents.shape[1], -1, *latents.shape[3:]).to(latents.device)
     x0 = latents.gather(2, index)
@@ -198,7 +208,7 @@ def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSetting
 def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator) -> torch.Tensor:
     """Stage 2: the last chunk of the clip is generated from the memory of everything before it."""
     split = latents.shape[2] - settings.chunk_frames
-    memory = encode_memory(models, latents[:, :, :split], dit_config(settings.model).fps)
+    memory = encode_memory(models, latents[:, :, :split], settings)
     frame_times = torch.arange(split, latents.shape[2]).expand(latents.shape[0], -1)
     return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pfp_core.checkpoint import CheckpointError, check_compatible, load_dit, load_encoder, save_model
+from pfp_core.checkpoint import (CheckpointError, check_compatible, load_dit, load_encoder, read_safetensors,
+                                 save_model)
 from pfp_core.config import dit_config, encoder_config_for
 from pfp_core.encoder import MemoryEncoder
 
@@ -44,6 +45,18 @@ def test_pickle_renamed_safetensors_is_refused_without_unpickling(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "zip.safetensors")
     with pytest.raises(CheckpointError, match="pickle"):
         load_dit(tmp_path / "zip.safetensors")
+
+
+def test_safetensors_whose_header_length_starts_with_the_pickle_byte_loads(tmp_path):
+    """The first byte of a safetensors file is the low byte of its header length: 0x80 must not read as a pickle."""
+    for padding in range(256):
+        path = tmp_path / "t.safetensors"
+        save_file({"w": torch.arange(3.0)}, str(path), metadata={"pad": "x" * padding})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    tensors, metadata = read_safetensors(path, "encoder")
+    assert torch.equal(tensors["w"], torch.arange(3.0)) and metadata["pad"].startswith("x")
 
 
 def test_truncated_and_foreign_files_are_named(tmp_path, random_engine):

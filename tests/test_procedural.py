@@ -97,3 +97,11 @@ def test_consecutive_frames_are_similar():
     step = np.abs(np.diff(frames, axis=0)).mean()
     unrelated = np.abs(frames - other.frames.astype(float)).mean()
     assert step < 0.5 * unrelated
+
+
+def test_static_camera_keeps_the_world_and_objects_of_the_seed():
+    moving = make_video(5, 40, moving_camera=True)
+    still = make_video(5, 40, moving_camera=False)
+    assert (still.camera == still.camera[0]).all() and not (moving.camera == moving.camera[0]).all()
+    assert np.array_equal(still.frames[0], moving.frames[0])  # same start view, same objects
+    assert still.object_masks.any(axis=(1, 2)).sum() > 0

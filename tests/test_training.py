@@ -12,6 +12,7 @@ from pfp_core.dit import WanDiT
 from pfp_core.training import (
     TrainSettings,
     build_models,
+    encode_memory,
     retrieval_loss,
     set_grad_checkpointing,
     step_rng,
@@ -164,3 +165,22 @@ def test_wrong_dit_init_files_are_one_clear_line(tmp_path, kind, message):
         path = tmp_path / "no.safetensors" if kind == "missing" else foreign_file(tmp_path, kind)
         small(tmp_path / "out", dit_init=path)
     assert "\n" not in str(error.value)
+
+
+def test_sliding_window_baseline_sees_only_the_recent_latents(tmp_path):
+    settings = small(tmp_path, stage="finetune", steps=2, use_memory=False, retrieval_mix=0.0, context_window=2)
+    models = build_models(settings)
+    history = torch.randn(1, 16, 8, 16, 16)
+    memory = encode_memory(models, history, settings)
+    assert memory.token_count == 2 * 8 * 8  # two latent frames of 8x8 DiT patches
+    assert memory.positions[:, 0].unique().tolist() == [6.0, 7.0]  # at their true times in the history
+    changed = history.clone()
+    changed[:, :, :6] = 0  # frames outside the window do not reach the DiT
+    assert torch.equal(encode_memory(models, changed, settings).tokens, memory.tokens)
+    losses = train(settings, progress=False)
+    assert len(losses) == 2 and not (tmp_path / "encoder.safetensors").exists()
+
+
+def test_sliding_window_needs_a_memoryless_finetune(tmp_path):
+    with pytest.raises(ValueError, match="^context-window:"):
+        small(tmp_path, stage="finetune", context_window=2)
