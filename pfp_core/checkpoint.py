@@ -5,18 +5,22 @@ ComfyUI does, so Wan checkpoints load here and what we save loads in ComfyUI.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from safetensors import safe_open
 
 from .atomic import save_tensors
-from .config import DiTConfig, EncoderConfig
+from .config import DiTConfig, EncoderConfig, known_dit_config
 from .dit import WanDiT
 from .encoder import MemoryEncoder
 
 COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "BF16": torch.bfloat16,
+           "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 
 
 class CheckpointError(ValueError):
@@ -47,16 +51,43 @@ def _sniff(path: Path, field: str) -> None:
         raise CheckpointError(f"{field}: {path.name} is empty or truncated; re-download or re-export it")
 
 
-def read_safetensors(path: str | Path, field: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    path = Path(path)
+TensorReader = Callable[[Any, str], torch.Tensor]  # (open safetensors file, tensor name) -> tensor
+
+
+def _read_file(path: Path, field: str, read: TensorReader) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     _sniff(path, field)
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            return {name: read(f, name) for name in f.keys()}, f.metadata() or {}
     except Exception as error:  # safetensors raises several types for a bad header or short file
         raise CheckpointError(f"{field}: {path.name} is not a readable safetensors file ({error}); "
                               "re-export it with `python -m pfp_core` or pick another file") from None
+
+
+def _weights(f: Any, name: str) -> torch.Tensor:
+    return f.get_tensor(name)
+
+
+def _shape_only(f: Any, name: str) -> torch.Tensor:
+    piece = f.get_slice(name)
+    return torch.empty(piece.get_shape(), dtype=_DTYPES.get(piece.get_dtype(), torch.float32), device="meta")
+
+
+def read_safetensors(path: str | Path, field: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    return _read_file(Path(path), field, _weights)
+
+
+def _read_shards(path: Path, field: str, read: TensorReader) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A file, or a folder of shards (the original Wan 14B and 2.2 5B releases split the DiT in several files)."""
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not files:
+        raise CheckpointError(f"{field}: folder {path} holds no .safetensors file; point at the diffusion model file")
+    tensors: dict[str, torch.Tensor] = {}
+    metadata: dict[str, str] = {}
+    for file in files:
+        part, part_metadata = _read_file(file, field, read)
+        tensors.update(part)
+        metadata = metadata or part_metadata
     return tensors, metadata
 
 
@@ -67,20 +98,44 @@ def strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return state_dict
 
 
-def infer_dit_config(state_dict: dict[str, torch.Tensor], name: str = "custom") -> DiTConfig:
-    """Wan's shapes -> config, with ComfyUI's assumptions (heads = dim / 128, freq 256)."""
+def infer_dit_config(state_dict: dict[str, torch.Tensor], name: str = "custom", field: str = "dit") -> DiTConfig:
+    """Wan's shapes -> config, with ComfyUI's assumptions (heads = dim / 128, freq 256). A known size (Wan 2.1
+    1.3B, ...) comes back as its named config, which also carries its fps and text length."""
     try:
         dim = state_dict["head.modulation"].shape[-1]
         in_dim = state_dict["patch_embedding.weight"].shape[1]
         layers = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
-        return DiTConfig(name=name, dim=dim, ffn_dim=state_dict["blocks.0.ffn.0.weight"].shape[0],
+        inferred = DiTConfig(name=name, dim=dim, ffn_dim=state_dict["blocks.0.ffn.0.weight"].shape[0],
                          num_heads=max(1, dim // 128), num_layers=layers, in_dim=in_dim,
                          out_dim=state_dict["head.head.weight"].shape[0] // 4,
                          text_dim=state_dict["text_embedding.0.weight"].shape[1],
                          model_type="i2v" if "img_emb.proj.0.weight" in state_dict else "t2v",
                          vae="wan2.2" if in_dim == 48 else "wan2.1")
     except (KeyError, ValueError) as error:
-        raise CheckpointError(f"dit: not a Wan DiT state dict (missing {error}); load a Wan 2.1/2.2 diffusion model") from None
+        raise CheckpointError(f"{field}: {name} is not a Wan DiT (missing {error}); load a Wan 2.1/2.2 diffusion model "
+                              "in the original or ComfyUI layout (not diffusers)") from None
+    return known_dit_config(inferred) or inferred
+
+
+def dit_config_of(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path, field: str) -> DiTConfig:
+    """The config saved in our metadata, else inferred from Wan's shapes (prefix already stripped)."""
+    if "config" in metadata:
+        return DiTConfig.from_json(metadata["config"])
+    return infer_dit_config(tensors, path.stem, field)
+
+
+def _refuse_fp8(tensors: dict[str, torch.Tensor], path: Path, field: str) -> None:
+    if "scaled_fp8" in tensors or any(t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) for t in tensors.values()):
+        raise CheckpointError(f"{field}: {path.name} holds fp8 weights (an inference format that loses precision); "
+                              "use the bf16, fp16 or fp32 release of the same model")
+
+
+def read_dit_config(path: str | Path, field: str = "dit") -> DiTConfig:
+    """The DiT config of a file (or folder of shards) from its header alone: cheap even for 14B."""
+    shapes, metadata = _read_shards(Path(path), field, _shape_only)
+    shapes = strip_prefix(shapes)
+    _refuse_fp8(shapes, Path(path), field)
+    return dit_config_of(shapes, metadata, Path(path), field)
 
 
 def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], field: str, path: Path) -> None:
@@ -109,17 +164,18 @@ def load_encoder(path: str | Path, ops: ModuleType = torch.nn) -> MemoryEncoder:
     return encoder.eval()
 
 
-def load_dit(path: str | Path) -> WanDiT:
-    tensors, metadata = read_safetensors(path, "dit")
+def load_dit(path: str | Path, field: str = "dit") -> WanDiT:
+    """A Wan DiT in fp32 from our files, the original Wan release (one file or a folder of shards) or ComfyUI's
+    repackaged files (`model.diffusion_model.` prefix). `field` names the flag in errors."""
+    path = Path(path)
+    tensors, metadata = _read_shards(path, field, _weights)
     tensors = strip_prefix(tensors)
-    if "config" in metadata:
-        config = DiTConfig.from_json(metadata["config"])
-    else:
-        config = infer_dit_config(tensors, name=Path(path).stem)
+    _refuse_fp8(tensors, path, field)
+    config = dit_config_of(tensors, metadata, path, field)
     with torch.device("meta"):
         dit = WanDiT(config)
     dit = dit.to_empty(device="cpu")
-    _load_into(dit, tensors, "dit", Path(path))
+    _load_into(dit, tensors, field, path)
     return dit.eval()
 
 

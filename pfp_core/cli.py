@@ -1,4 +1,4 @@
-"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, queue, bench}."""
+"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, export, queue, bench}."""
 from __future__ import annotations
 
 import argparse
@@ -87,10 +87,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from .planner import format_plan_table, plan
+    from .planner import format_plan_table, format_training_table, plan, training_plan
 
+    if args.training:
+        figures = training_plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate,
+                                args.chunk_seconds, batch=args.batch or 1, lora_rank=args.lora_rank)
+        print(json.dumps(figures, indent=1) if args.json else format_training_table(figures))
+        return
     figures = plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate, args.chunk_seconds,
-                   video_seconds=args.video_seconds, batch=args.batch)
+                   video_seconds=args.video_seconds, batch=args.batch or 2)
     print(json.dumps(figures, indent=1) if args.json else format_plan_table(figures))
 
 
@@ -112,17 +117,30 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .distributed import launched_rank
     from .training import TrainSettings, train
 
+    optional_path = lambda text: Path(text) if text else None
     settings = TrainSettings(stage=args.command, out=Path(args.out), steps=args.steps, batch=args.batch,
                              history_frames=tuple(args.history_frames), lr=args.lr, seed=args.seed,
                              use_memory=not args.no_memory, bf16=not args.no_bf16, rate=args.rate,
                              variant=args.variant, checkpoint_every=args.checkpoint_every,
                              retrieval_mix=args.retrieval_mix, context_window=args.context_window,
-                             init_from=Path(args.init_from) if args.init_from else None)
+                             model=args.model or "tiny",
+                             init_from=optional_path(args.init_from), dit_init=optional_path(args.dit_init),
+                             lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                             grad_checkpointing=args.grad_checkpointing, device=args.device)
     losses = train(settings, progress=not args.quiet)
-    if losses:
+    if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import DTYPES, export_dit, export_lora
+
+    export = export_lora if args.lora else export_dit
+    path = export(Path(args.source), Path(args.out), DTYPES[args.dtype])
+    print(f"export: {'LoRA' if args.lora else 'DiT'} ({args.dtype}, {path.stat().st_size / 1e6:,.1f} MB) -> {path}")
 
 
 def cmd_queue(args: argparse.Namespace) -> None:
@@ -228,7 +246,17 @@ def add_generation_flags(p: argparse.ArgumentParser, seconds: float | None) -> N
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive whole number, got {text}")
+    return value
+
+
 def add_training_flags(p: argparse.ArgumentParser) -> None:
+    from .config import DIT_CONFIGS
+    from .distributed import DEVICES
+
     p.add_argument("--out", required=True, help="folder for checkpoints (resumes if it holds one)")
     p.add_argument("--steps", type=positive_int, default=1000)
     p.add_argument("--batch", type=positive_int, default=8)
@@ -240,7 +268,18 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--checkpoint-every", type=positive_int, default=100)
-    p.add_argument("--init-from", help="start from a checkpoint folder (finetune after pretrain)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--model", choices=tuple(DIT_CONFIGS),
+                       help="a randomly initialised DiT of this size (default tiny)")
+    start.add_argument("--dit-init", metavar="PATH", help="start from a Wan DiT .safetensors (original or ComfyUI "
+                       "layout, or a folder of shards); its size sets --model")
+    start.add_argument("--init-from", metavar="DIR", help="start from a training folder (finetune after pretrain)")
+    p.add_argument("--lora-rank", type=non_negative_int, default=0,
+                   help="train a LoRA of this rank on the frozen DiT (0: train the whole DiT)")
+    p.add_argument("--lora-alpha", type=positive_float, help="LoRA scale = alpha / rank (default: alpha = rank)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute activations in backward: far less memory for ~1/3 more compute")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: this process's GPU if torch sees one")
     p.add_argument("--retrieval-mix", type=float, default=0.25, help="finetune: share of retrieval steps kept")
     p.add_argument("--context-window", type=int, default=0, metavar="LATENTS",
                    help="finetune with --no-memory: the last LATENTS history latents as uncompressed context "
@@ -271,8 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=positive_float, default=5)
     p.add_argument("--video-seconds", type=positive_float, help="whole video, for the RAM estimate (default: history)")
     p.add_argument("--rate", default="4x4x2")
-    p.add_argument("--batch", type=positive_int, default=2,
-                   help="samples per DiT step: 2 with CFG (cond and uncond together), 1 without")
+    p.add_argument("--training", action="store_true",
+                   help="memory per GPU of a training step (chunk = the denoised part) instead of generation")
+    p.add_argument("--batch", type=positive_int,
+                   help="generation: samples per DiT step, 2 with CFG (default) or 1 without; --training: clips per "
+                        "GPU (default 1)")
+    p.add_argument("--lora-rank", type=positive_int, default=32, help="--training: rank of the LoRA rows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("eval-retrieval", help="PSNR/SSIM of past frames retrieved from memory")
@@ -290,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=text)
         add_training_flags(p)
         p.set_defaults(func=cmd_train)
+    p = sub.add_parser("export", help="a training folder -> a DiT or LoRA file for ComfyUI's stock loaders")
+    p.add_argument("--from", dest="source", required=True, metavar="DIR", help="pretrain/finetune --out folder")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .safetensors to write")
+    p.add_argument("--lora", action="store_true",
+                   help="only the LoRA (for LoraLoaderModelOnly on the base model) instead of the merged DiT")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("queue", help="post an API-format ComfyUI workflow to servers with varied seeds/storyboards")
     p.add_argument("--workflow", required=True, metavar="API.json", help="workflow saved in API format (Export (API))")
     p.add_argument("--server", required=True, action="append", metavar="HOST:PORT",

@@ -148,6 +148,12 @@ def dit_config(name: str) -> DiTConfig:
     return DIT_CONFIGS[name]
 
 
+def known_dit_config(cfg: DiTConfig) -> DiTConfig | None:
+    """The named config with the same layers and widths as `cfg` (a file without our metadata), if any."""
+    shape = lambda c: (c.dim, c.ffn_dim, c.num_heads, c.num_layers, c.in_dim, c.out_dim, c.text_dim, c.model_type)
+    return next((known for known in DIT_CONFIGS.values() if shape(known) == shape(cfg)), None)
+
+
 def encoder_config_for(model: str, rate: str = "4x4x2", variant: str = "proposed") -> EncoderConfig:
     dit = dit_config(model)
     return EncoderConfig(dim=dit.dim, in_channels=dit.in_dim, patch_size=dit.patch_size, rate=rate, variant=variant,

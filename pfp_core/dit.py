@@ -10,6 +10,7 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 from .config import DiTConfig
@@ -88,6 +89,7 @@ class WanDiT(nn.Module):
         self.head = Head(cfg)
         if cfg.model_type == "i2v":
             self.img_emb = MLPProj(cfg.dim)
+        self.grad_checkpointing = False  # training: recompute each block in backward instead of keeping activations
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -186,7 +188,12 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
         context = torch.cat((model.img_emb(clip_fea.to(x.dtype)), context), dim=1)
         image_tokens = clip_fea.shape[1]
 
+    # ComfyUI's WanModel runs this function too and has no grad_checkpointing attribute
+    recompute = getattr(model, "grad_checkpointing", False) and torch.is_grad_enabled()
     for block in model.blocks:
-        x = block_forward(block, x, time_mod, angles, context, image_tokens)
+        if recompute:
+            x = checkpoint(block_forward, block, x, time_mod, angles, context, image_tokens, use_reentrant=False)
+        else:
+            x = block_forward(block, x, time_mod, angles, context, image_tokens)
     x = head_forward(model.head, drop_memory(x, video_tokens), time_emb)
     return unpatchify(x, grid, patch)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 from .config import EncoderConfig
@@ -80,9 +81,17 @@ class HighResBranch(nn.Module):
         self.down = ops.Conv3d(cfg.width, cfg.width, stride, stride=stride)
         self.attn = nn.ModuleList(SlabAttention(cfg.width, cfg.attn_heads, ops) for _ in range(cfg.attn_layers))
         self.out = ops.Linear(cfg.width, cfg.dim)
+        self.grad_checkpointing = False  # training: recompute the full-resolution convolutions in backward
+
+    def full_resolution(self, latents: torch.Tensor) -> torch.Tensor:
+        """The costly part: convolutions at full latent resolution, ending in the strided downsample."""
+        return self.down(F.silu(self.blocks(self.stem(latents))))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        x = self.down(F.silu(self.blocks(self.stem(latents))))
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(self.full_resolution, latents, use_reentrant=False)
+        else:
+            x = self.full_resolution(latents)
         b, _, t, h, w = x.shape
         slabs = rearrange(x, "b c t h w -> (b t) (h w) c")
         angles = slab_angles(h, w, slabs.shape[-1] // self.attn[0].heads if self.attn else 2, x.device)

@@ -423,6 +423,96 @@ def plan(model: str, width: int, height: int, fps: float, history_seconds: float
     }
 
 
+# ---------------------------------------------------------------------------------------------- training
+
+TRAINING_GPU_GB = 24.0
+
+
+def lora_param_count(cfg: DiTConfig, rank: int) -> int:
+    """pfp_core.lora on every Linear of the blocks, rank * (in + out) each: per block 8 attention projections
+    d -> d (self- and cross-attention q, k, v, o; 2 more for i2v's image k, v) and the FFN d -> ffn -> d."""
+    projections = 8 + (2 if cfg.model_type == "i2v" else 0)
+    return cfg.num_layers * rank * (projections * 2 * cfg.dim + 2 * (cfg.dim + cfg.ffn_dim))
+
+
+def block_saved_bytes(cfg: DiTConfig, tokens: int) -> int:
+    """What autograd keeps for the backward of one DiT block over `tokens` (denoised + memory) at batch 1 under
+    bf16 autocast, counted with torch.autograd.graph.saved_tensors_hooks (tests/test_planner.py recounts it):
+    per token 72 bytes per unit of width (fp32 residual stream, norms and RoPE copies; bf16 q, k, v and
+    projections), 4 per FFN unit (bf16 GELU input and output), 8 per head (log-sum-exp of both attentions) and
+    8 * head_dim + 36 (RoPE cos/sin, norm statistics)."""
+    return tokens * (72 * cfg.dim + 4 * cfg.ffn_dim + 8 * cfg.num_heads + 8 * cfg.head_dim + 36)
+
+
+def encoder_saved_bytes(enc: EncoderConfig, latent_shape: tuple[int, int, int]) -> int:
+    """The same for the memory encoder (proposed variant) over history latents (T, H, W): 12 bytes per latent
+    voxel and HR channel + 40 at full resolution, 38 per memory cell and HR channel + 2 per output channel
+    (fitted over rates 4x4x2, 2x2x2, 2x2x1 and widths 32-128; tests/test_planner.py recounts it)."""
+    cells = math.prod(memory_grid(latent_shape, enc.latent_stride))
+    voxels = cells * math.prod(enc.latent_stride)
+    return voxels * (12 * enc.width + 40) + cells * (38 * enc.width + 2 * enc.dim)
+
+
+def training_bytes(cfg: DiTConfig, enc: EncoderConfig, tokens: int, history_shape: tuple[int, int, int],
+                   batch: int, lora_rank: int, checkpointing: bool) -> dict[str, int]:
+    """Bytes per GPU of one training step, by kind. Trained parameters are fp32 masters with fp32 gradients and
+    AdamW's two fp32 moments, and autocast keeps a bf16 copy of each; with LoRA the frozen DiT is held in bf16
+    and only the adapters and the encoder train."""
+    dit = dit_param_count(cfg)
+    trained = encoder_param_count(enc) + (lora_param_count(cfg, lora_rank) if lora_rank else dit)
+    block = batch * block_saved_bytes(cfg, tokens)
+    if checkpointing:  # each block keeps its fp32 input; in backward one block's activations exist at a time
+        dit_activations = batch * cfg.num_layers * tokens * cfg.dim * 4 + block
+    else:
+        dit_activations = cfg.num_layers * block
+    encoder_activations = batch * encoder_saved_bytes(enc, history_shape)
+    # checkpointed, the encoder's full-resolution activations come back only after the DiT's backward is done
+    activations = (max(dit_activations, encoder_activations) if checkpointing
+                   else dit_activations + encoder_activations)
+    return {"weights": 2 * dit * bool(lora_rank) + 4 * trained, "gradients": 4 * trained,
+            "adamw": 8 * trained, "autocast_copies": 2 * trained, "activations": activations}
+
+
+def _training_notes(batch: int) -> list[str]:
+    return [
+        (f"per GPU, batch {batch} per GPU, bf16 autocast, AdamW; GB = 1e9 bytes; the CUDA context (~0.5-1 GB), "
+         "allocator slack, the VAE and the text encoder (not loaded while training) are not counted"),
+        "tokens = denoised chunk + memory; pretraining denoises only `targets` (4) latent frames, so it needs less",
+        ("activations: tensors autograd keeps for backward, counted per DiT block and for the encoder on this "
+         "machine (pfp_core.planner.block_saved_bytes, encoder_saved_bytes); memory-efficient attention, no L^2"),
+        "grad_checkpointing: each block keeps only its input and is recomputed in backward (~1/3 more compute)",
+        ("torchrun + DDP replicates everything on each GPU: N GPUs give N times the throughput, the same memory "
+         "per GPU; sharding (FSDP) for a full 14B finetune is not implemented"),
+    ]
+
+
+def training_plan(model: str, width: int, height: int, fps: float, history_seconds: float, rate: str = "4x4x2",
+                  chunk_seconds: float = 2.0, batch: int = 1, lora_rank: int = 32) -> dict:
+    """Memory per GPU of a finetuning step (chunk_seconds denoised after history_seconds of memory): the whole
+    DiT or a LoRA of `lora_rank`, each with and without gradient checkpointing."""
+    for name, value in (("batch", batch), ("lora_rank", lora_rank)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}: must be a positive whole number, got {value!r}")
+    shapes = plan(model, width, height, fps, history_seconds, rate, chunk_seconds)
+    cfg, enc = dit_config(model), encoder_config_for(model, shapes["rate"])
+    tokens = shapes["chunk_tokens"] + shapes["memory_tokens"]
+    history = (shapes["history_latent_frames"], shapes["latent_height"], shapes["latent_width"])
+    rows = []
+    for rank in (0, lora_rank):
+        for checkpointing in (False, True):
+            parts = training_bytes(cfg, enc, tokens, history, batch, rank, checkpointing)
+            total = _gb(sum(parts.values()))
+            rows.append({"mode": f"lora r{rank}" if rank else "full", "grad_checkpointing": checkpointing,
+                         "trained_params": encoder_param_count(enc) + (lora_param_count(cfg, rank) if rank else
+                                                                       dit_param_count(cfg)),
+                         **{f"{kind}_gb": _gb(n) for kind, n in parts.items()}, "total_gb": total,
+                         f"fits_{TRAINING_GPU_GB:g}gb": total <= TRAINING_GPU_GB})
+    keep = ("model", "width", "height", "fps", "history_seconds", "chunk_seconds", "rate", "memory_tokens",
+            "chunk_tokens")
+    return {**{key: shapes[key] for key in keep}, "tokens": tokens, "batch_per_gpu": batch, "rows": rows,
+            "notes": _training_notes(batch)}
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 
@@ -447,6 +537,18 @@ def format_comfy_row(row: dict) -> str:
     return (f"  - {row['setting']}: peak {row['peak_gb']:g} GB ({row['peak_phase']}), {verdict} in 12 GB{streamed}; "
             f"GB by phase: {phases}; text encoder {row['text_encoder']}, VAE decode {row['vae_decode']}, encoder "
             f"{row['encoder_dtype']}; how: {row['how']}")
+
+
+def format_training_table(plan: dict) -> str:
+    """A heading line, one row per training mode, then the notes."""
+    head = (f"training {plan['model']} at {plan['width']}x{plan['height']}: {plan['chunk_seconds']:g} s chunk "
+            f"({plan['chunk_tokens']:,} tokens) + memory of {plan['history_seconds']:g} s ({plan['memory_tokens']:,} "
+            f"tokens, rate {plan['rate']}), batch {plan['batch_per_gpu']} per GPU")
+    columns = list(plan["rows"][0])
+    cells = [[_format_value(row[c]) for c in columns] for row in plan["rows"]]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(text.rjust(w) for text, w in zip(row, widths)) for row in [columns, *cells]]
+    return "\n".join([head, *lines, "notes:"] + [f"  - {note}" for note in plan["notes"]])
 
 
 def format_plan_table(plan: dict) -> str:

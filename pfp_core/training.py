@@ -1,8 +1,12 @@
 """Training: stage 1 retrieves random past frames through memory (frame preservation), stage 2 generates the
 next chunk from memory. Same rectified-flow loss; only what is noised and where it sits in time differ.
 
-Batches are procedural videos chosen by (seed, step), so a resumed run sees exactly the batches it would have
-seen and continues the same loss curve.
+Batches are procedural videos chosen by (seed, step, rank), so a resumed run sees exactly the batches it would
+have seen and continues the same loss curve, and each torchrun process trains on its own batch.
+
+Scaling up: bf16 autocast on the training device over fp32 master weights, gradient checkpointing of the DiT
+blocks and the encoder's full-resolution convolutions, LoRA on a frozen DiT loaded from a Wan file
+(pfp_core.lora), several processes through DistributedDataParallel (pfp_core.distributed).
 """
 from __future__ import annotations
 
@@ -14,13 +18,31 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import procedural
+from . import distributed, procedural
 from .atomic import save_tensors
-from .checkpoint import load_dit, load_encoder, read_safetensors, save_model
-from .config import dit_config, encoder_config_for
+from .checkpoint import (
+    load_dit,
+    load_encoder,
+    read_dit_config,
+    read_safetensors,
+    save_model,
+)
+from .config import DIT_CONFIGS, DiTConfig, dit_config, encoder_config_for
+from .distributed import Process
 from .dit import WanDiT
 from .encoder import MemoryEncoder
+from .export import folder_files
 from .flow import add_noise, flow_loss, training_sigmas
+from .lora import (
+    LoRA,
+    attach,
+    freeze_base,
+    load_lora_into,
+    lora_for,
+    merge_into,
+    read_lora,
+    save_lora,
+)
 from .memory import Memory
 from .vae import SpaceToDepthVAE
 from .window import recent_window
@@ -51,38 +73,112 @@ class TrainSettings:
     variant: str = "proposed"
     size: int = 32
     init_from: Path | None = None  # finetune starts from a pretrain output folder
+    dit_init: Path | None = None  # start from this Wan DiT file (original or ComfyUI layout); sets `model`
+    lora_rank: int = 0  # > 0: train a LoRA of this rank on the frozen DiT (the encoder is trained whole)
+    lora_alpha: float | None = None  # LoRA scale = alpha / rank; None: alpha = rank
+    grad_checkpointing: bool = False
+    device: str = "auto"  # auto: this process's GPU when torch sees one, else the CPU
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage: '{self.stage}' is unknown; use pretrain or finetune")
+        if self.dit_init is not None and self.init_from is not None:
+            raise ValueError("dit-init: --init-from already gives the DiT; pass only one of them")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora-rank: must be 0 (off) or a positive whole number, got {self.lora_rank}")
+        if self.lora_alpha is not None and not self.lora_rank:
+            raise ValueError("lora-alpha: only scales a LoRA; pass --lora-rank too")
+        base, _ = start_files(self)
+        if base is None and self.lora_rank:
+            raise ValueError("lora-rank: a LoRA adapts a base DiT from a file; pass --dit-init PATH (a Wan "
+                             "diffusion model) or --init-from a training folder")
+        if base is not None:
+            self.model = trainable_size(read_dit_config(base, self.start_field), self.start_field)
         if self.context_window and (self.use_memory or self.stage != "finetune" or self.retrieval_mix):
             raise ValueError("context-window: the sliding-window baseline is a finetune without memory or retrieval; "
                              "use it with --no-memory --retrieval-mix 0")
 
+    @property
+    def start_field(self) -> str:
+        return "init-from" if self.init_from is not None else "dit-init"
 
-@dataclass
-class Models:
-    dit: WanDiT
-    encoder: MemoryEncoder | None
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else float(self.lora_rank)
 
-    def parameters(self) -> list[torch.nn.Parameter]:
-        modules = [self.dit] + ([self.encoder] if self.encoder is not None else [])
-        return [p for m in modules for p in m.parameters()]
+
+def start_files(settings: TrainSettings) -> tuple[Path | None, Path | None]:
+    """(base DiT file, LoRA to continue) the run starts from; no base file means a randomly initialised DiT."""
+    if settings.init_from is not None:
+        return folder_files(Path(settings.init_from), "init-from")
+    return (Path(settings.dit_init) if settings.dit_init is not None else None), None
+
+
+def trainable_size(config: DiTConfig, field: str) -> str:
+    """The named size of a DiT file: the encoder's width and the clip fps come with it."""
+    if config.name not in DIT_CONFIGS:
+        raise ValueError(f"{field}: a DiT of width {config.dim}, {config.num_layers} layers, {config.in_dim} input "
+                         f"channels ({config.model_type}) is not a size training knows; use one of "
+                         f"{', '.join(DIT_CONFIGS)} (text-to-video layouts)")
+    return config.name
+
+
+class Models(torch.nn.Module):
+    """What a training step runs: the DiT, the memory encoder (None: the no-memory baseline) and the LoRA
+    adapters (None: the whole DiT trains). One module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, dit: WanDiT, encoder: MemoryEncoder | None, lora: LoRA | None = None):
+        super().__init__()
+        self.dit, self.encoder, self.lora = dit, encoder, lora
+        if lora is not None:
+            attach(lora, dit)
+
+    def forward(self, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
+                retrieval: bool) -> torch.Tensor:
+        loss_fn = retrieval_loss if retrieval else next_chunk_loss
+        return loss_fn(self, latents, settings, gen)
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def set_grad_checkpointing(models: Models, on: bool) -> None:
+    models.dit.grad_checkpointing = on
+    if models.encoder is not None and hasattr(models.encoder, "hr"):
+        models.encoder.hr.grad_checkpointing = on
+
+
+def build_lora(settings: TrainSettings, dit: WanDiT, saved: Path | None) -> LoRA | None:
+    """A new adapter, or the one of the --init-from folder continued. That folder's adapter is merged into the
+    base instead when this run trains the whole DiT (no --lora-rank)."""
+    if not settings.lora_rank:
+        if saved is not None:
+            merge_into(dit, read_lora(saved, "init-from")[0])
+        return None
+    freeze_base(dit, settings.bf16)
+    lora = lora_for(dit, settings.lora_rank, settings.alpha)
+    if saved is not None:
+        load_lora_into(lora, saved, "init-from")
+    return lora
 
 
 def build_models(settings: TrainSettings) -> Models:
     torch.manual_seed(settings.seed)
-    if settings.init_from is not None:
-        folder = Path(settings.init_from)
-        encoder = load_encoder(folder / "encoder.safetensors") if settings.use_memory else None
-        return Models(load_dit(folder / "dit.safetensors").train(), encoder.train() if encoder else None)
-    dit = WanDiT(dit_config(settings.model))
-    encoder = MemoryEncoder(encoder_config_for(settings.model, settings.rate, settings.variant)) if settings.use_memory else None
-    return Models(dit, encoder)
+    base, saved_lora = start_files(settings)
+    dit = load_dit(base, settings.start_field) if base is not None else WanDiT(dit_config(settings.model))
+    encoder = None
+    if settings.use_memory and settings.init_from is not None:
+        encoder = load_encoder(Path(settings.init_from) / "encoder.safetensors")
+    elif settings.use_memory:
+        encoder = MemoryEncoder(encoder_config_for(settings.model, settings.rate, settings.variant))
+    models = Models(dit, encoder, build_lora(settings, dit, saved_lora))
+    set_grad_checkpointing(models, settings.grad_checkpointing)
+    return models.train()
 
 
-def step_rng(settings: TrainSettings, step: int) -> random.Random:
-    return random.Random(settings.seed * 1_000_003 + step)
+def step_rng(settings: TrainSettings, step: int, rank: int = 0) -> random.Random:
+    """Rank 0 draws what a single-process run draws; other ranks draw their own batches."""
+    return random.Random(settings.seed * 1_000_003 + step + rank * 2**48)
 
 
 def batch_videos(settings: TrainSettings, rng: random.Random, frames: int) -> torch.Tensor:
@@ -104,7 +200,7 @@ def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSetting
     b, _, t = latents.shape[:3]
     memory = encode_memory(models, latents, settings)
     frame_times = torch.stack([torch.randperm(t, generator=gen)[: settings.targets] for _ in range(b)])
-    index = frame_times[:, None, :, None, None].expand(-1, latents.shape[1], -1, *latents.shape[3:])
+    index = frame_times[:, None, :, None, None].expand(-1, latents.shape[1], -1, *latents.shape[3:]).to(latents.device)
     x0 = latents.gather(2, index)
     return denoising_loss(models, x0, memory, frame_times, settings, gen)
 
@@ -119,26 +215,29 @@ def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettin
 
 def denoising_loss(models: Models, x0: torch.Tensor, memory: Memory | None, frame_times: torch.Tensor,
                    settings: TrainSettings, gen: torch.Generator) -> torch.Tensor:
-    noise = torch.randn(x0.shape, generator=gen)
-    sigma = training_sigmas(x0.shape[0], settings.shift, gen)
-    context = torch.zeros(x0.shape[0], 1, models.dit.config.text_dim)  # captionless data: the empty prompt
+    # drawn on the CPU generator whatever the device, so a GPU run draws the same noise as a CPU run
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    sigma = training_sigmas(x0.shape[0], settings.shift, gen).to(x0.device)
+    context = torch.zeros(x0.shape[0], 1, models.dit.config.text_dim, device=x0.device)  # captionless: empty prompt
     velocity = models.dit(add_noise(x0, noise, sigma), sigma * 1000, context, memory, frame_times)
     return flow_loss(velocity, x0, noise)
 
 
-def train_step(models: Models, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int) -> float:
-    rng = step_rng(settings, step)
+def train_step(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int,
+               rank: int = 0) -> float:
+    """One optimisation step on this rank's batch; `trainer` is Models, or Models wrapped in DDP."""
+    device = next(trainer.parameters()).device
+    rng = step_rng(settings, step, rank)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     history = rng.choice(settings.history_frames)
     retrieval = settings.stage == "pretrain" or rng.random() < settings.retrieval_mix
     frames = history + (0 if retrieval else settings.chunk_frames)
-    latents = SpaceToDepthVAE().encode(batch_videos(settings, rng, frames))
-    loss_fn = retrieval_loss if retrieval else next_chunk_loss
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
-        loss = loss_fn(models, latents, settings, gen)
+    latents = SpaceToDepthVAE().encode(batch_videos(settings, rng, frames)).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+        loss = trainer(latents, settings, gen, retrieval)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
     for group in optimizer.param_groups:
         group["lr"] = settings.lr * min(1.0, (step + 1) / settings.warmup)
     optimizer.step()
@@ -146,9 +245,13 @@ def train_step(models: Models, optimizer: torch.optim.Optimizer, settings: Train
 
 
 def save_checkpoint(models: Models, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int) -> None:
+    """dit.safetensors, or with LoRA lora.safetensors (ComfyUI's LoRA key names) naming its base file."""
     out = Path(settings.out)
     meta = {"stage": settings.stage, "step": str(step), "settings": json.dumps(asdict(settings), default=str)}
-    save_model(models.dit, models.dit.config, out / "dit.safetensors", "dit", meta)
+    if models.lora is not None:
+        save_lora(models.lora, out / "lora.safetensors", {**meta, "base": str(start_files(settings)[0].resolve())})
+    else:
+        save_model(models.dit, models.dit.config, out / "dit.safetensors", "dit", meta)
     if models.encoder is not None:
         save_model(models.encoder, models.encoder.config, out / "encoder.safetensors", "memory_encoder", meta)
     save_optimizer(optimizer, out / "optimizer.safetensors", step)
@@ -176,27 +279,63 @@ def resume_step(models: Models, optimizer: torch.optim.Optimizer, settings: Trai
     out = Path(settings.out)
     if not (out / "optimizer.safetensors").exists():
         return 0
-    models.dit.load_state_dict(load_dit(out / "dit.safetensors").state_dict())
+    if models.lora is not None:
+        load_lora_into(models.lora, out / "lora.safetensors", "out")
+    else:
+        models.dit.load_state_dict(load_dit(out / "dit.safetensors", "out").state_dict())
     if models.encoder is not None:
         models.encoder.load_state_dict(load_encoder(out / "encoder.safetensors").state_dict())
     return load_optimizer(optimizer, out / "optimizer.safetensors") + 1
 
 
-def train(settings: TrainSettings, progress: bool = True) -> list[float]:
-    """Run (or resume) a training stage; returns the losses of the steps run now."""
-    models = build_models(settings)
-    optimizer = torch.optim.AdamW(models.parameters(), lr=settings.lr, weight_decay=0.0)
-    first = resume_step(models, optimizer, settings)
-    Path(settings.out).mkdir(parents=True, exist_ok=True)
+@dataclass
+class Run:
+    models: Models
+    optimizer: torch.optim.Optimizer
+    first_step: int
+
+
+def prepare(settings: TrainSettings, process: Process) -> Run:
+    """Models on this process's device, AdamW over the trainable parameters only (LoRA + encoder with LoRA),
+    and the state of the checkpoint in `out` if there is one."""
+    models = build_models(settings).to(process.device)
+    optimizer = torch.optim.AdamW(models.trainable(), lr=settings.lr, weight_decay=0.0)
+    return Run(models, optimizer, resume_step(models, optimizer, settings))
+
+
+def append_log(path: Path, entries: list[dict]) -> None:
+    """Written with the checkpoint, so after a crash the log ends where the resumed run starts again."""
+    with open(path, "a") as log:
+        log.writelines(json.dumps(entry) + "\n" for entry in entries)
+
+
+def run_steps(run: Run, settings: TrainSettings, process: Process, progress: bool = True) -> list[float]:
+    """Steps first_step..steps-1; returns each step's loss averaged over all processes. Rank 0 writes."""
+    trainer = distributed.wrap(run.models, process)
+    out = Path(settings.out)
+    if process.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     losses: list[float] = []
-    bar = tqdm(range(first, settings.steps), desc=settings.stage, disable=not progress, initial=first, total=settings.steps)
-    with open(Path(settings.out) / "loss.jsonl", "a") as log:
-        for step in bar:
-            loss = train_step(models, optimizer, settings, step)
-            losses.append(loss)
-            log.write(json.dumps({"step": step, "loss": loss}) + "\n")
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-                log.flush()
-                save_checkpoint(models, optimizer, settings, step)
+    pending: list[dict] = []
+    bar = tqdm(range(run.first_step, settings.steps), desc=settings.stage, disable=not (progress and process.is_main),
+               initial=run.first_step, total=settings.steps)
+    for step in bar:
+        loss = distributed.mean(train_step(trainer, run.optimizer, settings, step, process.rank), process)
+        losses.append(loss)
+        pending.append({"step": step, "loss": loss})
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+            if process.is_main:
+                append_log(out / "loss.jsonl", pending)
+                save_checkpoint(run.models, run.optimizer, settings, step)
+            pending = []
     return losses
+
+
+def train(settings: TrainSettings, progress: bool = True) -> list[float]:
+    """Run (or resume) a training stage, in one process or under torchrun; returns the losses of the steps run now."""
+    process = distributed.start(settings.device)
+    try:
+        return run_steps(prepare(settings, process), settings, process, progress)
+    finally:
+        distributed.stop(process)

@@ -96,3 +96,21 @@ def test_memory_round_trips_through_a_file_and_foreign_files_are_named(tmp_path,
     save_model(random_engine.dit, random_engine.dit.config, tmp_path / "dit.safetensors", "dit")
     with pytest.raises(CheckpointError, match="^memory: dit.safetensors is not a saved PFP memory"):
         load_memory(tmp_path / "dit.safetensors")
+
+
+@pytest.mark.parametrize("name", ["tiny", "wan2.1-1.3b", "wan2.1-14b", "wan2.2-5b"])
+def test_a_known_size_without_metadata_is_recognised_by_its_shapes(name):
+    from pfp_core.checkpoint import infer_dit_config
+    from pfp_core.dit import WanDiT
+
+    with torch.device("meta"):
+        state = WanDiT(dit_config(name)).state_dict()
+    assert infer_dit_config(state, "some_file") == dit_config(name)  # name, fps and text length come along
+
+
+def test_read_dit_config_reads_a_comfy_layout_header(tmp_path, random_engine):
+    from pfp_core.checkpoint import read_dit_config
+
+    tensors = {f"model.diffusion_model.{k}": v for k, v in random_engine.dit.state_dict().items()}
+    save_file(tensors, str(tmp_path / "wan.safetensors"))
+    assert read_dit_config(tmp_path / "wan.safetensors") == dit_config("tiny")

@@ -9,7 +9,7 @@ import pytest
 from pfp_core.cli import main
 from pfp_core.video_io import read_video, save_image
 
-SUBCOMMANDS = ["demo", "generate", "plan", "eval-retrieval", "pretrain", "finetune"]
+SUBCOMMANDS = ["demo", "generate", "plan", "eval-retrieval", "pretrain", "finetune", "export"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -29,7 +29,14 @@ def test_every_subcommand_has_help(command, capsys):
                                         (["plan", "--model", "tiny", "--fps", "-3"], "--fps"),
                                         (["generate", "--image", "x.png"], "--storyboard"),
                                         (["demo", "--seconds", "0"], "--seconds"),
-                                        (["demo", "--steps", "abc"], "--steps")])
+                                        (["demo", "--steps", "abc"], "--steps"),
+                                        (["pretrain", "--out", "x", "--lora-rank", "-1"], "--lora-rank"),
+                                        (["pretrain", "--out", "x", "--model", "tiny", "--dit-init", "w"], "--dit-init"),
+                                        (["pretrain", "--out", "x", "--dit-init", "no.safetensors"], "dit-init"),
+                                        (["pretrain", "--out", "x", "--lora-rank", "4"], "lora-rank"),
+                                        (["pretrain", "--out", "x", "--device", "tpu"], "--device"),
+                                        (["export", "--from", "no_such_dir", "--out", "x"], "from"),
+                                        (["plan", "--model", "tiny", "--training", "--batch", "0"], "--batch")])
 def test_bad_arguments_exit_nonzero_with_one_line_naming_the_field(args, field, capsys):
     try:
         code = main(args)
@@ -71,3 +78,26 @@ def test_generate_resumes_from_its_chunk_folder_and_rejects_bad_storyboards(tmp_
     assert "(2 resumed)" in again.stdout
     bad = cli(*args[:4], "5s: later / 1s: earlier", *args[5:])
     assert bad.returncode == 2 and bad.stderr.startswith("error: storyboard line") and len(bad.stderr.splitlines()) == 1
+
+
+def test_lora_pretrain_then_export_through_the_cli(tmp_path, wan_file, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--out", str(out), "--dit-init", str(wan_file), "--lora-rank", "4",
+                 "--grad-checkpointing", "--device", "cpu", "--steps", "2", "--batch", "1", "--history-frames", "8",
+                 "--quiet"]) == 0
+    assert main(["export", "--from", str(out), "--out", str(tmp_path / "lora.safetensors"), "--lora"]) == 0
+    assert main(["export", "--from", str(out), "--out", str(tmp_path / "dit.safetensors"), "--dtype", "fp16"]) == 0
+    printed = capsys.readouterr().out
+    assert "pretrain: steps 2" in printed and "export: LoRA (bf16" in printed and "export: DiT (fp16" in printed
+    from pfp_core.checkpoint import load_dit
+
+    assert load_dit(tmp_path / "dit.safetensors").config.name == "tiny"
+
+
+def test_plan_training_shows_full_and_lora_with_and_without_checkpointing(capsys):
+    assert main(["plan", "--model", "wan2.1-1.3b", "--training", "--chunk-seconds", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["mode"], r["grad_checkpointing"]) for r in rows] == [
+        ("full", False), ("full", True), ("lora r32", False), ("lora r32", True)]
+    assert main(["plan", "--model", "wan2.1-1.3b", "--training"]) == 0
+    assert "lora r32" in capsys.readouterr().out

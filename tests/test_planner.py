@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pfp_core.attention import matmul_attention, use_attention
-from pfp_core.config import DIT_CONFIGS, ENCODER_VARIANTS, dit_config, encoder_config_for
+from pfp_core.config import DIT_CONFIGS, ENCODER_VARIANTS, DiTConfig, dit_config, encoder_config_for
 from pfp_core.dit import WanDiT
 from pfp_core.encoder import MemoryEncoder
 from pfp_core.planner import dit_param_count, encoder_param_count, format_plan_table, plan
@@ -178,3 +178,81 @@ def test_ram_estimate_grows_with_the_video_and_counts_its_frames():
     assert long["ram_estimate_gb"] - short["ram_estimate_gb"] == pytest.approx((frames_bytes + latent_bytes) / 1e9,
                                                                                abs=2e-3)
     assert short["ram_estimate_gb"] > short["weights_gb"]
+
+
+def kept_for_backward(run, inputs: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves while `run(inputs)` executes under bf16 autocast, apart from the
+    parameters and the inputs themselves (the caller owns those)."""
+    saved: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if not isinstance(t, torch.nn.Parameter) and storage.data_ptr() != inputs.untyped_storage().data_ptr():
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        run(inputs)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("dim,ffn", [(256, 1024), (384, 768)])  # head_dim 128, as in every Wan size
+def test_block_activation_model_matches_what_autograd_keeps(dim, ffn):
+    from pfp_core.dit import block_forward
+    from pfp_core.planner import block_saved_bytes
+    from pfp_core.rope import rope_angles
+
+    cfg = DiTConfig("probe", dim=dim, ffn_dim=ffn, num_heads=dim // 128, num_layers=1)
+    block = WanDiT(cfg).blocks[0]
+
+    def kept(tokens: int) -> int:
+        angles = rope_angles(torch.rand(1, tokens, 3) * 8, 128)
+        return kept_for_backward(lambda x: block_forward(block, x, torch.randn(1, 6, dim), angles,
+                                                         torch.randn(1, 8, dim), 0),
+                                 torch.randn(1, tokens, dim, requires_grad=True))
+
+    # the difference of two lengths drops the per-block constant (bf16 copies of the weights, counted apart)
+    measured = kept(600) - kept(200)
+    assert measured == pytest.approx(block_saved_bytes(cfg, 600) - block_saved_bytes(cfg, 200), rel=0.01)
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_encoder_activation_model_matches_what_autograd_keeps(rate):
+    from pfp_core.planner import encoder_saved_bytes
+
+    cfg = dataclasses.replace(encoder_config_for("tiny", rate), width=64)
+    encoder = MemoryEncoder(cfg)
+    kept = lambda frames: kept_for_backward(encoder, torch.randn(1, 16, frames, 32, 32))
+    measured = kept(24) - kept(8)
+    assert measured == pytest.approx(encoder_saved_bytes(cfg, (24, 32, 32)) - encoder_saved_bytes(cfg, (8, 32, 32)),
+                                     rel=0.02)
+
+
+@pytest.mark.parametrize("name", list(DIT_CONFIGS))
+def test_lora_param_count_matches_the_adapters(name):
+    from pfp_core.lora import lora_for
+    from pfp_core.planner import lora_param_count
+
+    with torch.device("meta"):
+        lora = lora_for(WanDiT(dit_config(name)), rank=16, alpha=16)
+    assert lora_param_count(dit_config(name), 16) == numel(lora)
+
+
+def test_training_plan_for_wan13_lora_with_checkpointing_fits_24gb():
+    from pfp_core.planner import format_training_table, training_plan
+
+    figures = training_plan("wan2.1-1.3b", 832, 480, 16, 20, chunk_seconds=2, lora_rank=32)
+    rows = {(r["mode"], r["grad_checkpointing"]): r for r in figures["rows"]}
+    full, full_ckpt, lora, lora_ckpt = (rows[k] for k in (("full", False), ("full", True), ("lora r32", False),
+                                                          ("lora r32", True)))
+    assert lora_ckpt["fits_24gb"] and not full["fits_24gb"] and not full_ckpt["fits_24gb"]
+    assert full_ckpt["activations_gb"] * 5 < full["activations_gb"] == lora["activations_gb"]
+    assert full["adamw_gb"] == pytest.approx(8 * full["trained_params"] / 1e9, abs=1e-3)
+    assert lora["adamw_gb"] * 20 < full["adamw_gb"] and lora["weights_gb"] < full["weights_gb"]
+    for row in figures["rows"]:
+        parts = sum(row[k] for k in ("weights_gb", "gradients_gb", "adamw_gb", "autocast_copies_gb", "activations_gb"))
+        assert row["total_gb"] == pytest.approx(parts, abs=3e-3)
+    assert figures["tokens"] == figures["chunk_tokens"] + figures["memory_tokens"] == 9 * 30 * 52 + 4264
+    assert "lora r32" in format_training_table(figures)
+    with pytest.raises(ValueError, match="^batch: must be a positive whole number"):
+        training_plan("wan2.1-1.3b", 832, 480, 16, 20, batch=0)

@@ -1,10 +1,25 @@
 
+import random
+
 import pytest
 import torch
+from conftest import write_wan_file
+from safetensors.torch import save_file
 
-from pfp_core.training import TrainSettings, build_models, encode_memory, retrieval_loss, train, train_step
-from pfp_core.vae import SpaceToDepthVAE
 from pfp_core import procedural
+from pfp_core.config import DiTConfig
+from pfp_core.dit import WanDiT
+from pfp_core.training import (
+    TrainSettings,
+    build_models,
+    encode_memory,
+    retrieval_loss,
+    set_grad_checkpointing,
+    step_rng,
+    train,
+    train_step,
+)
+from pfp_core.vae import SpaceToDepthVAE
 
 
 def small(tmp_path, **changes) -> TrainSettings:
@@ -31,11 +46,12 @@ def test_retrieval_loss_decreases_on_a_tiny_run(tmp_path):
     assert after < 0.8 * before
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_resume_continues_the_same_loss_curve(tmp_path, stage):
-    straight = train(small(tmp_path / "a", stage=stage, steps=6), progress=False)
-    first_half = train(small(tmp_path / "b", stage=stage, steps=3), progress=False)
-    second_half = train(small(tmp_path / "b", stage=stage, steps=6), progress=False)
+@pytest.mark.parametrize("stage,lora", [("pretrain", False), ("finetune", False), ("finetune", True)])
+def test_resume_continues_the_same_loss_curve(tmp_path, wan_file, stage, lora):
+    extra = dict(dit_init=wan_file, lora_rank=4, grad_checkpointing=True) if lora else {}
+    straight = train(small(tmp_path / "a", stage=stage, steps=6, **extra), progress=False)
+    first_half = train(small(tmp_path / "b", stage=stage, steps=3, **extra), progress=False)
+    second_half = train(small(tmp_path / "b", stage=stage, steps=6, **extra), progress=False)
     assert len(second_half) == 3
     assert first_half + second_half == pytest.approx(straight, abs=1e-5)
     assert len((tmp_path / "b" / "loss.jsonl").read_text().splitlines()) == 6
@@ -51,6 +67,104 @@ def test_no_memory_baseline_trains_the_dit_alone(tmp_path):
 def test_unknown_stage_is_named(tmp_path):
     with pytest.raises(ValueError, match="^stage:"):
         TrainSettings(stage="warmup", out=tmp_path)
+
+
+def gradients_and_saved_bytes(models, settings) -> tuple[dict[str, torch.Tensor], int]:
+    """One backward of a fixed retrieval batch; also the bytes autograd kept for it."""
+    latents = SpaceToDepthVAE().encode(procedural.video_batch([procedural.heldout_seed(i) for i in range(2)], 8))
+    saved: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    models.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = retrieval_loss(models, latents, settings, torch.Generator().manual_seed(0))
+    loss.backward()
+    return {n: p.grad.clone() for n, p in models.named_parameters() if p.grad is not None}, sum(saved.values())
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_less(tmp_path, wan_file, lora):
+    settings = small(tmp_path, dit_init=wan_file, lora_rank=4 if lora else 0)
+    models = build_models(settings)
+    plain, plain_bytes = gradients_and_saved_bytes(models, settings)
+    set_grad_checkpointing(models, True)
+    recomputed, recomputed_bytes = gradients_and_saved_bytes(models, settings)
+    assert plain.keys() == recomputed.keys() and any(n.startswith("encoder.hr.") for n in plain)
+    for name, grad in plain.items():
+        assert torch.allclose(recomputed[name], grad, rtol=1e-5, atol=1e-8), name
+    assert recomputed_bytes < 0.5 * plain_bytes
+
+
+def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
+    settings = small(tmp_path, bf16=True, device="cpu")
+    models = build_models(settings)
+    seen = []
+    models.dit.blocks[0].ffn[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    before = models.dit.blocks[0].ffn[0].weight.detach().clone()
+    train_step(models, torch.optim.AdamW(models.parameters(), lr=1e-3), settings, 0)
+    assert seen == [torch.bfloat16]  # the matmuls ran in bf16 ...
+    assert {p.dtype for p in models.parameters()} == {torch.float32}  # ... the weights stay fp32 and move
+    assert not torch.equal(models.dit.blocks[0].ffn[0].weight, before)
+
+
+def test_each_rank_draws_its_own_batches_and_rank_0_those_of_a_single_process(tmp_path):
+    settings = small(tmp_path)
+    draws = lambda step, rank: [step_rng(settings, step, rank).random() for _ in range(3)]
+    assert step_rng(settings, 5).random() == random.Random(settings.seed * 1_000_003 + 5).random()
+    assert draws(5, 0) == draws(5, 0) and draws(5, 0) != draws(5, 1) != draws(6, 1)
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model.", "diffusion_model."])
+def test_dit_init_loads_the_original_and_comfyui_layouts(tmp_path, prefix):
+    path = tmp_path / "wan.safetensors"
+    written = write_wan_file(path, prefix=prefix)
+    settings = small(tmp_path / "out", dit_init=path, model="wan2.1-14b")
+    assert settings.model == "tiny"  # the file decides the size
+    models = build_models(settings)
+    assert all(torch.equal(a, b) for a, b in zip(models.dit.state_dict().values(), written.state_dict().values()))
+    assert models.encoder.config.dim == written.config.dim
+
+
+def test_dit_init_reads_a_folder_of_shards(tmp_path):
+    whole = write_wan_file(tmp_path / "whole.safetensors").state_dict()
+    names = sorted(whole)
+    (tmp_path / "shards").mkdir()
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        shard = tmp_path / "shards" / f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: whole[k] for k in part}, str(shard))
+    models = build_models(small(tmp_path / "out", dit_init=tmp_path / "shards"))
+    assert all(torch.equal(models.dit.state_dict()[k], v) for k, v in whole.items())
+
+
+def foreign_file(tmp_path, kind: str):
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "diffusers":
+        save_file({"condition_embedder.time_embedder.linear_1.weight": torch.zeros(4, 4)}, str(path))
+    elif kind == "fp8":
+        tensors = write_wan_file(tmp_path / "w.safetensors").state_dict()
+        save_file({k: v.to(torch.float8_e4m3fn) for k, v in tensors.items()}, str(path))
+    elif kind == "wide":
+        save_file(WanDiT(DiTConfig("x", dim=256, ffn_dim=256, num_heads=2, num_layers=1)).state_dict(), str(path))
+    elif kind == "pickle":
+        torch.save({"w": torch.zeros(1)}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("diffusers", r"^dit-init: diffusers is not a Wan DiT \(missing 'head.modulation'\).*not diffusers"),
+    ("fp8", r"^dit-init: fp8.safetensors holds fp8 weights.*bf16, fp16 or fp32 release"),
+    ("wide", r"^dit-init: a DiT of width 256, 1 layers, 16 input channels \(t2v\) is not a size training knows"),
+    ("pickle", r"^dit-init: pickle.safetensors is a pickle"),
+    ("missing", r"^dit-init: file not found"),
+])
+def test_wrong_dit_init_files_are_one_clear_line(tmp_path, kind, message):
+    with pytest.raises(ValueError, match=message) as error:
+        path = tmp_path / "no.safetensors" if kind == "missing" else foreign_file(tmp_path, kind)
+        small(tmp_path / "out", dit_init=path)
+    assert "\n" not in str(error.value)
 
 
 def test_sliding_window_baseline_sees_only_the_recent_latents(tmp_path):
