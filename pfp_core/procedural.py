@@ -62,8 +62,12 @@ def make_video(seed: int, frames: int, size: int = 32, fps: int = 8) -> Procedur
 
 def video_batch(seeds: Sequence[int], frames: int, size: int = 32, fps: int = 8) -> torch.Tensor:
     """float32 [B, 3, T, H, W] in [-1, 1], the engine's pixel convention."""
-    stacked = np.stack([make_video(seed, frames, size, fps).frames for seed in seeds])
-    pixels = torch.from_numpy(stacked).float().div_(127.5).sub_(1.0)
+    return to_pixels(np.stack([make_video(seed, frames, size, fps).frames for seed in seeds]))
+
+
+def to_pixels(videos: np.ndarray) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float32 [B, 3, T, H, W] in [-1, 1]."""
+    pixels = torch.from_numpy(videos).float().div_(127.5).sub_(1.0)
     return pixels.permute(0, 4, 1, 2, 3).contiguous()
 
 
