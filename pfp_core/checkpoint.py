@@ -35,8 +35,10 @@ def _sniff(path: Path, field: str) -> None:
     if not path.is_file():
         raise CheckpointError(f"{field}: file not found: {path}")
     with path.open("rb") as f:
-        head = f.read(8)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. The length's first byte can be
+    # 0x80 (headers of 128 + 256k bytes), so that only means pickle when no "{" follows ("{" is no pickle opcode).
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise CheckpointError(f"{field}: {path.name} is a pickle/torch.save file, not safetensors; "
                               "only .safetensors files are loaded (pickles can run code)")
     if len(head) < 8:

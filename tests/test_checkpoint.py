@@ -4,7 +4,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pfp_core.checkpoint import CheckpointError, check_compatible, load_dit, load_encoder, save_model
+from pfp_core.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    load_dit,
+    load_encoder,
+    read_safetensors,
+    save_model,
+)
 from pfp_core.config import dit_config, encoder_config_for
 from pfp_core.encoder import MemoryEncoder
 
@@ -44,6 +51,17 @@ def test_pickle_renamed_safetensors_is_refused_without_unpickling(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "zip.safetensors")
     with pytest.raises(CheckpointError, match="pickle"):
         load_dit(tmp_path / "zip.safetensors")
+
+
+def test_safetensors_whose_header_length_starts_with_the_pickle_byte_load(tmp_path):
+    path = tmp_path / "t.safetensors"
+    for pad in range(256):  # some metadata length makes the header 128 + 256k bytes: first byte 0x80
+        save_file({"w": torch.ones(2)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    tensors, metadata = read_safetensors(path, "test")
+    assert torch.equal(tensors["w"], torch.ones(2)) and len(metadata["pad"]) == pad
 
 
 def test_truncated_and_foreign_files_are_named(tmp_path, random_engine):
