@@ -1,4 +1,5 @@
-"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, queue, bench}."""
+"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, embed-texts, queue,
+bench}."""
 from __future__ import annotations
 
 import argparse
@@ -118,10 +119,28 @@ def cmd_train(args: argparse.Namespace) -> None:
                              use_memory=not args.no_memory, bf16=not args.no_bf16, rate=args.rate,
                              variant=args.variant, checkpoint_every=args.checkpoint_every,
                              retrieval_mix=args.retrieval_mix,
-                             init_from=Path(args.init_from) if args.init_from else None)
+                             init_from=Path(args.init_from) if args.init_from else None,
+                             data=Path(args.data) if args.data else None,
+                             text_embeddings=Path(args.text_embeddings) if args.text_embeddings else None)
     losses = train(settings, progress=not args.quiet)
     if losses:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
+
+
+def cmd_embed_texts(args: argparse.Namespace) -> None:
+    from .config import dit_config
+    from .text import HashTextEncoder
+    from .text_embeddings import embed_captions
+    from .video_dataset import folder_captions
+
+    captions = folder_captions(args.data)
+    if not captions:
+        raise ValueError(f"--data: no caption files beside the videos in '{args.data}'; write clip.txt next to "
+                         "clip.mp4 with lines such as '0s: a woman stands by a shelf'")
+    tiny = dit_config("tiny")
+    out = embed_captions(captions, HashTextEncoder(tiny.text_dim, tiny.text_len), "hash", tiny.text_len, args.out,
+                         progress=not args.quiet)
+    print(f"embed-texts: {len(captions)} captions and the empty prompt, hash encoder, text_dim {tiny.text_dim} -> {out}")
 
 
 def cmd_queue(args: argparse.Namespace) -> None:
@@ -204,6 +223,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=100)
     p.add_argument("--init-from", help="start from a checkpoint folder (finetune after pretrain)")
     p.add_argument("--retrieval-mix", type=float, default=0.25, help="finetune: share of retrieval steps kept")
+    p.add_argument("--data", metavar="DIR", help="train on your mp4/webm/mov videos in DIR (default: procedural videos)")
+    p.add_argument("--text-embeddings", metavar="FILE", help="caption embeddings for the clip.txt captions in --data "
+                   "(see embed-texts); default: no text (zero context)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -247,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=text)
         add_training_flags(p)
         p.set_defaults(func=cmd_train)
+    p = sub.add_parser("embed-texts", help="caption embeddings for training, from the clip.txt files beside videos")
+    p.add_argument("--data", required=True, metavar="DIR", help="the video folder given to pretrain/finetune --data")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_embed_texts)
     p = sub.add_parser("queue", help="post an API-format ComfyUI workflow to servers with varied seeds/storyboards")
     p.add_argument("--workflow", required=True, metavar="API.json", help="workflow saved in API format (Export (API))")
     p.add_argument("--server", required=True, action="append", metavar="HOST:PORT",

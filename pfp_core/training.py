@@ -1,8 +1,10 @@
 """Training: stage 1 retrieves random past frames through memory (frame preservation), stage 2 generates the
 next chunk from memory. Same rectified-flow loss; only what is noised and where it sits in time differ.
 
-Batches are procedural videos chosen by (seed, step), so a resumed run sees exactly the batches it would have
-seen and continues the same loss curve.
+Batches are procedural videos, or clips of the user's videos (`data`, pfp_core/video_dataset.py), chosen by
+(seed, step), so a resumed run sees exactly the batches it would have seen and continues the same loss curve.
+The text context is the zero (empty-prompt) context, or the caption of each clip looked up in precomputed
+embeddings (`text_embeddings`, pfp_core/text_embeddings.py).
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from .dit import WanDiT
 from .encoder import MemoryEncoder
 from .flow import add_noise, flow_loss, training_sigmas
 from .memory import Memory
+from .text_embeddings import FrameCaptions, TextEmbeddings, load_text_embeddings
 from .vae import SpaceToDepthVAE
+from .video_dataset import VideoClips, VideoFolder, report
 
 STAGES = ("pretrain", "finetune")
 
@@ -49,6 +53,8 @@ class TrainSettings:
     variant: str = "proposed"
     size: int = 32
     init_from: Path | None = None  # finetune starts from a pretrain output folder
+    data: Path | None = None  # folder of the user's videos; None: procedural videos
+    text_embeddings: Path | None = None  # precomputed caption embeddings; None: zero context
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -63,6 +69,31 @@ class Models:
     def parameters(self) -> list[torch.nn.Parameter]:
         modules = [self.dit] + ([self.encoder] if self.encoder is not None else [])
         return [p for m in modules for p in m.parameters()]
+
+
+@dataclass
+class TrainingData:
+    videos: VideoFolder | None  # None: procedural videos
+    texts: TextEmbeddings | None  # None: the zero context
+
+
+def load_training_data(settings: TrainSettings, progress: bool = False) -> TrainingData:
+    """Scan the video folder and load the embeddings once; every caption must have an embedding."""
+    videos = texts = None
+    if settings.data is not None:
+        shortest = min(settings.history_frames)
+        longest = max(settings.history_frames) + (settings.chunk_frames if settings.stage == "finetune" else 0)
+        fps = dit_config(settings.model).fps
+        videos = VideoFolder(settings.data, fps, settings.size, settings.size, shortest, progress)
+        videos.check_fits(longest)
+    captions = videos.captions() if videos else set()
+    if settings.text_embeddings is not None:
+        texts = load_text_embeddings(settings.text_embeddings)
+        texts.check_covers(captions)
+    elif captions:
+        report("warning: --data has caption files but no --text-embeddings was given: training without text "
+               "(build the file with `python -m pfp_core embed-texts`)")
+    return TrainingData(videos, texts)
 
 
 def build_models(settings: TrainSettings) -> Models:
@@ -80,52 +111,65 @@ def step_rng(settings: TrainSettings, step: int) -> random.Random:
     return random.Random(settings.seed * 1_000_003 + step)
 
 
-def batch_videos(settings: TrainSettings, rng: random.Random, frames: int) -> torch.Tensor:
+def batch_videos(settings: TrainSettings, data: TrainingData, rng: random.Random, frames: int) -> VideoClips:
+    if data.videos is not None:
+        return data.videos.clips(rng, settings.batch, frames)
     seeds = [rng.randrange(len(procedural.TRAIN_SEEDS)) for _ in range(settings.batch)]
-    return procedural.video_batch(seeds, frames, settings.size, dit_config(settings.model).fps)
+    pixels = procedural.video_batch(seeds, frames, settings.size, dit_config(settings.model).fps)
+    return VideoClips(pixels, [[""] * frames for _ in seeds])
 
 
 def encode_memory(models: Models, history_latents: torch.Tensor, fps: int) -> Memory | None:
     return models.encoder.encode(history_latents, fps) if models.encoder is not None else None
 
 
-def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator) -> torch.Tensor:
+def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
+                   text: FrameCaptions | None = None) -> torch.Tensor:
     """Stage 1: noise `targets` random frames of the history and denoise them at their own time positions."""
     b, _, t = latents.shape[:3]
     memory = encode_memory(models, latents, dit_config(settings.model).fps)
     frame_times = torch.stack([torch.randperm(t, generator=gen)[: settings.targets] for _ in range(b)])
     index = frame_times[:, None, :, None, None].expand(-1, latents.shape[1], -1, *latents.shape[3:])
     x0 = latents.gather(2, index)
-    return denoising_loss(models, x0, memory, frame_times, settings, gen)
+    return denoising_loss(models, x0, memory, frame_times, settings, gen, text)
 
 
-def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator) -> torch.Tensor:
+def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
+                    text: FrameCaptions | None = None) -> torch.Tensor:
     """Stage 2: the last chunk of the clip is generated from the memory of everything before it."""
     split = latents.shape[2] - settings.chunk_frames
     memory = encode_memory(models, latents[:, :, :split], dit_config(settings.model).fps)
     frame_times = torch.arange(split, latents.shape[2]).expand(latents.shape[0], -1)
-    return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen)
+    return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen, text)
 
 
 def denoising_loss(models: Models, x0: torch.Tensor, memory: Memory | None, frame_times: torch.Tensor,
-                   settings: TrainSettings, gen: torch.Generator) -> torch.Tensor:
+                   settings: TrainSettings, gen: torch.Generator, text: FrameCaptions | None = None) -> torch.Tensor:
     noise = torch.randn(x0.shape, generator=gen)
     sigma = training_sigmas(x0.shape[0], settings.shift, gen)
-    context = torch.zeros(x0.shape[0], 1, models.dit.config.text_dim)  # captionless data: the empty prompt
+    if text is not None:
+        context = text.context(frame_times)
+    else:  # no embeddings: the empty prompt as a zero context
+        context = torch.zeros(x0.shape[0], 1, models.dit.config.text_dim)
     velocity = models.dit(add_noise(x0, noise, sigma), sigma * 1000, context, memory, frame_times)
     return flow_loss(velocity, x0, noise)
 
 
-def train_step(models: Models, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int) -> float:
+def train_step(models: Models, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int,
+               data: TrainingData | None = None) -> float:
+    """`data` from load_training_data; loaded here when not given (a folder scan: pass it in loops)."""
+    data = data if data is not None else load_training_data(settings)
     rng = step_rng(settings, step)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     history = rng.choice(settings.history_frames)
     retrieval = settings.stage == "pretrain" or rng.random() < settings.retrieval_mix
     frames = history + (0 if retrieval else settings.chunk_frames)
-    latents = SpaceToDepthVAE().encode(batch_videos(settings, rng, frames))
+    clips = batch_videos(settings, data, rng, frames)
+    latents = SpaceToDepthVAE().encode(clips.pixels)
+    text = FrameCaptions(clips.captions, data.texts, models.dit.config.text_len) if data.texts is not None else None
     loss_fn = retrieval_loss if retrieval else next_chunk_loss
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
-        loss = loss_fn(models, latents, settings, gen)
+        loss = loss_fn(models, latents, settings, gen, text)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
@@ -174,7 +218,10 @@ def resume_step(models: Models, optimizer: torch.optim.Optimizer, settings: Trai
 
 def train(settings: TrainSettings, progress: bool = True) -> list[float]:
     """Run (or resume) a training stage; returns the losses of the steps run now."""
+    data = load_training_data(settings, progress)  # before the models: a bad folder fails fast
     models = build_models(settings)
+    if data.texts is not None:
+        data.texts.check_text_dim(models.dit.config.text_dim, models.dit.config.name)
     optimizer = torch.optim.AdamW(models.parameters(), lr=settings.lr, weight_decay=0.0)
     first = resume_step(models, optimizer, settings)
     Path(settings.out).mkdir(parents=True, exist_ok=True)
@@ -182,7 +229,7 @@ def train(settings: TrainSettings, progress: bool = True) -> list[float]:
     bar = tqdm(range(first, settings.steps), desc=settings.stage, disable=not progress, initial=first, total=settings.steps)
     with open(Path(settings.out) / "loss.jsonl", "a") as log:
         for step in bar:
-            loss = train_step(models, optimizer, settings, step)
+            loss = train_step(models, optimizer, settings, step, data)
             losses.append(loss)
             log.write(json.dumps({"step": step, "loss": loss}) + "\n")
             bar.set_postfix(loss=f"{loss:.4f}")

@@ -9,6 +9,7 @@ import torch
 
 from pfp_core import procedural
 from pfp_core.cli import main
+from pfp_core.training import TrainSettings, train
 from pfp_core.video_dataset import VideoFolder, read_clip
 from pfp_core.video_io import write_video
 
@@ -234,3 +235,18 @@ def test_history_longer_than_every_video_is_an_error_naming_the_flag(tmp_path, c
                  "--history-frames", "8", "32", "--quiet"])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and error.startswith("error: --data: a clip of 32 frames needs 4.00 s") and "--history-frames" in error
+
+
+def test_resuming_a_run_on_a_video_folder_continues_the_same_loss_curve(tmp_path, capsys):
+    for i in range(2):
+        procedural_video(tmp_path / "data" / f"v{i}.mp4", frames=24, seed=i)
+    (tmp_path / "data" / "v0.txt").write_text("0s: a walk\n")
+
+    def run(out, steps):
+        return train(TrainSettings(stage="pretrain", out=tmp_path / out, steps=steps, batch=1, history_frames=(8,),
+                                   targets=2, checkpoint_every=2, data=tmp_path / "data"), progress=False)
+
+    straight = run("a", 3)
+    resumed = run("b", 2) + run("b", 3)
+    assert resumed == pytest.approx(straight, abs=1e-5)
+    assert "caption files but no --text-embeddings" in capsys.readouterr().err
