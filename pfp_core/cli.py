@@ -140,7 +140,8 @@ def cmd_embed_texts(args: argparse.Namespace) -> None:
     tiny = dit_config("tiny")
     out = embed_captions(captions, HashTextEncoder(tiny.text_dim, tiny.text_len), "hash", tiny.text_len, args.out,
                          progress=not args.quiet)
-    print(f"embed-texts: {len(captions)} captions and the empty prompt, hash encoder, text_dim {tiny.text_dim} -> {out}")
+    print(f"embed-texts: {len(captions)} captions and the empty prompt, hash encoder, text_dim {tiny.text_dim} "
+          f"-> {out}")
 
 
 def cmd_queue(args: argparse.Namespace) -> None:
@@ -223,7 +224,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=100)
     p.add_argument("--init-from", help="start from a checkpoint folder (finetune after pretrain)")
     p.add_argument("--retrieval-mix", type=float, default=0.25, help="finetune: share of retrieval steps kept")
-    p.add_argument("--data", metavar="DIR", help="train on your mp4/webm/mov videos in DIR (default: procedural videos)")
+    p.add_argument("--data", metavar="DIR", help="train on the mp4/webm/mov videos in DIR (default: procedural)")
     p.add_argument("--text-embeddings", metavar="FILE", help="caption embeddings for the clip.txt captions in --data "
                    "(see embed-texts); default: no text (zero context)")
     p.add_argument("--quiet", action="store_true")

@@ -104,7 +104,8 @@ def save_text_embeddings(embeddings: dict[str, torch.Tensor], path: str | Path, 
     tensors = {f"text.{i}": without_padding(as_tokens(embeddings[text], text)) for i, text in enumerate(texts)}
     widths = {tensor.shape[1] for tensor in tensors.values()}
     if len(widths) != 1:
-        raise ValueError(f"{FIELD}: embeddings of different widths {sorted(widths)}; use one text encoder for all captions")
+        raise ValueError(f"{FIELD}: embeddings of different widths {sorted(widths)}; use one text encoder for all "
+                         "captions")
     metadata = {"pfp_kind": KIND, "format": FORMAT, "texts": json.dumps(texts), "text_dim": str(widths.pop()),
                 "max_length": str(max_length), "encoder": encoder}
     return save_tensors(tensors, path, metadata)

@@ -127,7 +127,8 @@ class VideoFolder:
             video = fitting[rng.randrange(len(fitting))]
             first = rng.randrange(video.frames - frames + 1)
             try:
-                return read_clip(video, first, frames, self.fps, self.height, self.width), video.captions_of(first, frames)
+                pixels = read_clip(video, first, frames, self.fps, self.height, self.width)
+                return pixels, video.captions_of(first, frames)
             except VideoReadError as error:
                 if video.path not in self.failed:
                     self.failed.add(video.path)

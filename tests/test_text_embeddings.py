@@ -57,7 +57,7 @@ def test_the_context_uses_the_caption_at_each_rows_earliest_denoised_frame(tmp_p
 
 def test_a_caption_missing_from_the_file_is_named_with_the_fix(tmp_path):
     texts = load_text_embeddings(save_text_embeddings({"a cat": padded(2)}, tmp_path / "t.safetensors", "test", 6))
-    with pytest.raises(CheckpointError, match=r"^text embeddings: caption 'a dog' is not in t\.safetensors; .*embed-texts"):
+    with pytest.raises(CheckpointError, match=r"^text embeddings: caption 'a dog' is not in t\.safetensors; .*embed-t"):
         texts.context(["a cat", "a dog"], text_len=4)
 
 

@@ -10,7 +10,7 @@ import torch
 from pfp_core import procedural
 from pfp_core.cli import main
 from pfp_core.training import TrainSettings, train
-from pfp_core.video_dataset import VideoFolder, read_clip
+from pfp_core.video_dataset import VideoFolder, folder_captions, read_clip
 from pfp_core.video_io import write_video
 
 BITS = 10  # a frame shows its timestamp in centiseconds as 10 black/white 8x8 blocks: robust to a lossy codec
@@ -182,6 +182,17 @@ def test_sidecar_captions_are_the_ones_active_at_each_frame(tmp_path):
             assert brightness > 0.4
 
 
+def test_folder_captions_cover_every_caption_training_can_ask_for(tmp_path):
+    procedural_video(tmp_path / "a.mp4", frames=48)
+    (tmp_path / "a.txt").write_text("global: film look\n0s: walks in / [2s-3s: sits down] / 4.5s: leaves\n")
+    procedural_video(tmp_path / "b.mp4", frames=16)
+    (tmp_path / "b.txt").write_text("a plain prompt without times\n")
+    asked = folder(tmp_path).captions()
+    assert asked == {"film look, walks in", "film look, sits down", "film look", "film look, leaves",
+                     "a plain prompt without times"}
+    assert set(folder_captions(tmp_path)) == asked
+
+
 def test_a_bad_caption_file_skips_its_video_with_the_reason(tmp_path, capsys):
     procedural_video(tmp_path / "a.mp4", frames=16)
     (tmp_path / "a.txt").write_text("0s: walks in\n9s: sits down\n")  # 9 s is past the 2 s video
@@ -234,7 +245,8 @@ def test_history_longer_than_every_video_is_an_error_naming_the_flag(tmp_path, c
     code = main(["pretrain", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--steps", "1",
                  "--history-frames", "8", "32", "--quiet"])
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2 and error.startswith("error: --data: a clip of 32 frames needs 4.00 s") and "--history-frames" in error
+    assert code == 2 and error.startswith("error: --data: a clip of 32 frames needs 4.00 s")
+    assert "--history-frames" in error
 
 
 def test_resuming_a_run_on_a_video_folder_continues_the_same_loss_curve(tmp_path, capsys):
