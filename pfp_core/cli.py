@@ -1,4 +1,5 @@
-"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, export, queue, bench}."""
+"""Command line: python -m pfp_core {demo, generate, plan, eval-retrieval, pretrain, finetune, export, embed-texts,
+queue, bench}."""
 from __future__ import annotations
 
 import argparse
@@ -129,7 +130,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                              model=args.model or "tiny",
                              init_from=optional_path(args.init_from), dit_init=optional_path(args.dit_init),
                              lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                             grad_checkpointing=args.grad_checkpointing, device=args.device)
+                             grad_checkpointing=args.grad_checkpointing, device=args.device,
+                             data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings))
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -141,6 +143,23 @@ def cmd_export(args: argparse.Namespace) -> None:
     export = export_lora if args.lora else export_dit
     path = export(Path(args.source), Path(args.out), DTYPES[args.dtype])
     print(f"export: {'LoRA' if args.lora else 'DiT'} ({args.dtype}, {path.stat().st_size / 1e6:,.1f} MB) -> {path}")
+
+
+def cmd_embed_texts(args: argparse.Namespace) -> None:
+    from .config import dit_config
+    from .text import HashTextEncoder
+    from .text_embeddings import embed_captions
+    from .video_dataset import folder_captions
+
+    captions = folder_captions(args.data)
+    if not captions:
+        raise ValueError(f"--data: no caption files beside the videos in '{args.data}'; write clip.txt next to "
+                         "clip.mp4 with lines such as '0s: a woman stands by a shelf'")
+    tiny = dit_config("tiny")
+    out = embed_captions(captions, HashTextEncoder(tiny.text_dim, tiny.text_len), "hash", tiny.text_len, args.out,
+                         progress=not args.quiet)
+    print(f"embed-texts: {len(captions)} captions and the empty prompt, hash encoder, text_dim {tiny.text_dim} "
+          f"-> {out}")
 
 
 def cmd_queue(args: argparse.Namespace) -> None:
@@ -284,6 +303,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-window", type=int, default=0, metavar="LATENTS",
                    help="finetune with --no-memory: the last LATENTS history latents as uncompressed context "
                         "(the sliding-window baseline)")
+    p.add_argument("--data", metavar="DIR", help="train on the mp4/webm/mov videos in DIR (default: procedural)")
+    p.add_argument("--text-embeddings", metavar="FILE", help="caption embeddings for the clip.txt captions in --data "
+                   "(see embed-texts); default: no text (zero context)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -340,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the LoRA (for LoraLoaderModelOnly on the base model) instead of the merged DiT")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("embed-texts", help="caption embeddings for training, from the clip.txt files beside videos")
+    p.add_argument("--data", required=True, metavar="DIR", help="the video folder given to pretrain/finetune --data")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_embed_texts)
     p = sub.add_parser("queue", help="post an API-format ComfyUI workflow to servers with varied seeds/storyboards")
     p.add_argument("--workflow", required=True, metavar="API.json", help="workflow saved in API format (Export (API))")
     p.add_argument("--server", required=True, action="append", metavar="HOST:PORT",

@@ -1,8 +1,10 @@
 """Training: stage 1 retrieves random past frames through memory (frame preservation), stage 2 generates the
 next chunk from memory. Same rectified-flow loss; only what is noised and where it sits in time differ.
 
-Batches are procedural videos chosen by (seed, step, rank), so a resumed run sees exactly the batches it would
-have seen and continues the same loss curve, and each torchrun process trains on its own batch.
+Batches are procedural videos, or clips of the user's videos (`data`, pfp_core/video_dataset.py), chosen by
+(seed, step, rank), so a resumed run sees exactly the batches it would have seen and continues the same loss
+curve, and each torchrun process trains on its own batch. The text context is the zero (empty-prompt) context,
+or the caption of each clip looked up in precomputed embeddings (`text_embeddings`, pfp_core/text_embeddings.py).
 
 Scaling up: bf16 autocast on the training device over fp32 master weights, gradient checkpointing of the DiT
 blocks and the encoder's full-resolution convolutions, LoRA on a frozen DiT loaded from a Wan file
@@ -44,7 +46,9 @@ from .lora import (
     save_lora,
 )
 from .memory import Memory
+from .text_embeddings import FrameCaptions, TextEmbeddings, load_text_embeddings
 from .vae import SpaceToDepthVAE
+from .video_dataset import VideoClips, VideoFolder, report
 from .window import recent_window
 
 STAGES = ("pretrain", "finetune")
@@ -78,6 +82,8 @@ class TrainSettings:
     lora_alpha: float | None = None  # LoRA scale = alpha / rank; None: alpha = rank
     grad_checkpointing: bool = False
     device: str = "auto"  # auto: this process's GPU when torch sees one, else the CPU
+    data: Path | None = None  # folder of the user's videos; None: procedural videos
+    text_embeddings: Path | None = None  # precomputed caption embeddings; None: zero context
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -134,9 +140,9 @@ class Models(torch.nn.Module):
             attach(lora, dit)
 
     def forward(self, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
-                retrieval: bool) -> torch.Tensor:
+                retrieval: bool, text: FrameCaptions | None = None) -> torch.Tensor:
         loss_fn = retrieval_loss if retrieval else next_chunk_loss
-        return loss_fn(self, latents, settings, gen)
+        return loss_fn(self, latents, settings, gen, text)
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -181,9 +187,37 @@ def step_rng(settings: TrainSettings, step: int, rank: int = 0) -> random.Random
     return random.Random(settings.seed * 1_000_003 + step + rank * 2**48)
 
 
-def batch_videos(settings: TrainSettings, rng: random.Random, frames: int) -> torch.Tensor:
+@dataclass
+class TrainingData:
+    videos: VideoFolder | None  # None: procedural videos
+    texts: TextEmbeddings | None  # None: the zero context
+
+
+def load_training_data(settings: TrainSettings, progress: bool = False) -> TrainingData:
+    """Scan the video folder and load the embeddings once; every caption must have an embedding."""
+    videos = texts = None
+    if settings.data is not None:
+        shortest = min(settings.history_frames)
+        longest = max(settings.history_frames) + (settings.chunk_frames if settings.stage == "finetune" else 0)
+        fps = dit_config(settings.model).fps
+        videos = VideoFolder(settings.data, fps, settings.size, settings.size, shortest, progress)
+        videos.check_fits(longest)
+    captions = videos.captions() if videos else set()
+    if settings.text_embeddings is not None:
+        texts = load_text_embeddings(settings.text_embeddings)
+        texts.check_covers(captions)
+    elif captions:
+        report("warning: --data has caption files but no --text-embeddings was given: training without text "
+               "(build the file with `python -m pfp_core embed-texts`)")
+    return TrainingData(videos, texts)
+
+
+def batch_videos(settings: TrainSettings, data: TrainingData, rng: random.Random, frames: int) -> VideoClips:
+    if data.videos is not None:
+        return data.videos.clips(rng, settings.batch, frames)
     seeds = [rng.randrange(len(procedural.TRAIN_SEEDS)) for _ in range(settings.batch)]
-    return procedural.video_batch(seeds, frames, settings.size, dit_config(settings.model).fps)
+    pixels = procedural.video_batch(seeds, frames, settings.size, dit_config(settings.model).fps)
+    return VideoClips(pixels, [[""] * frames for _ in seeds])
 
 
 def encode_memory(models: Models, history_latents: torch.Tensor, settings: TrainSettings) -> Memory | None:
@@ -195,46 +229,56 @@ def encode_memory(models: Models, history_latents: torch.Tensor, settings: Train
     return None
 
 
-def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator) -> torch.Tensor:
+def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
+                   text: FrameCaptions | None = None) -> torch.Tensor:
     """Stage 1: noise `targets` random frames of the history and denoise them at their own time positions."""
     b, _, t = latents.shape[:3]
     memory = encode_memory(models, latents, settings)
     frame_times = torch.stack([torch.randperm(t, generator=gen)[: settings.targets] for _ in range(b)])
     index = frame_times[:, None, :, None, None].expand(-1, latents.shape[1], -1, *latents.shape[3:]).to(latents.device)
     x0 = latents.gather(2, index)
-    return denoising_loss(models, x0, memory, frame_times, settings, gen)
+    return denoising_loss(models, x0, memory, frame_times, settings, gen, text)
 
 
-def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator) -> torch.Tensor:
+def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
+                    text: FrameCaptions | None = None) -> torch.Tensor:
     """Stage 2: the last chunk of the clip is generated from the memory of everything before it."""
     split = latents.shape[2] - settings.chunk_frames
     memory = encode_memory(models, latents[:, :, :split], settings)
     frame_times = torch.arange(split, latents.shape[2]).expand(latents.shape[0], -1)
-    return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen)
+    return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen, text)
 
 
 def denoising_loss(models: Models, x0: torch.Tensor, memory: Memory | None, frame_times: torch.Tensor,
-                   settings: TrainSettings, gen: torch.Generator) -> torch.Tensor:
+                   settings: TrainSettings, gen: torch.Generator, text: FrameCaptions | None = None) -> torch.Tensor:
     # drawn on the CPU generator whatever the device, so a GPU run draws the same noise as a CPU run
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     sigma = training_sigmas(x0.shape[0], settings.shift, gen).to(x0.device)
-    context = torch.zeros(x0.shape[0], 1, models.dit.config.text_dim, device=x0.device)  # captionless: empty prompt
+    if text is not None:
+        context = text.context(frame_times).to(x0.device)
+    else:  # no embeddings: the empty prompt as a zero context
+        context = torch.zeros(x0.shape[0], 1, models.dit.config.text_dim, device=x0.device)
     velocity = models.dit(add_noise(x0, noise, sigma), sigma * 1000, context, memory, frame_times)
     return flow_loss(velocity, x0, noise)
 
 
 def train_step(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int,
-               rank: int = 0) -> float:
-    """One optimisation step on this rank's batch; `trainer` is Models, or Models wrapped in DDP."""
+               rank: int = 0, data: TrainingData | None = None) -> float:
+    """One optimisation step on this rank's batch; `trainer` is Models, or Models wrapped in DDP. `data` from
+    load_training_data; loaded here when not given (a folder scan: pass it in loops)."""
+    data = data if data is not None else load_training_data(settings)
     device = next(trainer.parameters()).device
     rng = step_rng(settings, step, rank)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     history = rng.choice(settings.history_frames)
     retrieval = settings.stage == "pretrain" or rng.random() < settings.retrieval_mix
     frames = history + (0 if retrieval else settings.chunk_frames)
-    latents = SpaceToDepthVAE().encode(batch_videos(settings, rng, frames)).to(device)
+    clips = batch_videos(settings, data, rng, frames)
+    latents = SpaceToDepthVAE().encode(clips.pixels).to(device)
+    text_len = getattr(trainer, "module", trainer).dit.config.text_len  # DDP keeps the model as .module
+    text = FrameCaptions(clips.captions, data.texts, text_len) if data.texts is not None else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
-        loss = trainer(latents, settings, gen, retrieval)
+        loss = trainer(latents, settings, gen, retrieval, text)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
@@ -293,14 +337,18 @@ class Run:
     models: Models
     optimizer: torch.optim.Optimizer
     first_step: int
+    data: TrainingData
 
 
 def prepare(settings: TrainSettings, process: Process) -> Run:
     """Models on this process's device, AdamW over the trainable parameters only (LoRA + encoder with LoRA),
     and the state of the checkpoint in `out` if there is one."""
+    data = load_training_data(settings, progress=process.is_main)  # before the models: a bad folder fails fast
     models = build_models(settings).to(process.device)
+    if data.texts is not None:
+        data.texts.check_text_dim(models.dit.config.text_dim, models.dit.config.name)
     optimizer = torch.optim.AdamW(models.trainable(), lr=settings.lr, weight_decay=0.0)
-    return Run(models, optimizer, resume_step(models, optimizer, settings))
+    return Run(models, optimizer, resume_step(models, optimizer, settings), data)
 
 
 def append_log(path: Path, entries: list[dict]) -> None:
@@ -320,7 +368,7 @@ def run_steps(run: Run, settings: TrainSettings, process: Process, progress: boo
     bar = tqdm(range(run.first_step, settings.steps), desc=settings.stage, disable=not (progress and process.is_main),
                initial=run.first_step, total=settings.steps)
     for step in bar:
-        loss = distributed.mean(train_step(trainer, run.optimizer, settings, step, process.rank), process)
+        loss = distributed.mean(train_step(trainer, run.optimizer, settings, step, process.rank, run.data), process)
         losses.append(loss)
         pending.append({"step": step, "loss": loss})
         bar.set_postfix(loss=f"{loss:.4f}")

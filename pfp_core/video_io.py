@@ -6,7 +6,8 @@ under the final name, so a crash never leaves a half-written file there.
 mp4v cannot encode odd sizes (the encoder silently drops the last row/column), so write_video pads odd
 heights/widths by repeating the last row/column; reading such a video back gives the padded, even size.
 Images go through imencode/imdecode plus Python file I/O because cv2.imread/imwrite fail on non-ASCII
-paths on Windows.
+paths on Windows. FFmpeg's own log lines ("moov atom not found") are silenced unless OPENCV_FFMPEG_LOGLEVEL is
+set: every read failure is reported as one VideoReadError line instead.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")  # OpenCV reads it when it first opens a video
 
 
 class VideoReadError(ValueError):
@@ -46,19 +49,26 @@ def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """(uint8 RGB frames [T, H, W, 3], fps)."""
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            raise VideoReadError(f"video: cannot open '{path}' (missing, corrupt or unsupported)")
+    with open_capture(path) as capture:
         fps = float(capture.get(cv2.CAP_PROP_FPS))
         frames = [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for frame in _decoded_frames(capture)]
-    finally:
-        capture.release()
     if not frames:
         raise VideoReadError(f"video: no decodable frames in '{path}'")
     if fps <= 0:
         raise VideoReadError(f"video: no frame rate recorded in '{path}'")
     return np.stack(frames), fps
+
+
+@contextmanager
+def open_capture(path: str | Path) -> Iterator[cv2.VideoCapture]:
+    """An opened cv2.VideoCapture, released on exit."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise VideoReadError(f"video: cannot open '{path}' (missing, corrupt or unsupported)")
+        yield capture
+    finally:
+        capture.release()
 
 
 def load_image(path: str | Path) -> np.ndarray:
