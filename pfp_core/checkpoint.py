@@ -17,6 +17,7 @@ from .dit import WanDiT
 from .encoder import MemoryEncoder
 
 COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+REEXPORT = "re-export it with `python -m pfp_core pretrain/finetune`"
 
 
 class CheckpointError(ValueError):
@@ -53,7 +54,16 @@ def read_safetensors(path: str | Path, field: str) -> tuple[dict[str, torch.Tens
     except Exception as error:  # safetensors raises several types for a bad header or short file
         raise CheckpointError(f"{field}: {path.name} is not a readable safetensors file ({error}); "
                               "re-export it with `python -m pfp_core` or pick another file") from None
+    _check_finite(tensors, field, path)
     return tensors, metadata
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], field: str, path: Path) -> None:
+    """NaN weights (a diverged training, a damaged file) would only show up as black frames much later."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{field}: {path.name} holds NaN or infinite values (tensor {name}); the file is "
+                                  "damaged or its training diverged; use another checkpoint")
 
 
 def strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -84,10 +94,19 @@ def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], field:
         missing, unexpected = module.load_state_dict(tensors, strict=False)
     except RuntimeError as error:  # shape mismatches
         first = next(line.strip() for line in str(error).splitlines() if "size mismatch" in line)
-        raise CheckpointError(f"{field}: {path.name} does not match its config ({first})") from None
+        raise CheckpointError(f"{field}: {path.name} does not match its config ({first.rstrip('.')}); its metadata "
+                              f"and weights disagree; {REEXPORT}") from None
     if missing or unexpected:
         raise CheckpointError(f"{field}: {path.name} does not match its config (missing {len(missing)} tensors "
-                              f"e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})")
+                              f"e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]}); its metadata "
+                              f"and weights disagree; {REEXPORT}")
+
+
+def _read_config(metadata: dict[str, str], config_class: type, field: str, path: Path):
+    try:
+        return config_class.from_json(metadata["config"])
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{field}: {path.name} has unreadable config metadata ({error}); {REEXPORT}") from None
 
 
 def load_encoder(path: str | Path, ops: ModuleType = torch.nn) -> MemoryEncoder:
@@ -96,10 +115,7 @@ def load_encoder(path: str | Path, ops: ModuleType = torch.nn) -> MemoryEncoder:
     if metadata.get("pfp_kind") != "memory_encoder" or "config" not in metadata:
         raise CheckpointError(f"encoder: {Path(path).name} is not a PFP memory encoder (no pfp_kind=memory_encoder "
                               "metadata); pick a file saved by `python -m pfp_core pretrain/finetune`")
-    try:
-        config = EncoderConfig.from_json(metadata["config"])
-    except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"encoder: {Path(path).name} has unreadable config metadata ({error})") from None
+    config = _read_config(metadata, EncoderConfig, "encoder", Path(path))
     encoder = MemoryEncoder(config, ops)
     _load_into(encoder, tensors, "encoder", Path(path))
     return encoder.eval()
@@ -108,8 +124,11 @@ def load_encoder(path: str | Path, ops: ModuleType = torch.nn) -> MemoryEncoder:
 def load_dit(path: str | Path) -> WanDiT:
     tensors, metadata = read_safetensors(path, "dit")
     tensors = strip_prefix(tensors)
+    if metadata.get("pfp_kind", "dit") != "dit":
+        raise CheckpointError(f"dit: {Path(path).name} is a PFP {metadata['pfp_kind'].replace('_', ' ')}, not a DiT; "
+                              "pass it with the matching option (e.g. --encoder) and pick a DiT file here")
     if "config" in metadata:
-        config = DiTConfig.from_json(metadata["config"])
+        config = _read_config(metadata, DiTConfig, "dit", Path(path))
     else:
         config = infer_dit_config(tensors, name=Path(path).stem)
     with torch.device("meta"):
