@@ -81,7 +81,7 @@ def test_bad_input_fails_in_the_node_with_our_one_line_message(server):
     assert status == 200
     entry = server.wait_for(body["prompt_id"])
     messages = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
-    assert messages and messages[0][1]["exception_message"].startswith("run_name: '../escape' must be a plain folder")
+    assert messages and messages[0][1]["exception_message"].startswith("run_name: '../escape' must be a name inside output/pfp/")
 
 
 def test_interrupt_then_requeue_resumes_to_the_same_frames(server):
