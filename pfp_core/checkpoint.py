@@ -34,7 +34,7 @@ def save_model(module: torch.nn.Module, config: DiTConfig | EncoderConfig, path:
 def _sniff(path: Path, field: str) -> None:
     """Refuse pickles and zip archives before any parser touches them."""
     if not path.is_file():
-        raise CheckpointError(f"{field}: file not found: {path}")
+        raise CheckpointError(f"{field}: file not found: {path}; check the path")
     with path.open("rb") as f:
         head = f.read(8)
     if head[:1] == b"\x80" or head[:2] == b"PK":

@@ -164,8 +164,8 @@ class AutoregressiveGenerator:
         factor = self.vae.config.temporal_factor
         spans = chunk_spans(request.total_frames, request.start_pixels.shape[2], request.chunk_frames, factor)
         if request.window_frames < factor:
-            raise ValueError(f"history_seconds: the window holds {request.window_frames} frames, less than one latent "
-                             f"frame ({factor} frames here); use a longer history")
+            raise ValueError(f"history_seconds: the window holds {request.window_frames} frames and one latent frame "
+                             f"needs {factor}; use a longer history")
         history = LatentHistory(self.vae.encode(request.start_pixels))
         frames = [to_uint8(request.start_pixels)]
         if len(request.prompts) < spans[-1].index + 1:

@@ -64,10 +64,11 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
-        raise ValueError(f"image: cannot read '{path}' ({error.strerror or type(error).__name__})") from None
+        raise ValueError(f"image: cannot read '{path}' ({error.strerror or type(error).__name__}); give a PNG or "
+                         "JPEG file") from None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise ValueError(f"image: '{path}' is not a readable image")
+        raise ValueError(f"image: '{path}' is not a readable image; give a PNG or JPEG file")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
