@@ -94,12 +94,11 @@ def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], field:
         missing, unexpected = module.load_state_dict(tensors, strict=False)
     except RuntimeError as error:  # shape mismatches
         first = next(line.strip() for line in str(error).splitlines() if "size mismatch" in line)
-        raise CheckpointError(f"{field}: {path.name} does not match its config ({first.rstrip('.')}); its metadata "
-                              f"and weights disagree; {REEXPORT}") from None
+        raise CheckpointError(f"{field}: {path.name} does not match its config ({first.rstrip('.')}); "
+                              f"{REEXPORT}") from None
     if missing or unexpected:
         raise CheckpointError(f"{field}: {path.name} does not match its config (missing {len(missing)} tensors "
-                              f"e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]}); its metadata "
-                              f"and weights disagree; {REEXPORT}")
+                              f"e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]}); {REEXPORT}")
 
 
 def _read_config(metadata: dict[str, str], config_class: type, field: str, path: Path):
