@@ -4,15 +4,8 @@ import ast
 import contextlib
 
 import pytest
-from bad_inputs import (
-    ACCEPTED,
-    CASES,
-    REPO,
-    check_outcome,
-    run_in_process,
-    run_process,
-    snapshot,
-)
+
+from bad_inputs import ACCEPTED, CASES, REPO, check_outcome, run_in_process, run_process, snapshot
 
 from pfp_core.inputs import finite, inside
 from pfp_core.video_io import read_video

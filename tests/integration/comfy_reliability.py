@@ -17,26 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bad_inputs import (
-    PAYLOAD_MARK,
-    encoder_unlike_dit,
-    encoder_with,
-    mount,
-    pickle_file,
-    read_only_folder,
-    set_nan,
-    write,
-)
+
+from bad_inputs import (PAYLOAD_MARK, encoder_unlike_dit, encoder_with, mount, pickle_file, read_only_folder, set_nan,
+                        write)
 from comfy_env import ComfyServer, saved_frames, tiny_workflow
-from interruptions import (
-    Interruption,
-    RunResult,
-    chunks_on_disk,
-    read_run,
-    resumed_chunks,
-    same_run,
-    wait_for,
-)
+from interruptions import (Interruption, RunResult, chunks_on_disk, generation_span, read_run, resumed_chunks,
+                           same_run, wait_for)
 
 from pfp_core.pipeline import DEFAULT_ENCODER
 from pfp_core.video_io import load_image
@@ -314,15 +300,14 @@ def prompt_done(server: ComfyServer, prompt_id: str) -> Callable[[], bool]:
 
 
 def comfy_reference(server: ComfyServer, seconds: float) -> tuple[RunResult, float]:
-    """The uninterrupted run, and how long it took from its manifest to the end of the prompt."""
+    """The uninterrupted run (1 s chunks), and its generation span."""
     status, body = server.post("/prompt", {"prompt": tiny_workflow("reference", seconds)})
     assert status == 200, body
-    assert wait_for(server.output / "pfp" / "reference" / "manifest.json", prompt_done(server, body["prompt_id"]))
-    opened = time.time()
+    folder = server.output / "pfp" / "reference"
+    span = generation_span(folder, round(seconds), prompt_done(server, body["prompt_id"]))
     entry = server.wait_for(body["prompt_id"])
     assert entry["status"]["status_str"] == "success", entry["status"]
-    span = time.time() - opened
-    return read_run(server.output / "pfp" / "reference", {"manifest.json"}, saved_pixels(server, entry)), span
+    return read_run(folder, {"manifest.json"}, saved_pixels(server, entry)), span
 
 
 def interrupt_comfy(server: ComfyServer, name: str, seconds: float, delay: float, reference: RunResult) -> Interruption:

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parents[1])]
 
 import pytest
+
 from bad_inputs import ACCEPTED, CASES, check_outcome, run_process, snapshot
 from interruptions import Interruption, cli_interruptions
 
@@ -123,7 +124,8 @@ def figures_table(data: dict) -> list[str]:
                      f"folder {soak['leftover_after_warmup']['temp']} -> {soak['leftover_after_last']['temp']}, "
                      f"temporaries under output {soak['leftover_after_warmup']['tmp_in_output']} -> "
                      f"{soak['leftover_after_last']['tmp_in_output']}; every run folder holds "
-                     f"{'/'.join(map(str, soak['files_per_run_folder']))} files (manifest + chunks) |")
+                     f"{'/'.join(map(str, soak['files_per_run_folder']))} files (manifest + chunks); RSS after each "
+                     f"run between {min(soak['rss_trace_mb'])} and {max(soak['rss_trace_mb'])} MB |")
     return lines
 
 
@@ -158,7 +160,8 @@ def report(data: dict) -> str:
          "odd images, a chunk longer than the video, ...) must simply work."),
         ("- **Interruptions**: the signal (or `POST /interrupt` with the prompt id) lands at a random moment between "
          "the run's manifest appearing (model loaded, chunk folder open) and the time an uninterrupted run took "
-         "from there to its end, so it can hit any chunk, a chunk write or the final video write. Then the same "
+         "from there to write its last chunk, so it can hit any chunk or chunk write (and, in a run faster than the "
+         "reference, the final video write). Then the same "
          "command (or the same workflow) runs again. Survived means: SIGINT exits 130 with one line and no "
          "traceback, the resume finishes and resumes exactly the chunks that were on disk, every chunk's uint8 "
          "frames and the decoded video (CLI) or the saved PNG frames (ComfyUI) are byte-equal to an uninterrupted "
@@ -167,6 +170,19 @@ def report(data: dict) -> str:
         ("- **Batch soak**: the tiny workflow (`workflows/pfp_tiny_cpu_api.json`, 3 s, 3 chunks) queued through "
          "/prompt on loopback: the first runs are queued and finished (warm-up: models load, caches fill), then "
          "the rest are queued at once. Resident memory is the server process's VmRSS."),
+        "",
+        "Limits of these figures:",
+        "",
+        ("- A full disk is simulated: the command line runs under `RLIMIT_FSIZE` (writes fail with EFBIG, as on a "
+         "full disk they fail with ENOSPC; both reach the same handler), ComfyUI writes into a real 360 kB tmpfs "
+         "(ENOSPC). A read-only folder is a read-only tmpfs when running as root (root ignores file modes), "
+         "`chmod 555` otherwise; without the right to mount, those cases are skipped and counted as such."),
+        ("- Power loss is not tested: chunks are flushed (fsync) before the rename, the folder entry is not."),
+        ("- Everything runs the tiny model on CPU; the Wan VAE and DiT paths share this code but were not run."),
+        ("- Out-of-range widgets that ComfyUI checks itself (cfg 31, steps 0) keep ComfyUI's wording, which names "
+         "the input."),
+        ("- Model files must be real files inside a `pfp_encoders` folder: a symlink that leads out of it is "
+         "refused like `../`; add the other folder to `extra_model_paths.yaml` instead."),
         "",
         "## Commands",
         "",

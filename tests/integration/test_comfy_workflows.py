@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+
 from comfy_env import WORKFLOWS, comfy_path, comfy_server, saved_frames, tiny_workflow
 
 from pfp_core.procedural import heldout_seed, make_video

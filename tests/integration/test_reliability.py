@@ -3,6 +3,7 @@ catalog fails naming its field with the server still up, interrupted runs re-que
 uninterrupted run, and a short batch keeps resident memory and leftover files flat. One server for the module;
 reliability_bench.py runs the same code with 20 interruptions and 50 prompts."""
 import pytest
+
 from comfy_env import comfy_path, comfy_server
 from comfy_reliability import ACCEPTED, CASES, batch_soak, comfy_interruptions, run_case
 
