@@ -6,12 +6,23 @@ import torch
 import folder_paths
 from comfy_api.latest import io
 
+from ..pfp_core.inputs import inside
 from ..pfp_core.procedural import heldout_seed, make_video
 from .adapters import EncoderHandle
 from .tiny_models import TinyTextEncoder, TinyVAE
 from .types import MemoryEncoderType
 
 DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def encoder_path(name: str) -> str:
+    """`name` as listed by the combo, found in one of the pfp_encoders folders and never outside them."""
+    for folder in folder_paths.get_folder_paths("pfp_encoders"):
+        path = inside(folder, name, "encoder_name")
+        if path.is_file():
+            return str(path)
+    raise ValueError(f"encoder_name: '{name}' is not in models/pfp_encoders; pick a file from the list "
+                     "(press R to refresh it after adding one)")
 
 
 class LoadMemoryEncoder(io.ComfyNode):
@@ -26,7 +37,7 @@ class LoadMemoryEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, encoder_name: str, dtype: str) -> io.NodeOutput:
-        handle = EncoderHandle.load(folder_paths.get_full_path_or_raise("pfp_encoders", encoder_name), DTYPES[dtype])
+        handle = EncoderHandle.load(encoder_path(encoder_name), DTYPES[dtype])
         c = handle.config
         info = f"base {c.base_model}, width {c.dim}, rate {c.rate}, {c.variant}, {c.fps} fps"
         return io.NodeOutput(handle, ui={"text": [info]})

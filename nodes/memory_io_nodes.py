@@ -6,20 +6,13 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
+from ..pfp_core.inputs import inside
 from ..pfp_core.memory import Memory, load_memory, save_memory
 from .types import MemoryType
 
 
 def memory_folder() -> Path:
     return Path(folder_paths.get_output_directory()) / "pfp_memory"
-
-
-def inside(folder: Path, name: str, field: str) -> Path:
-    """Names from workflows stay inside their folder."""
-    path = (folder / name).resolve()
-    if folder.resolve() not in path.parents:
-        raise ValueError(f"{field}: '{name}' must be a file name inside {folder.name} (no '..' or '/')")
-    return path
 
 
 class SaveMemory(io.ComfyNode):

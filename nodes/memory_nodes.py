@@ -6,20 +6,26 @@ import torch
 import comfy.samplers
 from comfy_api.latest import io
 
+from ..pfp_core.inputs import finite
 from ..pfp_core.memory import Memory
 from .adapters import ComfyChunkSampler, ComfyVAE
 from .types import MemoryEncoderType, MemoryType
 from .wan_memory import MemoryInjection, with_memory
 
 
-def history_latents(vae, model_latent_format, images: torch.Tensor | None, latent: dict | None) -> torch.Tensor:
+def history_latents(vae, model_latent_format, images: torch.Tensor | None, latent: dict | None,
+                    channels: int) -> torch.Tensor:
     """IMAGE [T, H, W, 3] or LATENT {"samples": [1, C, t, h, w]} -> normalised latents [1, C, t, h, w]."""
     if latent is not None:
-        return model_latent_format.process_in(latent["samples"].float().cpu())
+        samples = latent["samples"]
+        if samples.ndim != 5 or samples.shape[1] != channels or samples.shape[2] == 0:
+            raise ValueError(f"latent: expected a video latent [1, {channels}, frames, h, w] with at least one frame, "
+                             f"got {list(samples.shape)}; encode the history with the VAE of the encoder's base model")
+        finite(latent=samples)
+        return model_latent_format.process_in(samples.float().cpu())
     if images is None or images.shape[0] == 0:
         raise ValueError("history: no frames; connect images (or a latent) holding at least one frame")
-    if not torch.isfinite(images).all():
-        raise ValueError("images: contain NaN or infinite values; check the node that made them")
+    finite(images=images)
     return ComfyVAE(vae, model_latent_format).encode(images[..., :3].movedim(-1, 0)[None] * 2 - 1)
 
 
@@ -36,8 +42,9 @@ class CompressHistory(io.ComfyNode):
 
     @classmethod
     def execute(cls, memory_encoder, vae, model, fps: float, images=None, latent=None) -> io.NodeOutput:
+        finite(fps=fps)
         memory_encoder.check_model(model)
-        latents = history_latents(vae, model.model.latent_format, images, latent)
+        latents = history_latents(vae, model.model.latent_format, images, latent, memory_encoder.config.in_channels)
         if latents.shape[1] != memory_encoder.config.in_channels:
             raise ValueError(f"vae: gives {latents.shape[1]} latent channels, the encoder expects "
                              f"{memory_encoder.config.in_channels}; use the VAE of the encoder's base model")
@@ -84,6 +91,7 @@ class RetrieveFrame(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, memory: Memory, positive, negative, time_seconds: float, fps: float, width: int,
                 height: int, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str) -> io.NodeOutput:
+        finite(time_seconds=time_seconds, fps=fps, cfg=cfg)
         adapter = ComfyVAE(vae, model.model.latent_format)
         frame = int(time_seconds * fps) // adapter.config.temporal_factor
         if not 0 <= frame < memory.latent_frames:

@@ -13,15 +13,12 @@ import re
 
 from aiohttp import web
 
-from ..pfp_core.generator import frame_grid
 from ..pfp_core.storyboard import StoryboardError, format_plan, plan_to_json
-from .storyboard_node import plan
+from .storyboard_node import chunk_grid, plan
 
 PATH = "/pfp/storyboard/plan"
 TEXT_FIELDS = ("storyboard", "global_prompt")
 NUMBER_FIELDS = ("seconds", "fps", "chunk_seconds")
-# The node's widgets allow at most 3600 s in 0.1 s chunks (36,000 chunks); this only stops absurd API requests.
-MAX_CHUNKS = 50_000
 _LINE = re.compile(r"^storyboard line (\d+)\b")
 _registered = False
 
@@ -49,15 +46,10 @@ def parse_body(body: object) -> dict:
                 raise BadRequest(f"{name}: expected a finite number, got {value}")
             value = float(value)
         values[name] = value
-    if values["fps"] <= 0:
-        raise BadRequest(f"fps: must be positive, got {values['fps']:g}")
     try:
-        total_frames, chunk_frames = frame_grid(values["seconds"], values["chunk_seconds"], values["fps"])
-    except (OverflowError, ValueError):
-        raise BadRequest("seconds: too large") from None
-    if total_frames / chunk_frames > MAX_CHUNKS:
-        raise BadRequest(f"seconds: {total_frames // chunk_frames:,} chunks is too many (limit {MAX_CHUNKS:,}); "
-                         "use longer chunks or a shorter video")
+        chunk_grid(values["seconds"], values["fps"], values["chunk_seconds"])
+    except StoryboardError as error:
+        raise BadRequest(str(error)) from None
     return values
 
 

@@ -15,17 +15,22 @@ from comfy_api.latest import io
 from ..pfp_core.chunk_store import ChunkStore
 from ..pfp_core.errors import GenerationCancelled
 from ..pfp_core.generator import AutoregressiveGenerator, Callbacks, GenerationRequest, chunk_spans, frame_grid
+from ..pfp_core.inputs import finite, inside
 from .adapters import ComfyChunkSampler, ComfyVAE, model_identity
 from .types import MemoryEncoderType, StoryboardType
 
 
 def run_folder(run_name: str) -> Path:
-    """Chunks of a run live in output/pfp/<run_name>; the name cannot leave that folder."""
-    root = (Path(folder_paths.get_output_directory()) / "pfp").resolve()
-    folder = (root / run_name).resolve()
-    if not run_name.strip() or root not in folder.parents:
-        raise ValueError(f"run_name: '{run_name}' must be a plain folder name inside output/pfp (no '..' or '/')")
-    return folder
+    """Chunks of a run live in output/pfp/<run_name>."""
+    return inside(Path(folder_paths.get_output_directory()) / "pfp", run_name, "run_name")
+
+
+def check_image_size(image: torch.Tensor, factor: int) -> None:
+    """A size the VAE does not divide would be cropped in the latents but not in the start frames."""
+    height, width = image.shape[1:3]
+    if height % factor or width % factor:
+        raise ValueError(f"start_image: {width}x{height} pixels; this VAE needs multiples of {factor}; resize or "
+                         "crop it first (e.g. with Upscale Image)")
 
 
 class AutoregressiveSampler(io.ComfyNode):
@@ -49,9 +54,11 @@ class AutoregressiveSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, memory_encoder, storyboard, start_image: torch.Tensor, history_seconds: float,
                 seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, run_name: str) -> io.NodeOutput:
+        finite(history_seconds=history_seconds, cfg=cfg, start_image=start_image)
         memory_encoder.check_model(model)
         latent_format = model.model.latent_format
         adapter = ComfyVAE(vae, latent_format)
+        check_image_size(start_image, adapter.config.spatial_factor)
         total_frames, chunk_frames = frame_grid(storyboard.seconds, storyboard.chunk_seconds, storyboard.fps,
                                                 adapter.config.temporal_factor)
         start = start_image[..., :3].movedim(-1, 0)[None].float() * 2 - 1
@@ -68,8 +75,8 @@ class AutoregressiveSampler(io.ComfyNode):
         sampler = ComfyChunkSampler(model, storyboard.conditioning, storyboard.negative, steps, cfg, sampler_name,
                                     scheduler, memory_encoder)
         compress = memory_encoder.updater(storyboard.fps, adapter.config.temporal_factor)
-        generator = AutoregressiveGenerator(compress, sampler, adapter, ChunkStore(run_folder(run_name), fingerprint),
-                                            progress_callbacks())
+        store = ChunkStore(run_folder(run_name), fingerprint, "run_name")
+        generator = AutoregressiveGenerator(compress, sampler, adapter, store, progress_callbacks())
         try:
             result = generator.run(request)
         except GenerationCancelled:

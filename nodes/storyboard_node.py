@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from comfy_api.latest import io
 
 from ..pfp_core.generator import frame_grid
-from ..pfp_core.storyboard import ChunkPrompt, StoryboardError, format_plan, parse_storyboard, plan_chunks
+from ..pfp_core.storyboard import (ChunkPrompt, StoryboardError, check_text, format_plan, parse_storyboard,
+                                   plan_chunks)
 from .types import StoryboardType
 
 
@@ -20,8 +21,28 @@ class StoryboardPlan:
     chunk_seconds: float
 
 
+# The widgets allow at most 3600 s in 0.1 s chunks (36,000 chunks); this stops absurd API values, which would
+# plan (and hold) millions of chunks.
+MAX_CHUNKS = 50_000
+PLAN_INPUTS = ("storyboard", "global_prompt", "seconds", "fps", "chunk_seconds")
+
+
+def chunk_grid(seconds: float, fps: float, chunk_seconds: float) -> tuple[int, int]:
+    """frame_grid within MAX_CHUNKS; every problem is a StoryboardError, reported like a storyboard mistake."""
+    try:
+        total_frames, chunk_frames = frame_grid(seconds, chunk_seconds, fps)
+    except OverflowError:
+        raise StoryboardError("seconds: too large; use at most 3600") from None
+    except ValueError as error:
+        raise StoryboardError(str(error)) from None
+    if total_frames / chunk_frames > MAX_CHUNKS:
+        raise StoryboardError(f"seconds: {total_frames // chunk_frames:,} chunks is too many (limit {MAX_CHUNKS:,}); "
+                              "use longer chunks or a shorter video")
+    return total_frames, chunk_frames
+
+
 def plan(storyboard: str, global_prompt: str, seconds: float, fps: float, chunk_seconds: float) -> list[ChunkPrompt]:
-    total_frames, chunk_frames = frame_grid(seconds, chunk_seconds, fps)
+    total_frames, chunk_frames = chunk_grid(seconds, fps, chunk_seconds)
     return plan_chunks(parse_storyboard(storyboard, global_prompt), total_frames / fps, chunk_frames / fps)
 
 
@@ -45,10 +66,13 @@ class StoryboardPrompt(io.ComfyNode):
             outputs=[StoryboardType.Output(display_name="storyboard"), io.String.Output(display_name="plan")])
 
     @classmethod
-    def validate_inputs(cls, storyboard: str, global_prompt: str, seconds: float, fps: float, chunk_seconds: float,
-                        **_) -> bool | str:
+    def validate_inputs(cls, **values) -> bool | str:
+        """Widget values only: a linked input is unknown until the run, when execute checks it. Taking **values
+        turns off ComfyUI's own min/max checks for this node, so chunk_grid bounds the numbers."""
         try:
-            plan(storyboard, global_prompt, seconds, fps, chunk_seconds)
+            check_text("negative prompt", values.get("negative_prompt", ""))
+            if all(name in values for name in PLAN_INPUTS):
+                plan(*(values[name] for name in PLAN_INPUTS))
         except StoryboardError as error:
             return str(error)
         return True
@@ -58,6 +82,7 @@ class StoryboardPrompt(io.ComfyNode):
                 chunk_seconds: float) -> io.NodeOutput:
         if clip is None:
             raise ValueError("clip: no text encoder connected; load one (Load CLIP, type wan) or PFP Tiny Text Encoder")
+        check_text("negative prompt", negative_prompt)
         chunks = plan(storyboard, global_prompt, seconds, fps, chunk_seconds)
         conditioning = {prompt: encode(clip, prompt) for prompt in {c.prompt for c in chunks}}
         result = StoryboardPlan(chunks, conditioning, encode(clip, negative_prompt), seconds, fps, chunk_seconds)

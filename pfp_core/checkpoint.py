@@ -21,6 +21,7 @@ from .encoder import MemoryEncoder
 COMFY_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 _DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "BF16": torch.bfloat16,
            "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+REEXPORT = "re-export it with `python -m pfp_core pretrain/finetune`"
 
 
 class CheckpointError(ValueError):
@@ -39,7 +40,7 @@ def _sniff(path: Path, field: str) -> None:
     header's length (u64, little-endian) and then '{'; a length whose low byte is 0x80 looks like a pickle's
     first byte, so the header is checked first."""
     if not path.is_file():
-        raise CheckpointError(f"{field}: file not found: {path}")
+        raise CheckpointError(f"{field}: file not found: {path}; check the path")
     with path.open("rb") as f:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
@@ -58,10 +59,13 @@ def _read_file(path: Path, field: str, read: TensorReader) -> tuple[dict[str, to
     _sniff(path, field)
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {name: read(f, name) for name in f.keys()}, f.metadata() or {}
+            tensors, metadata = {name: read(f, name) for name in f.keys()}, f.metadata() or {}
     except Exception as error:  # safetensors raises several types for a bad header or short file
         raise CheckpointError(f"{field}: {path.name} is not a readable safetensors file ({error}); "
                               "re-export it with `python -m pfp_core` or pick another file") from None
+    if read is _weights:  # shape-only reads hold no values to check
+        _check_finite(tensors, field, path)
+    return tensors, metadata
 
 
 def _weights(f: Any, name: str) -> torch.Tensor:
@@ -89,6 +93,14 @@ def _read_shards(path: Path, field: str, read: TensorReader) -> tuple[dict[str, 
         tensors.update(part)
         metadata = metadata or part_metadata
     return tensors, metadata
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], field: str, path: Path) -> None:
+    """NaN weights (a diverged training, a damaged file) would only show up as black frames much later."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{field}: {path.name} holds NaN or infinite values (tensor {name}); the file is "
+                                  "damaged or its training diverged; use another checkpoint")
 
 
 def strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -120,7 +132,7 @@ def infer_dit_config(state_dict: dict[str, torch.Tensor], name: str = "custom", 
 def dit_config_of(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path, field: str) -> DiTConfig:
     """The config saved in our metadata, else inferred from Wan's shapes (prefix already stripped)."""
     if "config" in metadata:
-        return DiTConfig.from_json(metadata["config"])
+        return _read_config(metadata, DiTConfig, field, path)
     return infer_dit_config(tensors, path.stem, field)
 
 
@@ -143,10 +155,18 @@ def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], field:
         missing, unexpected = module.load_state_dict(tensors, strict=False)
     except RuntimeError as error:  # shape mismatches
         first = next(line.strip() for line in str(error).splitlines() if "size mismatch" in line)
-        raise CheckpointError(f"{field}: {path.name} does not match its config ({first})") from None
+        raise CheckpointError(f"{field}: {path.name} does not match its config ({first.rstrip('.')}); "
+                              f"{REEXPORT}") from None
     if missing or unexpected:
         raise CheckpointError(f"{field}: {path.name} does not match its config (missing {len(missing)} tensors "
-                              f"e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})")
+                              f"e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]}); {REEXPORT}")
+
+
+def _read_config(metadata: dict[str, str], config_class: type, field: str, path: Path):
+    try:
+        return config_class.from_json(metadata["config"])
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{field}: {path.name} has unreadable config metadata ({error}); {REEXPORT}") from None
 
 
 def load_encoder(path: str | Path, ops: ModuleType = torch.nn) -> MemoryEncoder:
@@ -155,10 +175,7 @@ def load_encoder(path: str | Path, ops: ModuleType = torch.nn) -> MemoryEncoder:
     if metadata.get("pfp_kind") != "memory_encoder" or "config" not in metadata:
         raise CheckpointError(f"encoder: {Path(path).name} is not a PFP memory encoder (no pfp_kind=memory_encoder "
                               "metadata); pick a file saved by `python -m pfp_core pretrain/finetune`")
-    try:
-        config = EncoderConfig.from_json(metadata["config"])
-    except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"encoder: {Path(path).name} has unreadable config metadata ({error})") from None
+    config = _read_config(metadata, EncoderConfig, "encoder", Path(path))
     encoder = MemoryEncoder(config, ops)
     _load_into(encoder, tensors, "encoder", Path(path))
     return encoder.eval()
@@ -170,6 +187,9 @@ def load_dit(path: str | Path, field: str = "dit") -> WanDiT:
     path = Path(path)
     tensors, metadata = _read_shards(path, field, _weights)
     tensors = strip_prefix(tensors)
+    if metadata.get("pfp_kind", "dit") != "dit":
+        raise CheckpointError(f"{field}: {path.name} is a PFP {metadata['pfp_kind'].replace('_', ' ')}, not a DiT; "
+                              "pass it with the matching option (e.g. --encoder) and pick a DiT file here")
     _refuse_fp8(tensors, path, field)
     config = dit_config_of(tensors, metadata, path, field)
     with torch.device("meta"):

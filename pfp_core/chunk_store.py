@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .atomic import save_tensors, write_bytes
@@ -22,13 +23,16 @@ class ChunkStoreError(ValueError):
 
 
 class ChunkStore:
-    def __init__(self, folder: str | Path, fingerprint: dict):
-        self.folder = Path(folder)
+    """`field` names the input that chose the folder in messages: `out` on the command line, `run_name` in ComfyUI."""
+
+    def __init__(self, folder: str | Path, fingerprint: dict, field: str = "out"):
+        self.folder, self.field = Path(folder), field
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ChunkStoreError(f"out: cannot create {self.folder} ({error.strerror}); choose a writable folder") from None
+            raise ChunkStoreError(f"{field}: cannot create {self.folder} ({error.strerror}); "
+                                  "choose a writable folder") from None
         self._check_manifest()
 
     @property
@@ -37,21 +41,31 @@ class ChunkStore:
 
     def _check_manifest(self) -> None:
         if self.manifest_path.exists():
-            saved = json.loads(self.manifest_path.read_text())
+            saved = self._read_manifest()
             if saved != self.fingerprint:
                 changed = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
-                raise ChunkStoreError(f"out: {self.folder} holds chunks of a different run (differs in "
+                raise ChunkStoreError(f"{self.field}: {self.folder} holds chunks of a different run (differs in "
                                       f"{', '.join(changed)}); use a new folder or delete it to start over")
             return
         with self._writing(self.manifest_path.name):
             write_bytes(self.manifest_path, json.dumps(self.fingerprint, indent=1).encode())
+
+    def _read_manifest(self) -> dict:
+        try:
+            saved = json.loads(self.manifest_path.read_bytes())
+        except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
+            saved = None
+        if not isinstance(saved, dict):
+            raise ChunkStoreError(f"{self.field}: {self.manifest_path} is damaged (not a run manifest); use a new "
+                                  "folder or delete this one to start over")
+        return saved
 
     @contextlib.contextmanager
     def _writing(self, name: str) -> Iterator[None]:
         try:
             yield
         except OSError as error:
-            raise ChunkStoreError(f"out: cannot write {name} in {self.folder} ({error.strerror}); "
+            raise ChunkStoreError(f"{self.field}: cannot write {name} in {self.folder} ({error.strerror}); "
                                   "free space or choose another folder; finished chunks are kept") from None
 
     def chunk_path(self, index: int) -> Path:
@@ -66,5 +80,10 @@ class ChunkStore:
             save_tensors({"latents": latents.float(), "frames": frames}, self.chunk_path(index))
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tensors = load_file(str(self.chunk_path(index)))
-        return tensors["latents"], tensors["frames"]
+        path = self.chunk_path(index)
+        try:
+            tensors = load_file(str(path))
+            return tensors["latents"], tensors["frames"]
+        except (SafetensorError, KeyError, OSError) as error:
+            raise ChunkStoreError(f"{self.field}: {path} is damaged ({type(error).__name__}); delete that file and run "
+                                  "again to regenerate the chunk") from None

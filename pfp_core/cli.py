@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -77,11 +76,13 @@ def contact_sheet(frames: np.ndarray, columns: int = 16) -> np.ndarray:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from .storyboard import read_storyboard
     from .video_io import load_image
 
-    # os.path.isfile, not Path.is_file: a long storyboard text is not a valid file name and must not raise
-    storyboard = Path(args.storyboard).read_text(encoding="utf-8") if os.path.isfile(args.storyboard) else args.storyboard
     out = Path(args.out)
+    if out.suffix.lower() != ".mp4":  # checked first: the video is written only after every chunk is made
+        raise ValueError(f"out: '{out.name}' must end in .mp4 (the video is written as mp4)")
+    storyboard = read_storyboard(args.storyboard)
     chunks = Path(args.chunks_dir) if args.chunks_dir else out.with_name(out.stem + "_chunks")
     result, engine, taken = run_generation(args, load_image(args.image), storyboard, out, chunks)
     print("generate: " + summary(result, engine.fps, taken, out))
@@ -163,8 +164,8 @@ def cmd_embed_texts(args: argparse.Namespace) -> None:
 
 
 def cmd_queue(args: argparse.Namespace) -> None:
-    from .queue_client import (format_summary, load_workflow, parse_override, parse_server, plan_jobs, read_storyboard,
-                               run_jobs, seed_list)
+    from .queue_client import format_summary, load_workflow, parse_override, parse_server, plan_jobs, run_jobs, seed_list
+    from .storyboard import read_storyboard
 
     if args.seed_start is not None and args.count is None:
         raise ValueError("--seed-start needs --count")

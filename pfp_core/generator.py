@@ -7,6 +7,7 @@ so N chunks give exactly the promised frames with nothing duplicated or dropped 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -75,6 +76,9 @@ def check_causal_alignment(total_frames: int, start_frames: int, chunk_frames: i
 def frame_grid(seconds: float, chunk_seconds: float, fps: float, temporal_factor: int = 1) -> tuple[int, int]:
     """(total frames, frames per chunk), snapped to what the VAE can make: 1 + f*k frames and chunks of f*k.
     The storyboard is planned on these values, so its chunk k is the generator's chunk k."""
+    for name, value in (("seconds", seconds), ("chunk_seconds", chunk_seconds), ("fps", fps)):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}: must be a positive finite number, got {value}")
     f = temporal_factor
     total, chunk = round(seconds * fps), max(1, round(chunk_seconds * fps))
     if f == 1:
@@ -159,6 +163,9 @@ class AutoregressiveGenerator:
     def run(self, request: GenerationRequest) -> GenerationResult:
         factor = self.vae.config.temporal_factor
         spans = chunk_spans(request.total_frames, request.start_pixels.shape[2], request.chunk_frames, factor)
+        if request.window_frames < factor:
+            raise ValueError(f"history_seconds: the window holds {request.window_frames} frames and one latent frame "
+                             f"needs {factor}; use a longer history")
         history = LatentHistory(self.vae.encode(request.start_pixels))
         frames = [to_uint8(request.start_pixels)]
         if len(request.prompts) < spans[-1].index + 1:

@@ -65,7 +65,7 @@ class JobPlan:
 def load_workflow(path: Path) -> Workflow:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise QueueError(f"--workflow {path}: not JSON ({error})") from None
     if isinstance(data, dict) and "nodes" in data and "links" in data:
         raise QueueError(f"--workflow {path}: this is a UI workflow; save it in API format (Export (API))")
@@ -74,12 +74,6 @@ def load_workflow(path: Path) -> Workflow:
             for node in data.values()):
         raise QueueError(f"--workflow {path}: expected API format {{node_id: {{class_type, inputs}}}}")
     return data
-
-
-def read_storyboard(value: str) -> str:
-    """A storyboard file's text, or the value itself. os.path.isfile, unlike Path.is_file, does not raise on text
-    longer than a file name may be."""
-    return Path(value).read_text(encoding="utf-8") if os.path.isfile(value) else value
 
 
 def seed_list(seeds: Sequence[int] | None, count: int | None, seed_start: int) -> list[int]:

@@ -26,8 +26,10 @@ import bisect
 import dataclasses
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 MAX_CHARS = 100_000
 _QUOTE_CHARS = 60
@@ -68,10 +70,23 @@ class ChunkPrompt:
     segment_line: int | None  # None when the chunk uses the global prompt alone
 
 
+def read_storyboard(value: str) -> str:
+    """A storyboard file's text, or the value itself. os.path.isfile, unlike Path.is_file, does not raise on text
+    longer than a file name may be."""
+    if not os.path.isfile(value):
+        return value
+    data = Path(value).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise StoryboardError(f"storyboard: {value} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                              f"{error.start}); save it as UTF-8") from None
+
+
 def parse_storyboard(text: str, global_prompt: str = "") -> Storyboard:
     """Parse storyboard text (syntax in the module docstring); global_prompt comes before any 'global:' lines."""
-    _check_text("storyboard", text)
-    _check_text("global prompt", global_prompt)
+    check_text("storyboard", text)
+    check_text("global prompt", global_prompt)
     if "\0" in global_prompt:
         raise StoryboardError("global prompt: contains a NUL character; remove it")
     # Whitespace is collapsed so a multi-line widget value cannot break the one-line-per-chunk table.
@@ -197,12 +212,18 @@ def _snap(seconds: float, step: float) -> int:
     return math.floor(seconds / step + 0.5 + _EPS)
 
 
-def _check_text(name: str, value: object) -> None:
+def check_text(name: str, value: object) -> None:
+    """Prompt text a user typed or pasted: a string, not absurdly long, and valid Unicode."""
     if not isinstance(value, str):
         raise StoryboardError(f"{name}: expected text, got {type(value).__name__}")
     if len(value) > MAX_CHARS:
         raise StoryboardError(f"{name}: {len(value):,} characters is too long (limit {MAX_CHARS:,}); "
                               "shorten it or split the video")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # lone surrogates: bytes that were not UTF-8, carried through JSON
+        raise StoryboardError(f"{name}: character {error.start + 1} is not valid Unicode (text that was not UTF-8); "
+                              "re-save or re-type it as UTF-8") from None
 
 
 def _check_positive(name: str, value: object) -> None:

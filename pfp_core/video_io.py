@@ -1,7 +1,6 @@
 """Video and image files in and out: uint8 RGB numpy arrays, no torch.
 
-Writes are atomic: the data goes to a hidden temporary file in the target folder, then os.replace moves it
-under the final name, so a crash never leaves a half-written file there.
+Writes are atomic (pfp_core.atomic): a crash never leaves a half-written file under the final name.
 
 mp4v cannot encode odd sizes (the encoder silently drops the last row/column), so write_video pads odd
 heights/widths by repeating the last row/column; reading such a video back gives the padded, even size.
@@ -11,14 +10,13 @@ set: every read failure is reported as one VideoReadError line instead.
 """
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .atomic import replacing, write_bytes
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")  # OpenCV reads it when it first opens a video
 
@@ -34,7 +32,7 @@ def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
         raise ValueError(f"fps: expected a positive number, got {fps}")
     frames = _pad_to_even(frames)
     path = Path(path)
-    with _atomic_target(path) as temporary:
+    with replacing(path, keep_suffix=True) as temporary:  # OpenCV picks the container from the suffix
         height, width = frames.shape[1:3]
         writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
         if not writer.isOpened():
@@ -76,10 +74,11 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
-        raise ValueError(f"image: cannot read '{path}' ({error.strerror or type(error).__name__})") from None
+        raise ValueError(f"image: cannot read '{path}' ({error.strerror or type(error).__name__}); give a PNG or "
+                         "JPEG file") from None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise ValueError(f"image: '{path}' is not a readable image")
+        raise ValueError(f"image: '{path}' is not a readable image; give a PNG or JPEG file")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -89,10 +88,7 @@ def save_image(array: np.ndarray, path: str | Path) -> Path:
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"image: PNG encoding failed for '{path}'")
-    path = Path(path)
-    with _atomic_target(path) as temporary:
-        temporary.write_bytes(encoded.tobytes())
-    return path
+    return write_bytes(path, encoded.tobytes())
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -121,19 +117,6 @@ def _pad_to_even(frames: np.ndarray) -> np.ndarray:
     if not (pad_rows or pad_cols):
         return frames
     return np.pad(frames, ((0, 0), (0, pad_rows), (0, pad_cols), (0, 0)), mode="edge")
-
-
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a hidden unique path beside `path` (same suffix, so cv2 picks the right container); on success
-    move it to `path`, on failure delete it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _check_shape(array: np.ndarray, field: str, expected: str, ndim: int) -> None:

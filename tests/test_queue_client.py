@@ -18,7 +18,8 @@ import pytest
 from pfp_core.cli import main
 from pfp_core.queue_client import (ComfyClient, Job, JobResult, QueueError, Server, WebSocket, follow, format_summary,
                                    load_workflow, output_files, parse_override, parse_server, plan_jobs,
-                                   prompt_error_message, read_storyboard, run_jobs, seed_list, websocket_accept)
+                                   prompt_error_message, run_jobs, seed_list, websocket_accept)
+from pfp_core.storyboard import read_storyboard
 
 WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},

@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO / "workflows"
 
 
 def comfy_path() -> Path:
@@ -56,6 +57,7 @@ class ComfyServer:
 
     def __init__(self, url: str, process: subprocess.Popen, log_path: Path, output: Path, models: Path):
         self.url, self.process, self.log_path, self.output, self.models = url, process, log_path, output, models
+        self.temp = output.parent / "temp"
 
     def get(self, path: str) -> dict:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
@@ -82,6 +84,27 @@ class ComfyServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def is_up(self) -> bool:
+        """The process runs and answers /system_stats."""
+        try:
+            return self.process.poll() is None and "system" in self.get("/system_stats")
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+
+def tiny_workflow(run_name: str, seconds: float = 4.0) -> dict:
+    """workflows/pfp_tiny_cpu_api.json with its own run folder (output/pfp/RUN) and frame prefix (RUN/frame)."""
+    workflow = json.loads((WORKFLOWS / "pfp_tiny_cpu_api.json").read_text())
+    workflow["8"]["inputs"]["run_name"] = run_name
+    workflow["6"]["inputs"]["seconds"] = seconds
+    workflow["9"]["inputs"]["filename_prefix"] = f"{run_name}/frame"
+    return workflow
+
+
+def saved_frames(entry: dict) -> list:
+    """The frames the tiny workflow's SaveImage wrote, from a /history entry."""
+    return entry["outputs"]["9"]["images"]
 
 
 @contextlib.contextmanager

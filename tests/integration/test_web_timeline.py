@@ -26,6 +26,9 @@ ROUTE = "/pfp/storyboard/plan"
 XSS = "<img src=x onerror=alert(1)>"
 VALID = f"0s: a cat {XSS} sleeps\n[5s-10s]: the cat wakes up\n12s: the cat eats & purrs"
 INVALID = "0s: a cat sleeps\n# comment\n12s: the cat wakes\n8s: too early"  # line 4 goes back in time
+# Markup that would set window.pfpInjected if it were ever parsed as HTML (an <img> handler or a <script>)
+PAYLOAD = '<img src=x onerror="window.pfpInjected=1"><script>window.pfpInjected=2</script><b>bold</b>'
+INJECTED_ERROR = f"3s: a cat\n1s: {PAYLOAD}"  # line 2 goes back in time: the error quotes it, the line is shown
 
 
 @pytest.fixture(scope="module")
@@ -273,13 +276,35 @@ def test_timeline_in_the_real_front_end(server, tmp_path):
         assert state["badLine"] == "4 │ 8s: too early"
         assert state["segments"] == []
 
-        # A changed number widget (through its callback) replans: 20 s in 2.5 s chunks is 8 chunks.
+        # Markup in the failing line is shown as text in the error and in the highlighted line, never parsed.
+        page.evaluate("(() => { const t = pfpNode.widgets.find(w => w.name === 'storyboard').inputEl;"
+                      " t.focus(); t.select(); })()")
+        page.send("Input.insertText", text=INJECTED_ERROR)
+        state = page.wait_for(f"(() => {{ const s = {READ_TIMELINE}; return s && s.badLine && s.badLine.startsWith('2') "
+                              "? s : null; })()", timeout=60, what="the error on the injected line")
+        assert state["error"].startswith("storyboard line 2 ('1s: <img src=x onerror=")
+        assert state["badLine"] == f"2 │ 1s: {PAYLOAD}"
+        assert not {"img", "script", "b"} & set(state["elements"]), state["elements"]
+
+        # A changed number widget (through its callback) replans: 20 s in 2.5 s chunks is 8 chunks. The global
+        # prompt, with markup, is in front of every chunk's prompt, as text.
         page.evaluate(f"""(() => {{
           pfpNode.widgets.find(w => w.name === 'storyboard').value = {json.dumps(VALID)};
+          pfpNode.widgets.find(w => w.name === 'global_prompt').value = {json.dumps(PAYLOAD)};
           const w = pfpNode.widgets.find(w => w.name === 'chunk_seconds'); w.value = 2.5; w.callback(2.5);
         }})()""")
-        page.wait_for(f"(() => {{ const s = {READ_TIMELINE}; return s && s.segments.length === 8; }})()",
-                      timeout=60, what="8 segments after chunk_seconds = 2.5")
+        state = page.wait_for(f"(() => {{ const s = {READ_TIMELINE}; return s && s.segments.length === 8 ? s : null; }})()",
+                              timeout=60, what="8 segments after chunk_seconds = 2.5")
+        assert all(seg["prompt"].startswith(PAYLOAD) for seg in state["segments"]), state["segments"]
+        assert not {"img", "script", "b"} & set(state["elements"]), state["elements"]
+        time.sleep(1)  # a parsed <img> would fire its onerror within this time
+        assert page.evaluate("window.pfpInjected === undefined")
+        assert not [e for e in page.events if e.get("method") == "Page.javascriptDialogOpening"]
+        # Control: the same payload through innerHTML does run here, so the checks above can catch a regression.
+        page.evaluate(f"(() => {{ const d = document.createElement('div'); d.innerHTML = {json.dumps(PAYLOAD)};"
+                      " document.body.appendChild(d); window.pfpControl = d; })()")
+        assert page.wait_for("window.pfpInjected === 1", timeout=30, what="the control payload to run")
+        page.evaluate("window.pfpControl.remove()")
 
         # The timeline widget stays out of the prompt and the saved workflow.
         prompt = page.evaluate("app.graphToPrompt().then(p => p.output[String(pfpNode.id)].inputs)")

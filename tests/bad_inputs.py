@@ -1,0 +1,295 @@
+"""The command line's bad-input catalog: what a user can get wrong, and the field its one-line error must name.
+
+Each case builds its files in a fresh folder and returns the arguments for `python -m pfp_core`. The unit tests
+run the cases through cli.main in-process (cheap) and a few as real processes; the reliability bench
+(tests/integration/reliability_bench.py) runs every case as a real process and writes the messages to
+docs/results/reliability.md. The checks are shared: a non-zero exit, exactly one line on stderr that starts
+with the error, names the field and holds no traceback, every file that existed before is byte-identical
+afterwards, no temporary file is left, and no pickle payload ran.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pfp_core.checkpoint import save_model
+from pfp_core.config import encoder_config_for
+from pfp_core.encoder import MemoryEncoder
+from pfp_core.pipeline import DEFAULT_DIT, DEFAULT_ENCODER
+from pfp_core.video_io import read_video, save_image
+
+REPO = Path(__file__).resolve().parents[1]
+PAYLOAD_MARK = "UNPICKLED"  # a pickle case's payload creates this file if anything ever unpickles it
+Setup = Callable[[Path, contextlib.ExitStack], list[str]]  # (fresh folder, cleanups) -> argv
+
+
+@dataclass(frozen=True)
+class CliCase:
+    name: str  # what the user did
+    field: str | None  # what the error line must contain; None: a valid edge input that must just work
+    setup: Setup
+    frames: int = 0  # accepted cases: frames the video must have
+    file_size_limit: int | None = None  # bytes per file (RLIMIT_FSIZE): a disk that fills up; real process only
+    process: bool = False  # the unit tests run this case as a real process too
+
+
+# ------------------------------------------------------------------------------------------ files the cases use
+
+def start_image(folder: Path, height: int = 32, width: int = 32) -> Path:
+    pixels = (np.indices((height, width)).sum(0) % 7 * 36).astype(np.uint8)[..., None].repeat(3, -1)
+    return save_image(pixels, folder / f"start_{height}x{width}.png")
+
+
+def generate(folder: Path, *extra: str) -> list[str]:
+    """A 2 s, 2-chunk tiny run into folder/v.mp4 (chunks in folder/v_chunks); later flags override earlier ones."""
+    return ["generate", "--image", str(start_image(folder)), "--storyboard", "0s: a cat / 1s: a dog", "--seconds", "2",
+            "--steps", "2", "--quiet", "--out", str(folder / "v.mp4"), *extra]
+
+
+def tiny_encoder_parts() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(DEFAULT_ENCODER), framework="pt") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}, f.metadata()
+
+
+def encoder_with(folder: Path, name: str, config: dict | None = None,
+                 edit: Callable[[dict[str, torch.Tensor]], None] | None = None) -> Path:
+    """The bundled encoder's weights with its config metadata updated by `config` and its tensors by `edit`."""
+    tensors, metadata = tiny_encoder_parts()
+    if edit:
+        edit(tensors)
+    metadata = dict(metadata, config=json.dumps({**json.loads(metadata["config"]), **(config or {})}))
+    save_file(tensors, str(folder / name), metadata)
+    return folder / name
+
+
+def encoder_unlike_dit(folder: Path, name: str, **changes) -> Path:
+    encoder = MemoryEncoder(dataclasses.replace(encoder_config_for("tiny"), **changes))
+    return save_model(encoder, encoder.config, folder / name, "memory_encoder")
+
+
+class Payload:
+    """Unpickling calls open(mark, 'w'): proof that nothing unpickled the file if the mark never appears."""
+
+    def __init__(self, mark: Path):
+        self.mark = mark
+
+    def __reduce__(self):
+        return open, (str(self.mark), "w")
+
+
+def pickle_file(folder: Path, protocol: int) -> Path:
+    path = folder / f"pickle{protocol}.safetensors"
+    path.write_bytes(pickle.dumps(Payload(folder / PAYLOAD_MARK), protocol=protocol))
+    return path
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def read_only_folder(path: Path, stack: contextlib.ExitStack) -> Path:
+    """A folder this process cannot write to. Root ignores file modes, so root gets a read-only tmpfs mounted there."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        stack.callback(path.chmod, 0o755)
+        return path
+    mount(path, "ro,size=64k", stack)
+    return path
+
+
+def mount(path: Path, options: str, stack: contextlib.ExitStack) -> None:
+    """A tmpfs at `path` (root only), unmounted by `stack`; skips where mounting is not allowed."""
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True,
+                          check=False)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+    stack.callback(subprocess.run, ["umount", "-l", str(path)], check=True)
+
+
+def finished_run(folder: Path, *extra: str) -> list[str]:
+    """Run `generate` to the end once (in-process), so a case can start from a folder of finished chunks."""
+    from pfp_core.cli import main
+
+    argv = generate(folder, *extra)
+    with contextlib.redirect_stdout(io.StringIO()):  # its summary line is not the case's output
+        assert main(argv) == 0
+    return argv
+
+
+def interrupted_run(folder: Path) -> list[str]:
+    """The state a run stopped after its first chunk leaves: manifest.json and chunk_0000 only."""
+    argv = finished_run(folder)
+    (folder / "v_chunks" / "chunk_0001.safetensors").unlink()
+    return argv
+
+
+def damaged_chunk(folder: Path, stack: contextlib.ExitStack) -> list[str]:
+    argv = finished_run(folder)
+    chunk = folder / "v_chunks" / "chunk_0001.safetensors"
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    return argv
+
+
+def damaged_manifest(folder: Path, stack: contextlib.ExitStack) -> list[str]:
+    (folder / "v_chunks").mkdir()
+    write(folder / "v_chunks" / "manifest.json", b'{"weights": "ab')
+    return generate(folder)
+
+
+def torch_zip(folder: Path) -> Path:
+    torch.save({"w": torch.zeros(2)}, folder / "zip.safetensors")
+    return folder / "zip.safetensors"
+
+
+def set_nan(tensors: dict[str, torch.Tensor]) -> None:
+    next(iter(tensors.values())).view(-1)[0] = float("nan")
+
+
+# -------------------------------------------------------------------------------------------------- the cases
+
+def gen(*extra: str) -> Setup:
+    return lambda folder, stack: generate(folder, *extra)
+
+
+def with_file(option: str, make: Callable[[Path], Path], *extra: str) -> Setup:
+    return lambda folder, stack: generate(folder, option, str(make(folder)), *extra)
+
+
+CASES = [
+    # model files
+    CliCase("encoder is a text file named .safetensors", "encoder",
+            with_file("--encoder", lambda d: write(d / "text.safetensors", b"not weights\n" * 20)), process=True),
+    CliCase("encoder file cut in half", "encoder",
+            with_file("--encoder", lambda d: write(d / "half.safetensors", DEFAULT_ENCODER.read_bytes()[:4000]))),
+    CliCase("encoder file empty", "encoder", with_file("--encoder", lambda d: write(d / "empty.safetensors", b""))),
+    CliCase("pickle renamed .safetensors (its payload would create a file)", "encoder",
+            with_file("--encoder", lambda d: pickle_file(d, 2)), process=True),
+    CliCase("protocol-0 pickle renamed .safetensors (no magic byte)", "encoder",
+            with_file("--encoder", lambda d: pickle_file(d, 0))),
+    CliCase("torch.save zip renamed .safetensors", "encoder",
+            with_file("--encoder", torch_zip)),
+    CliCase("encoder file missing", "encoder", gen("--encoder", "/nonexistent/encoder.safetensors")),
+    CliCase("encoder width 256 for a DiT of width 128", "encoder",
+            with_file("--encoder", lambda d: encoder_unlike_dit(d, "wide.safetensors", dim=256))),
+    CliCase("encoder reads 48 latent channels, the DiT makes 16", "encoder",
+            with_file("--encoder", lambda d: encoder_unlike_dit(d, "deep.safetensors", in_channels=48))),
+    CliCase("encoder rate metadata unreadable ('4x4')", "encoder",
+            with_file("--encoder", lambda d: encoder_with(d, "rate44.safetensors", {"rate": "4x4"}))),
+    CliCase("encoder rate metadata 4x4x2 on 2x2x2 weights", "encoder",
+            with_file("--encoder", lambda d: encoder_with(d, "rate442.safetensors", {"rate": "4x4x2"}))),
+    CliCase("encoder weights hold NaN", "encoder",
+            with_file("--encoder", lambda d: encoder_with(d, "nan.safetensors", edit=set_nan))),
+    CliCase("DiT file given as the encoder", "encoder", gen("--encoder", str(DEFAULT_DIT))),
+    CliCase("encoder file given as the DiT", "dit", gen("--dit", str(DEFAULT_ENCODER))),
+    # start image
+    CliCase("start image is not an image", "image",
+            lambda d, s: generate(d, "--image", str(write(d / "notes.png", b"hello")))),
+    CliCase("start image is a folder", "image", lambda d, s: generate(d, "--image", str(d))),
+    CliCase("start image missing", "image", gen("--image", "/nonexistent/start.png")),
+    # numbers
+    CliCase("zero seconds", "--seconds", gen("--seconds", "0")),
+    CliCase("negative seconds", "--seconds", gen("--seconds=-3")),
+    CliCase("NaN seconds", "--seconds", gen("--seconds", "nan"), process=True),
+    CliCase("cfg 31 (above 30)", "cfg", gen("--cfg", "31")),
+    CliCase("NaN cfg", "cfg", gen("--cfg", "nan")),
+    CliCase("5000 steps (above 1000)", "steps", gen("--steps", "5000")),
+    CliCase("zero steps", "--steps", gen("--steps", "0")),
+    CliCase("history shorter than one frame (0.01 s)", "history_seconds", gen("--history-seconds", "0.01")),
+    # storyboard
+    CliCase("storyboard times out of order", "storyboard line", gen("--storyboard", "0s: a cat\n1.5s: a dog\n1s: a bird")),
+    CliCase("storyboard range overlaps the next line", "storyboard line",
+            gen("--storyboard", "[0s-1.5s: a cat]\n1s: a dog")),
+    CliCase("storyboard line after the end of the video", "storyboard line",
+            gen("--storyboard", "0s: a cat\n5s: a dog")),
+    CliCase("empty storyboard", "storyboard", gen("--storyboard", "")),
+    CliCase("storyboard file in Latin-1, not UTF-8", "storyboard",
+            lambda d, s: generate(d, "--storyboard", str(write(d / "story.txt", "0s: un café".encode("latin-1"))))),
+    CliCase("storyboard file of 200,000 characters", "storyboard",
+            lambda d, s: generate(d, "--storyboard", str(write(d / "long.txt", b"0s: " + b"a cat " * 33_334)))),
+    CliCase("global prompt of 120,000 characters", "global prompt", gen("--global-prompt", "a " * 60_000)),
+    # output
+    CliCase("--out is not an .mp4", "out", lambda d, s: generate(d, "--out", str(d / "v.txt"))),
+    CliCase("output folder not writable", "out",
+            lambda d, s: generate(d, "--out", str(read_only_folder(d / "locked", s) / "v.mp4"))),
+    CliCase("disk full while writing a chunk (files capped at 100 kB)", "out",
+            lambda d, s: interrupted_run(d), file_size_limit=100_000),
+    CliCase("chunk folder holds another run (other seed)", "out", lambda d, s: finished_run(d) + ["--seed", "5"]),
+    CliCase("finished chunk file damaged", "out", damaged_chunk),
+    CliCase("chunk folder manifest damaged", "out", damaged_manifest),
+    # plan
+    CliCase("plan: unknown model name", "model", lambda d, s: ["plan", "--model", "wan9"]),
+    CliCase("plan: rate not HxWxT", "rate", lambda d, s: ["plan", "--model", "tiny", "--rate", "4x4"]),
+    CliCase("plan: width not a multiple of 16 for Wan 2.1", "width",
+            lambda d, s: ["plan", "--model", "wan2.1-1.3b", "--width", "830"]),
+]
+
+ACCEPTED = [
+    CliCase("1x1 start image", None, lambda d, s: generate(d, "--image", str(start_image(d, 1, 1))), frames=16),
+    CliCase("odd 33x17 start image", None, lambda d, s: generate(d, "--image", str(start_image(d, 33, 17))), frames=16),
+    CliCase("chunk longer than the video (5 s chunks, 1 s video)", None,
+            gen("--storyboard", "0s: a cat", "--seconds", "1", "--chunk-seconds", "5"), frames=8),
+    CliCase("history longer than the video (1000 s)", None, gen("--history-seconds", "1000"), frames=16),
+]
+
+
+# ------------------------------------------------------------------------------------------- running and checks
+
+def run_in_process(argv: list[str], capfd) -> tuple[int, str]:
+    from pfp_core.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse errors
+        code = exit_info.code
+    return code, capfd.readouterr().err
+
+
+def run_process(argv: list[str], file_size_limit: int | None = None) -> tuple[int, str]:
+    def limit() -> None:  # in the child: every file it writes is capped, like a disk with that much room
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    done = subprocess.run([sys.executable, "-m", "pfp_core", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, preexec_fn=limit if file_size_limit else None, check=False)
+    return done.returncode, done.stderr
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def check_outcome(case: CliCase, folder: Path, before: dict[str, str], code: int, stderr: str) -> str:
+    """Assert what every case promises; returns the error line (or a one-line summary for accepted cases)."""
+    after = snapshot(folder)
+    assert not (folder / PAYLOAD_MARK).exists(), "a pickle payload ran"
+    assert {name: after.get(name) for name in before} == before, "a file that existed before changed or vanished"
+    assert not [name for name in after if ".tmp" in name], f"temporary files left: {sorted(after)}"
+    if case.field is None:
+        assert code == 0, stderr
+        frames, _ = read_video(folder / "v.mp4")
+        assert len(frames) == case.frames
+        return f"accepted: {len(frames)} frames"
+    lines = stderr.strip().splitlines()
+    assert code not in (0, None) and "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    assert "error: " in lines[0] and case.field in lines[0], lines[0]
+    return lines[0]
