@@ -10,7 +10,9 @@ set: every read failure is reported as one VideoReadError line instead.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
