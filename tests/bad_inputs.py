@@ -170,8 +170,8 @@ def gen(*extra: str) -> Setup:
     return lambda folder, stack: generate(folder, *extra)
 
 
-def with_file(option: str, make: Callable[[Path], Path], *extra: str) -> Setup:
-    return lambda folder, stack: generate(folder, option, str(make(folder)), *extra)
+def with_file(option: str, make: Callable[[Path], Path]) -> Setup:
+    return lambda folder, stack: generate(folder, option, str(make(folder)))
 
 
 CASES = [

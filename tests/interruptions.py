@@ -80,12 +80,18 @@ def same_run(a: RunResult, b: RunResult) -> bool:
     return a.chunk_frames == b.chunk_frames and video_equal
 
 
-def wait_for(path: Path, process_done, timeout: float = 300) -> bool:
-    """Poll until `path` exists; False if the run ended (or the timeout passed) first."""
-    deadline = time.time() + timeout
+def wait_for(path: Path, done: Callable[[], bool], timeout: float = 300) -> bool:
+    """Poll until `path` exists (every 5 ms); False if the run ended first (asked every 0.2 s: for a server that is
+    an HTTP request, which must not slow the run it watches) or the timeout passed."""
+    deadline, next_ask = time.time() + timeout, 0.0
     while not path.exists():
-        if process_done() or time.time() > deadline:
+        now = time.time()
+        if now > deadline:
             return False
+        if now >= next_ask:
+            if done():
+                return False
+            next_ask = now + 0.2
         time.sleep(0.005)
     return True
 

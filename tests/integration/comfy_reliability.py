@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bad_inputs import (PAYLOAD_MARK, encoder_unlike_dit, encoder_with, mount, pickle_file, read_only_folder, set_nan,
-                        write)
+                        snapshot, write)
 from comfy_env import ComfyServer, saved_frames, tiny_workflow
 from interruptions import (Interruption, RunResult, chunks_on_disk, generation_span, read_run, resumed_chunks,
                            same_run, wait_for)
@@ -144,7 +144,7 @@ def small_disk(server: ComfyServer, stack: contextlib.ExitStack) -> dict:
     folder = server.output / "pfp" / "small"
     folder.mkdir(parents=True)
     mount(folder, "size=360k", stack)
-    stack.callback(check_whole_chunks, folder, 2)  # before the unmount, which runs first on the stack
+    stack.callback(check_whole_chunks, folder, 2)  # runs before the unmount: an ExitStack unwinds last in, first out
     return tiny("small", seconds=4.0)
 
 
@@ -266,7 +266,9 @@ def validation_message(body: dict) -> str:
 def run_case(server: ComfyServer, case: ComfyCase) -> str:
     """Run one case, assert what it promises, and return the message a user sees (or what an accepted case made)."""
     with contextlib.ExitStack() as stack:
-        status, body = server.post("/prompt", {"prompt": case.workflow(server, stack)})
+        workflow = case.workflow(server, stack)
+        before = snapshot(server.output)
+        status, body = server.post("/prompt", {"prompt": workflow})
         if status == 400:
             message = validation_message(body)
         else:
@@ -274,6 +276,9 @@ def run_case(server: ComfyServer, case: ComfyCase) -> str:
             entry = server.wait_for(body["prompt_id"])
             errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
             message = errors[0]["exception_message"].strip() if errors else accepted(entry)
+        after = snapshot(server.output)  # before a tmpfs the case mounted goes away
+    assert {name: after.get(name) for name in before} == before, "a file that existed before changed or vanished"
+    assert not [name for name in after if ".tmp" in name], f"temporary files left: {sorted(after)}"
     assert server.is_up(), f"the server went down; log tail: {server.log()[-2000:]}"
     assert not (encoders(server) / PAYLOAD_MARK).exists(), "a pickle payload ran"
     assert len(message.splitlines()) == 1, message
