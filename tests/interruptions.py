@@ -130,6 +130,8 @@ def interrupt_cli(folder: Path, name: str, sig: signal.Signals, delay: float, re
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=600)
     kept = len(chunks_on_disk(chunks))
+    if sig == signal.SIGINT and process.returncode == 0:
+        stopped = False  # it came after the work was done: the exit ignores Ctrl-C (pfp_core/__main__.py)
     if sig == signal.SIGINT:
         exit_ok = not stopped or (process.returncode in (130, -signal.SIGINT) and "Traceback" not in stderr)
     else:
