@@ -28,6 +28,7 @@ from pfp_core.video_io import read_video
 
 STORYBOARD = "0s: a textured world with moving objects / 2s: the camera comes back to the start"
 SECONDS = 3  # 3 chunks of 1 s at 8 fps
+STEPS = 30  # sampling steps per chunk: enough that generation, not start-up or exit, is where signals land
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Interruption:
 
 def generate_argv(image: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "pfp_core", "generate", "--image", str(image), "--storyboard", STORYBOARD,
-            "--seconds", str(SECONDS), "--steps", "6", "--seed", "3", "--quiet", "--out", str(out)]
+            "--seconds", str(SECONDS), "--steps", str(STEPS), "--seed", "3", "--quiet", "--out", str(out)]
 
 
 def chunks_on_disk(folder: Path) -> list[Path]:
