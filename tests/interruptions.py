@@ -120,11 +120,17 @@ def reference_run(folder: Path) -> tuple[RunResult, float]:
     return read_run(folder / "reference_chunks", {"manifest.json"}, read_video(out)[0]), span
 
 
+def terminal_sigint() -> None:
+    """In the child: Ctrl-C acts as in a terminal, even when this test runs in the background (a shell starts
+    background jobs with SIGINT ignored, and the child would inherit that and never see the signal)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_cli(folder: Path, name: str, sig: signal.Signals, delay: float, reference: RunResult) -> Interruption:
     image = start_image(folder)
     out, chunks = folder / f"{name}.mp4", folder / f"{name}_chunks"
     process = subprocess.Popen(generate_argv(image, out), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=terminal_sigint)
     wait_for(chunks / "manifest.json", lambda: process.poll() is not None)
     time.sleep(delay)
     stopped = process.poll() is None
