@@ -11,19 +11,8 @@ The caption "" is the empty prompt, used for frames without a caption; without i
 
 `python -m pfp_core embed-texts --data DIR --out FILE` writes such a file with the built-in hash encoder
 (pfp_core/text.py): enough for the tiny model and for testing the path end to end. For a real Wan model, embed
-the same captions with Wan's UMT5-XXL on a machine that has ComfyUI and the text-encoder weights. Not run here
-(no weights on this machine); ComfyUI's Wan text encoder returns [1, 512, 4096] with the padding zeroed:
-
-    import sys; sys.path.insert(0, "/path/to/ComfyUI")      # and the PFP pack importable as pfp_core
-    import comfy.sd
-    from pfp_core.text_embeddings import save_text_embeddings
-    from pfp_core.video_dataset import folder_captions
-
-    clip = comfy.sd.load_clip(ckpt_paths=["/path/to/ComfyUI/models/text_encoders/umt5_xxl_fp16.safetensors"],
-                              clip_type=comfy.sd.CLIPType.WAN)
-    captions = [""] + folder_captions("my_videos")        # "" = the empty prompt
-    embeddings = {text: clip.encode(text)[0].bfloat16() for text in captions}  # [512, 4096] each
-    save_text_embeddings(embeddings, "my_videos_umt5.safetensors", encoder="umt5-xxl", max_length=512)
+the same captions with Wan's UMT5-XXL on a machine that has ComfyUI and the text-encoder weights; README
+("Training your own encoder", Data) has the recipe, which runs inside ComfyUI and not here (no weights).
 """
 from __future__ import annotations
 
