@@ -17,7 +17,6 @@ repeated) is the reference a model has to beat.
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +28,7 @@ import torch
 
 from . import procedural
 from .atomic import write_bytes
+from .evaluation import nan_mean
 from .table1 import Table1Settings, job_for, run_job
 
 VARIANTS = ("no_pretrain", "sliding_window", "pfp", "large_patchifier")  # trained in this order
@@ -168,11 +168,6 @@ def run_table2(settings: Table2Settings, out: Path, work: Path, on_done: Callabl
     report = {"settings": asdict(settings), "rows": summarise(results), "curves": curves(results, settings)}
     write_report(report, out, example_strip(settings, work))
     return report
-
-
-def nan_mean(values: list[float]) -> float:
-    kept = [v for v in values if not np.isnan(v)]
-    return round(statistics.mean(kept), 3) if kept else float("nan")
 
 
 def summarise(results: list[dict]) -> list[dict]:
