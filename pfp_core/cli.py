@@ -159,6 +159,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
 
 
+def cmd_train_tiny(args: argparse.Namespace) -> None:
+    from .recipes import train_tiny
+
+    train_tiny(Path(args.out), Path(args.init_from), args.steps, progress=not args.quiet)
+    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_ft'}, sliding-window baseline in {Path(args.out) / 'sw_ft'}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import DTYPES, export_dit, export_lora
 
@@ -206,7 +213,22 @@ def cmd_queue(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    {"speed": bench_stages, "planner": bench_stages, "table1": bench_table1, "table2": bench_table2}[args.what](args)
+    {"speed": bench_stages, "planner": bench_stages, "table1": bench_table1, "table2": bench_table2,
+     "continuation": bench_continuation}[args.what](args)
+
+
+def bench_continuation(args: argparse.Namespace) -> None:
+    from .bench_continuation import ContinuationBench, run_bench, write
+
+    bench = ContinuationBench(videos=2, rollout_seconds=10, rollout_videos=1) if args.quick else ContinuationBench()
+    steps = 2 * 2 * bench.videos + 1
+    with tqdm(total=steps, desc="bench continuation", disable=args.quiet) as bar:
+        report, frames = run_bench(bench, lambda text: bar.update(1))
+    command = "python -m pfp_core bench continuation" + (" --quick" if args.quick else "")
+    write(report, frames, Path(args.out), command)
+    met = sum(t["met"] for t in report["model"]["targets"].values())
+    print(f"bench continuation: {met} of {len(report['model']['targets'])} targets met -> "
+          f"{Path(args.out) / 'continuation.md'}")
 
 
 def bench_table2(args: argparse.Namespace) -> None:
@@ -403,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=text)
         add_training_flags(p)
         p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train-tiny", help="reproduce the embedded tiny pair and its sliding-window baseline (resumable)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the three runs (pfp_pre, pfp_ft, sw_ft)")
+    p.add_argument("--init-from", required=True, metavar="DIR",
+                   help="folder with the starting dit.safetensors and encoder.safetensors (README: which ones)")
+    p.add_argument("--steps", type=positive_int, default=8000, help="finetuning steps of pfp (the baseline gets "
+                   "500 more, as many as pfp's pretraining)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train_tiny)
     p = sub.add_parser("export", help="a training folder -> a DiT or LoRA file for ComfyUI's stock loaders")
     p.add_argument("--from", dest="source", required=True, metavar="DIR", help="pretrain/finetune --out folder")
     p.add_argument("--out", required=True, metavar="FILE", help="the .safetensors to write")
@@ -433,10 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail a job after this many silent seconds")
     p.set_defaults(func=cmd_queue)
     p = sub.add_parser("bench", help="measure on this machine (speed, planner) or reproduce the paper's tables")
-    p.add_argument("what", choices=("speed", "planner", "table1", "table2"),
+    p.add_argument("what", choices=("speed", "planner", "table1", "table2", "continuation"),
                    help="speed: per-chunk cost, memory updates, encoder; planner: planned vs measured tokens, FLOPs "
                         "and memory, and the ComfyUI 12 GB settings; table1: retrieval by encoder variant and rate; "
-                        "table2: consistency of long generation")
+                        "table2: consistency of long generation; continuation: eval-continuation of the embedded "
+                        "pair with its ablation, a 30 s rollout and example frames")
     p.add_argument("--out", default="docs/results", help="folder for WHAT.json, WHAT.md and WHAT.png")
     p.add_argument("--quick", action="store_true", help="smaller sizes and budgets (seconds to a minute)")
     p.add_argument("--steps", type=positive_int, help="table1/2: (pre)training steps per run (default 600)")

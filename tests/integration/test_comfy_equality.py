@@ -1,5 +1,6 @@
 """pfp_core's DiT and ComfyUI's own WanModel give the same output on the same weights, with and without memory."""
 import importlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from comfy_env import import_comfy_in_process
 
 from pfp_core.checkpoint import save_model
 from pfp_core.config import dit_config, encoder_config_for
+from pfp_core.context import build_context
 from pfp_core.dit import WanDiT
 from pfp_core.encoder import MemoryEncoder
 
@@ -44,15 +46,17 @@ def test_comfy_detects_the_tiny_dit_as_wan(models):
     assert type(net).__name__ == "WanModel" and net.dim == 128 and net.num_heads == 1
 
 
-@pytest.mark.parametrize("with_memory", [False, True])
-def test_pfp_core_and_comfy_wan_agree(pack, models, with_memory):
+@pytest.mark.parametrize("with_memory,recent_frames", [(False, 0), (True, 0), (True, 2)])
+def test_pfp_core_and_comfy_wan_agree(pack, models, with_memory, recent_frames):
+    """recent_frames > 0: the context of the next chunk, recent latents embedded inside each forward."""
     wan_memory = importlib.import_module(pack.__name__ + ".nodes.wan_memory")
     dit, comfy_model, encoder = models
     torch.manual_seed(1)
     x, sigma, context = torch.randn(1, 16, 3, 16, 16), torch.tensor([0.6]), torch.randn(1, 8, 4096)
     with torch.no_grad():
         if with_memory:
-            memory = encoder.encode(torch.randn(1, 16, 6, 16, 16), fps=8)
+            config = replace(encoder.config, recent_frames=recent_frames)
+            memory = build_context(config, lambda older: encoder.encode(older, 8), torch.randn(1, 16, 6, 16, 16), 8)
             ours = dit(x, sigma * 1000, context, memory, torch.arange(6, 9))
             patched = wan_memory.with_memory(comfy_model, wan_memory.MemoryInjection(memory, first_frame_time=6))
             theirs = comfy_forward(patched, x, sigma, context)
