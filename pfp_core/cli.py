@@ -59,7 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .video_io import save_image
 
     out = Path(args.out)
-    video = demo_video(max(8, int(np.ceil(args.seconds))))
+    video = demo_video(max(2, int(np.ceil(args.seconds))))
     given = video.frames[:video.fps]  # the first second is given; the rest follows the video's own storyboard
     result, engine, taken = run_generation(args, given, video.storyboard, out / "demo.mp4", out / "demo_chunks")
     generated = result.frames.numpy()

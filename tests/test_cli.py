@@ -61,7 +61,7 @@ def test_demo_writes_a_video_with_the_promised_frames(tmp_path):
     result = cli("demo", "--out", str(tmp_path), "--seconds", "3", "--steps", "4", "--quiet")
     assert result.returncode == 0, result.stderr
     summary = result.stdout.strip().splitlines()[-1]
-    assert summary.startswith("demo: 24 frames (3.00 s at 8 fps), 3 chunks")
+    assert summary.startswith("demo: 24 frames (3.00 s at 8 fps), 2 chunks")  # the first second is given
     frames, fps = read_video(tmp_path / "demo.mp4")
     assert frames.shape == (24, 32, 32, 3) and fps == 8
     assert (tmp_path / "demo_frames.png").stat().st_size > 0

@@ -57,3 +57,5 @@ def test_bad_arguments_name_the_field(kwargs, field):
 def test_demo_video_pans_two_views_and_comes_back():
     video = storyworld.demo_video()
     assert video.events[1:3] == ["camera pans right"] * 2 and video.camera_returned().any()
+    longer = storyworld.demo_video(12)  # the same video, going on
+    assert np.array_equal(longer.frames[:64], video.frames) and longer.events[:8] == video.events
