@@ -14,7 +14,7 @@ import re
 from aiohttp import web
 
 from ..pfp_core.storyboard import StoryboardError, format_plan, plan_to_json
-from .storyboard_node import chunk_grid, plan
+from .storyboard_node import chunk_grid, is_number, plan
 
 PATH = "/pfp/storyboard/plan"
 TEXT_FIELDS = ("storyboard", "global_prompt")
@@ -40,7 +40,7 @@ def parse_body(body: object) -> dict:
             raise BadRequest(f"{name}: expected text, got {type(value).__name__}")
         if name in NUMBER_FIELDS:
             # bool is an int in Python but never a number of seconds; json.loads accepts NaN/Infinity, so check.
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not is_number(value):
                 raise BadRequest(f"{name}: expected a number, got {type(value).__name__}")
             if not math.isfinite(value):
                 raise BadRequest(f"{name}: expected a finite number, got {value}")
