@@ -14,18 +14,19 @@ ChunkLoader = Callable[[int], torch.Tensor]  # chunk index -> [T, H, W, 3] uint8
 
 
 class ChunkVideo(Input.Video):
-    def __init__(self, start: torch.Tensor, chunk_lengths: list[int], load_chunk: ChunkLoader, fps: float):
-        self.start, self.chunk_lengths, self.load_chunk, self.fps = start, chunk_lengths, load_chunk, fps
+    def __init__(self, start: torch.Tensor, chunks: list[tuple[int, int]], load_chunk: ChunkLoader, fps: float):
+        """start: the start frames [T0, H, W, 3] uint8; chunks: (chunk index, frames) in order after them."""
+        self.start, self.chunks, self.load_chunk, self.fps = start, chunks, load_chunk, fps
 
     @property
     def frame_count(self) -> int:
-        return self.start.shape[0] + sum(self.chunk_lengths)
+        return self.start.shape[0] + sum(length for _, length in self.chunks)
 
     def parts(self, first: int = 0, count: int | None = None) -> Iterator[torch.Tensor]:
         """uint8 frames [first, first + count) in pieces of at most one chunk; only overlapping chunks are read."""
         end = self.frame_count if count is None else min(first + count, self.frame_count)
         offset = 0
-        for index, length in [(None, self.start.shape[0])] + list(enumerate(self.chunk_lengths)):
+        for index, length in [(None, self.start.shape[0])] + self.chunks:
             lo, hi = max(first, offset), min(end, offset + length)
             if lo < hi:
                 frames = self.start if index is None else self.load_chunk(index)

@@ -73,7 +73,7 @@ class AutoregressiveSampler(io.ComfyNode):
         except GenerationCancelled:
             comfy.model_management.throw_exception_if_processing_interrupted()
             raise
-        video = ChunkVideo(to_uint8(start), [span.frames for span in spans], lambda index: run.store.load(index)[1],
-                           storyboard.fps)
+        chunks = [(span.index, span.frames) for span in spans]
+        video = ChunkVideo(to_uint8(start), chunks, lambda index: run.store.load(index)[1], storyboard.fps)
         summary = run.summary(result, video.frame_count, storyboard.fps)
         return io.NodeOutput(video, {"samples": latent_format.process_out(result.latents)}, ui={"text": [summary]})
