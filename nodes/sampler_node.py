@@ -7,7 +7,8 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..pfp_core.errors import GenerationCancelled
-from ..pfp_core.generator import AutoregressiveGenerator, GenerationRequest, chunk_spans, frame_grid, to_uint8
+from ..pfp_core.generator import (AutoregressiveGenerator, GenerationRequest, chunk_spans, frame_grid, lead_frames,
+                                  to_uint8)
 from ..pfp_core.inputs import finite
 from .adapters import ComfyChunkSampler, ComfyVAE, model_identity
 from .run_video import ChunkVideo
@@ -59,6 +60,7 @@ class AutoregressiveSampler(io.ComfyNode):
         prompts += prompts[-1:] * (len(spans) - len(prompts))
         fingerprint = {"model": model_identity(model), "encoder": memory_encoder.name, "seed": seed, "steps": steps,
                        "cfg": cfg, "sampler": sampler_name, "scheduler": scheduler, "prompts": prompts,
+                       "negative": storyboard.negative_prompt, "fps": storyboard.fps,
                        "frames": [total_frames, chunk_frames], "history_seconds": history_seconds,
                        "start": start_hash(start)}
         request = GenerationRequest(start, prompts, total_frames, chunk_frames, round(history_seconds * storyboard.fps),
@@ -66,7 +68,8 @@ class AutoregressiveSampler(io.ComfyNode):
         sampler = ComfyChunkSampler(model, storyboard.conditioning, storyboard.negative, steps, cfg, sampler_name,
                                     scheduler, memory_encoder)
         compress = memory_encoder.updater(storyboard.fps, adapter.config.temporal_factor)
-        run = RunFolder.open(run_name, fingerprint)
+        lead = lead_frames(adapter.config.temporal_factor)
+        run = RunFolder.open(run_name, fingerprint, lambda frames: (frames - lead) // chunk_frames)
         generator = AutoregressiveGenerator(compress, sampler, adapter, run.store, progress_callbacks())
         try:
             result = generator.run(request)

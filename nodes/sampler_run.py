@@ -3,8 +3,11 @@ ComfyUI, and the summary shown on the node."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -15,7 +18,7 @@ import folder_paths
 from ..pfp_core.chunk_store import ChunkStore
 from ..pfp_core.generator import Callbacks, GenerationResult
 from ..pfp_core.inputs import inside
-from ..pfp_core.run_folders import KEEP_RUNS, mark_used, prune_runs, settings_folder
+from ..pfp_core.run_folders import KEEP_RUNS, mark_used, prune_runs, run_folders, settings_folder
 
 
 def run_parent(run_name: str) -> Path:
@@ -27,27 +30,76 @@ def start_hash(start: torch.Tensor) -> str:
     return hashlib.sha1(start.numpy().tobytes()).hexdigest()
 
 
+def read_manifest(folder: Path) -> dict:
+    """A sibling run's settings; {} when its manifest is missing or damaged (it then shares nothing)."""
+    try:
+        saved = json.loads((folder / "manifest.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+FullChunks = Callable[[int], int]  # total video frames -> chunks that are whole (not cut short by the end)
+PER_CHUNK = ("prompts", "frames")  # fingerprint entries that may differ between runs sharing leading chunks
+
+
+def shared_chunks(saved: dict, fingerprint: dict, full_chunks: FullChunks) -> int:
+    """How many leading chunks a run with `fingerprint` would generate exactly as the run whose manifest is
+    `saved`: every other setting equal, the same chunk length, the same prompts up to there, and those chunks
+    whole in both runs (a chunk depends only on the settings and the chunks and prompts before it)."""
+    if not (isinstance(saved.get("frames"), list) and isinstance(saved.get("prompts"), list)):
+        return 0
+    others = set(saved) | set(fingerprint)
+    if any(saved.get(key) != fingerprint.get(key) for key in others - set(PER_CHUNK)):
+        return 0
+    (saved_total, saved_chunk), (total, chunk) = saved["frames"], fingerprint["frames"]
+    if saved_chunk != chunk:
+        return 0
+    limit, count = min(full_chunks(saved_total), full_chunks(total)), 0
+    while count < limit and saved["prompts"][count] == fingerprint["prompts"][count]:
+        count += 1
+    return count
+
+
 @dataclass
 class RunFolder:
     store: ChunkStore
+    continued_from: str | None = None  # the run whose leading chunks this one took over
 
     @property
     def label(self) -> str:
         return f"{self.store.folder.parent.name}/{self.store.folder.name}"
 
     @classmethod
-    def open(cls, run_name: str, fingerprint: dict) -> "RunFolder":
-        """The folder of these exact settings: resumed if it exists, else new, with older runs pruned."""
+    def open(cls, run_name: str, fingerprint: dict, full_chunks: FullChunks) -> "RunFolder":
+        """The folder of these exact settings: resumed if it exists, else new, with older runs pruned. A run that
+        continues another (more seconds, or prompts changed from some chunk on) links its shared chunks."""
         parent = run_parent(run_name)
         folder = settings_folder(parent, fingerprint)
-        store = ChunkStore(folder, fingerprint, "run_name")
+        run = cls(ChunkStore(folder, fingerprint, "run_name"))
+        run.continued_from = run.take_shared_chunks(full_chunks)
         mark_used(folder)
         prune_runs(parent, folder, KEEP_RUNS)
-        return cls(store)
+        return run
+
+    def take_shared_chunks(self, full_chunks: FullChunks) -> str | None:
+        """Hard-link (no extra disk) the leading chunks of the sibling run that shares the most; its name."""
+        siblings = [p for p in run_folders(self.store.folder.parent) if p != self.store.folder]
+        counts = {p: shared_chunks(read_manifest(p), self.store.fingerprint, full_chunks) for p in siblings}
+        best = max(counts, key=counts.get, default=None)
+        linked = 0
+        for index in range(counts[best] if best is not None else 0):
+            source, target = best / self.store.chunk_path(index).name, self.store.chunk_path(index)
+            if source.exists() and not target.exists():
+                os.link(source, target)
+                linked += 1
+        return best.name if linked else None
 
     def summary(self, result: GenerationResult, frames: int, fps: float) -> str:
         generated = len(result.memory_tokens)
         how = f"resumed {self.label}" if result.resumed_chunks else f"new run {self.label}"
+        if self.continued_from is not None:
+            how = f"new run {self.label}, continuing {self.continued_from}"
         tokens = f", memory tokens up to {max(result.memory_tokens)}" if generated else ""
         return (f"{how}: {generated + result.resumed_chunks} chunks ({result.resumed_chunks} resumed, {generated} "
                 f"generated), {frames} frames at {fps:g} fps{tokens}")

@@ -17,6 +17,7 @@ class StoryboardPlan:
     chunks: list[ChunkPrompt]
     conditioning: dict[str, list]  # prompt -> CONDITIONING
     negative: list
+    negative_prompt: str
     seconds: float
     fps: float
     chunk_seconds: float
@@ -95,6 +96,7 @@ class StoryboardPrompt(io.ComfyNode):
         check_text("negative prompt", negative_prompt)
         chunks = plan(storyboard, global_prompt, seconds, fps, chunk_seconds)
         conditioning = {prompt: encode(clip, prompt) for prompt in {c.prompt for c in chunks}}
-        result = StoryboardPlan(chunks, conditioning, encode(clip, negative_prompt), seconds, fps, chunk_seconds)
+        result = StoryboardPlan(chunks, conditioning, encode(clip, negative_prompt), negative_prompt, seconds, fps,
+                                chunk_seconds)
         text = format_plan(chunks)
         return io.NodeOutput(result, text, ui={"text": [text]})

@@ -72,6 +72,19 @@ def test_edit_and_run_again_starts_a_new_run_and_the_same_settings_resume(server
     assert len(run_folders(server, "edits")) == KEEP_RUNS
 
 
+def test_a_finished_run_continues_for_more_seconds_and_keeps_chunks_before_an_edited_prompt(server):
+    short = tiny_workflow("continued", seconds=3.0)
+    run(server, short)
+    (first,) = run_folders(server, "continued")
+    longer = run(server, tiny_workflow("continued", seconds=5.0))
+    assert f"continuing {first.name}: 5 chunks (3 resumed, 2 generated)" in summary(longer), summary(longer)
+    edited = tiny_workflow("continued", seconds=3.0)
+    edited["6"]["inputs"]["storyboard"] = "0s: a textured world with moving objects\n2s: a storm rolls in"
+    assert "(2 resumed, 1 generated)" in summary(run(server, edited))  # chunks 0-1 had the same prompts
+    newest = max(run_folders(server, "continued"), key=lambda p: p.stat().st_mtime)
+    assert (newest / "chunk_0001.safetensors").samefile(first / "chunk_0001.safetensors")  # linked, not copied
+
+
 def test_tiny_extend_workflow_continues_a_generated_clip(server):
     workflow = json.loads((API_WORKFLOWS / "pfp_tiny_extend_cpu_api.json").read_text())
     entry = run(server, workflow)
@@ -86,23 +99,24 @@ def test_video_frames_gives_a_frame_range_of_a_run(server):
     assert len(entry["outputs"]["11"]["images"]) == 16  # 2 s at 8 fps
 
 
-def test_invalid_storyboard_is_one_error_on_the_storyboard_input_with_the_line_named(server):
-    workflow = tiny_workflow("tiny_bad")
-    workflow["6"]["inputs"]["storyboard"] = "3s: later\n1s: earlier"
+def refusal(server, node: str, name: str, value) -> dict:
+    """The one /prompt error (HTTP 400) of the tiny workflow with node.name set to value; it must be on that input."""
+    workflow = tiny_workflow("tiny_refused")
+    workflow[node]["inputs"][name] = value
     status, body = server.post("/prompt", {"prompt": workflow})
-    assert status == 400
-    (error,) = body["node_errors"]["6"]["errors"]
-    assert error["extra_info"]["input_name"] == "storyboard" and "storyboard line 2" in error["details"]
+    assert status == 400, body
+    (error,) = body["node_errors"][node]["errors"]
+    assert error["extra_info"]["input_name"] == name, error
+    return error
+
+
+def test_invalid_storyboard_is_one_error_on_the_storyboard_input_with_the_line_named(server):
+    assert "storyboard line 2" in refusal(server, "6", "storyboard", "3s: later\n1s: earlier")["details"]
 
 
 def test_a_missing_encoder_file_is_refused_at_prompt_naming_file_and_folder(server):
-    workflow = tiny_workflow("tiny_no_encoder")
-    workflow["5"]["inputs"]["encoder_name"] = "missing.safetensors"
-    status, body = server.post("/prompt", {"prompt": workflow})
-    assert status == 400
-    (error,) = body["node_errors"]["5"]["errors"]
-    assert error["extra_info"]["input_name"] == "encoder_name"
-    assert "'missing.safetensors'" in error["details"] and str(server.models / "pfp_encoders") in error["details"]
+    details = refusal(server, "5", "encoder_name", "missing.safetensors")["details"]
+    assert "'missing.safetensors'" in details and str(server.models / "pfp_encoders") in details
 
 
 def test_memory_nodes_compose_with_stock_nodes(server):
