@@ -40,12 +40,16 @@ class AutoregressiveSampler(io.ComfyNode):
                     io.Float.Input("cfg", default=5.0, min=0.0, max=30.0, step=0.1),
                     io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),
                     io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple"),
-                    io.String.Input("run_name", default="pfp_run")],
+                    io.String.Input("run_name", default="pfp_run"),
+                    io.Int.Input("keep_chunks", default=0, min=0, max=50_000, optional=True,
+                                 tooltip="0: every chunk these settings allow. N: keep the first N chunks of the "
+                                         "latest run of this name and generate the rest with these settings")],
             outputs=[io.Video.Output(display_name="video"), io.Latent.Output(display_name="latent")])
 
     @classmethod
     def execute(cls, model, vae, memory_encoder, storyboard, start_image: torch.Tensor, history_seconds: float,
-                seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, run_name: str) -> io.NodeOutput:
+                seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, run_name: str,
+                keep_chunks: int = 0) -> io.NodeOutput:
         finite(history_seconds=history_seconds, cfg=cfg, start_image=start_image)
         memory_encoder.check_model(model)
         latent_format = model.model.latent_format
@@ -69,7 +73,7 @@ class AutoregressiveSampler(io.ComfyNode):
                                     scheduler, memory_encoder)
         compress = memory_encoder.updater(storyboard.fps, adapter.config.temporal_factor)
         lead = lead_frames(adapter.config.temporal_factor)
-        run = RunFolder.open(run_name, fingerprint, lambda frames: (frames - lead) // chunk_frames)
+        run = RunFolder.open(run_name, fingerprint, lambda frames: (frames - lead) // chunk_frames, keep_chunks)
         generator = AutoregressiveGenerator(compress, sampler, adapter, run.store, progress_callbacks())
         try:
             result = generator.run(request)

@@ -30,6 +30,16 @@ def start_hash(start: torch.Tensor) -> str:
     return hashlib.sha1(start.numpy().tobytes()).hexdigest()
 
 
+def latest_plain_run(parent: Path, run_name: str) -> Path:
+    """The most recently used run of this name that kept no chunks of another: what keep_chunks keeps from (a
+    re-queued keep_chunks run finds the same one, so it resumes)."""
+    for folder in run_folders(parent):
+        if "kept" not in read_manifest(folder):
+            return folder
+    raise ValueError(f"keep_chunks: run_name '{run_name}' has no earlier run to keep chunks from; run once with "
+                     "keep_chunks 0")
+
+
 def read_manifest(folder: Path) -> dict:
     """A sibling run's settings; {} when its manifest is missing or damaged (it then shares nothing)."""
     try:
@@ -71,29 +81,39 @@ class RunFolder:
         return f"{self.store.folder.parent.name}/{self.store.folder.name}"
 
     @classmethod
-    def open(cls, run_name: str, fingerprint: dict, full_chunks: FullChunks) -> "RunFolder":
+    def open(cls, run_name: str, fingerprint: dict, full_chunks: FullChunks, keep_chunks: int = 0) -> "RunFolder":
         """The folder of these exact settings: resumed if it exists, else new, with older runs pruned. A run that
-        continues another (more seconds, or prompts changed from some chunk on) links its shared chunks."""
+        continues another (more seconds, or prompts changed from some chunk on) links its shared chunks;
+        keep_chunks N takes the first N chunks of the latest run of this name and generates the rest with these
+        settings (another seed, say)."""
         parent = run_parent(run_name)
-        folder = settings_folder(parent, fingerprint)
-        run = cls(ChunkStore(folder, fingerprint, "run_name"))
-        run.continued_from = run.take_shared_chunks(full_chunks)
-        mark_used(folder)
-        prune_runs(parent, folder, KEEP_RUNS)
+        source = latest_plain_run(parent, run_name) if keep_chunks else None
+        if source is not None:
+            fingerprint = {**fingerprint, "kept": {"run": source.name, "chunks": keep_chunks}}
+        run = cls(ChunkStore(settings_folder(parent, fingerprint), fingerprint, "run_name"))
+        total = fingerprint["frames"][0]
+        shared = (source, min(keep_chunks, full_chunks(total))) if source is not None else run.most_shared(full_chunks)
+        run.continued_from = run.link_chunks(*shared)
+        mark_used(run.store.folder)
+        prune_runs(parent, run.store.folder, KEEP_RUNS)
         return run
 
-    def take_shared_chunks(self, full_chunks: FullChunks) -> str | None:
-        """Hard-link (no extra disk) the leading chunks of the sibling run that shares the most; its name."""
+    def most_shared(self, full_chunks: FullChunks) -> tuple[Path | None, int]:
+        """The sibling run that shares the most leading chunks with this one, and how many."""
         siblings = [p for p in run_folders(self.store.folder.parent) if p != self.store.folder]
         counts = {p: shared_chunks(read_manifest(p), self.store.fingerprint, full_chunks) for p in siblings}
         best = max(counts, key=counts.get, default=None)
+        return best, counts.get(best, 0)
+
+    def link_chunks(self, source: Path | None, count: int) -> str | None:
+        """Hard-link (no extra disk) chunks 0..count-1 of `source` that this run lacks; the source's name if any."""
         linked = 0
-        for index in range(counts[best] if best is not None else 0):
-            source, target = best / self.store.chunk_path(index).name, self.store.chunk_path(index)
-            if source.exists() and not target.exists():
-                os.link(source, target)
+        for index in range(count if source is not None else 0):
+            origin, target = source / self.store.chunk_path(index).name, self.store.chunk_path(index)
+            if origin.exists() and not target.exists():
+                os.link(origin, target)
                 linked += 1
-        return best.name if linked else None
+        return source.name if linked else None
 
     def summary(self, result: GenerationResult, frames: int, fps: float) -> str:
         generated = len(result.memory_tokens)

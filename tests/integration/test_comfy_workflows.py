@@ -85,6 +85,20 @@ def test_a_finished_run_continues_for_more_seconds_and_keeps_chunks_before_an_ed
     assert (newest / "chunk_0001.safetensors").samefile(first / "chunk_0001.safetensors")  # linked, not copied
 
 
+def test_keep_chunks_regenerates_from_chunk_k_with_another_seed(server):
+    run(server, tiny_workflow("regen", seconds=3.0))
+    (first,) = run_folders(server, "regen")
+    reseeded = tiny_workflow("regen", seconds=3.0)
+    reseeded["8"]["inputs"].update(seed=9, keep_chunks=2)
+    text = summary(run(server, reseeded))
+    assert f"continuing {first.name}: 3 chunks (2 resumed, 1 generated)" in text, text
+    (second,) = [p for p in run_folders(server, "regen") if p != first]
+    assert (second / "chunk_0001.safetensors").samefile(first / "chunk_0001.safetensors")
+    assert (second / "chunk_0002.safetensors").read_bytes() != (first / "chunk_0002.safetensors").read_bytes()
+    run(server, tiny_workflow("regen_other", seconds=3.0))  # ComfyUI's cache now holds another prompt
+    assert "(3 resumed, 0 generated)" in summary(run(server, reseeded))  # the same keep_chunks run resumes
+
+
 def test_tiny_extend_workflow_continues_a_generated_clip(server):
     workflow = json.loads((API_WORKFLOWS / "pfp_tiny_extend_cpu_api.json").read_text())
     entry = run(server, workflow)
