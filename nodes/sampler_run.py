@@ -3,11 +3,9 @@ ComfyUI, and the summary shown on the node."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -18,7 +16,8 @@ import folder_paths
 from ..pfp_core.chunk_store import ChunkStore
 from ..pfp_core.generator import Callbacks, GenerationResult
 from ..pfp_core.inputs import inside
-from ..pfp_core.run_folders import KEEP_RUNS, mark_used, prune_runs, run_folders, settings_folder
+from ..pfp_core.run_folders import (KEEP_RUNS, FullChunks, latest_plain_run, mark_used, prune_runs, read_manifest,
+                                    run_folders, settings_folder, shared_chunks)
 
 
 def run_parent(run_name: str) -> Path:
@@ -28,47 +27,6 @@ def run_parent(run_name: str) -> Path:
 
 def start_hash(start: torch.Tensor) -> str:
     return hashlib.sha1(start.numpy().tobytes()).hexdigest()
-
-
-def latest_plain_run(parent: Path, run_name: str) -> Path:
-    """The most recently used run of this name that kept no chunks of another: what keep_chunks keeps from (a
-    re-queued keep_chunks run finds the same one, so it resumes)."""
-    for folder in run_folders(parent):
-        if "kept" not in read_manifest(folder):
-            return folder
-    raise ValueError(f"keep_chunks: run_name '{run_name}' has no earlier run to keep chunks from; run once with "
-                     "keep_chunks 0")
-
-
-def read_manifest(folder: Path) -> dict:
-    """A sibling run's settings; {} when its manifest is missing or damaged (it then shares nothing)."""
-    try:
-        saved = json.loads((folder / "manifest.json").read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return saved if isinstance(saved, dict) else {}
-
-
-FullChunks = Callable[[int], int]  # total video frames -> chunks that are whole (not cut short by the end)
-PER_CHUNK = ("prompts", "frames")  # fingerprint entries that may differ between runs sharing leading chunks
-
-
-def shared_chunks(saved: dict, fingerprint: dict, full_chunks: FullChunks) -> int:
-    """How many leading chunks a run with `fingerprint` would generate exactly as the run whose manifest is
-    `saved`: every other setting equal, the same chunk length, the same prompts up to there, and those chunks
-    whole in both runs (a chunk depends only on the settings and the chunks and prompts before it)."""
-    if not (isinstance(saved.get("frames"), list) and isinstance(saved.get("prompts"), list)):
-        return 0
-    others = set(saved) | set(fingerprint)
-    if any(saved.get(key) != fingerprint.get(key) for key in others - set(PER_CHUNK)):
-        return 0
-    (saved_total, saved_chunk), (total, chunk) = saved["frames"], fingerprint["frames"]
-    if saved_chunk != chunk:
-        return 0
-    limit, count = min(full_chunks(saved_total), full_chunks(total)), 0
-    while count < limit and saved["prompts"][count] == fingerprint["prompts"][count]:
-        count += 1
-    return count
 
 
 @dataclass
