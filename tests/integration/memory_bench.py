@@ -70,6 +70,8 @@ def report(data: dict) -> str:
     rows += [f"| {r['seconds']} s | {r['frames']} | {r['wall_s']} s | {r['rss_idle_mb']} MB | {r['rss_peak_mb']} MB | "
              f"{r['peak_over_idle_mb']} MB | {r['rss_after_mb']} MB | {r['frames_as_image_mb']} MB |" for r in data["runs"]]
     wan = data["wan_plan"]
+    peaks = [r["rss_peak_mb"] for r in data["runs"]]
+    spread = abs(peaks[-1] - peaks[-2]) if len(peaks) > 1 else 0.0
     return "\n".join([
         "# ComfyUI server RAM over a run (tiny workflow, VIDEO out)", "",
         f"Machine: {data['machine']}. Each run on a fresh ComfyUI 0.3.64 server (`--cpu`), the tiny workflow "
@@ -78,8 +80,8 @@ def report(data: dict) -> str:
         *rows, "",
         "The sampler returns a VIDEO read from the chunk files, and SaveVideo encodes it one chunk at a time, so "
         "no step holds the whole run's frames. At 32x32 the frames are small either way (last column); what the "
-        "table shows is that the peak does not grow with the video's length beyond the latents the run keeps "
-        "(40 s and 120 s peak within 12 MB of each other). Wall times are on 2 CPU cores shared with other work "
+        "table shows is whether the peak grows with the video's length (longest two runs: peaks "
+        f"{spread:.0f} MB apart). Wall times are on 2 CPU cores shared with other work "
         "(a training run, a test suite), so they say little about speed.", "",
         f"Planner, {wan['model']} at {wan['width']}x{wan['height']}, {wan['fps']:g} fps, {wan['video_seconds']:g} s "
         f"(20 s history, 5 s chunks): **{wan['ram_estimate_gb']} GB** of host RAM with VIDEO out (offloaded weights "
