@@ -16,7 +16,7 @@ import comfy.sample
 
 from ..pfp_core.checkpoint import check_compatible, load_encoder
 from ..pfp_core.config import DiTConfig, EncoderConfig, VAEConfig
-from ..pfp_core.incremental import IncrementalMemory
+from ..pfp_core.context import ContextCompressor
 from ..pfp_core.memory import Memory
 from ..pfp_core.planner import activation_bytes, encoder_activation_bytes
 from .wan_memory import MemoryInjection, with_memory
@@ -52,9 +52,10 @@ class EncoderHandle:
     def compress(self, latents: torch.Tensor, fps: float, time_factor: int) -> Memory:
         return self.updater(fps, time_factor)(latents, 0)
 
-    def updater(self, fps: float, time_factor: int) -> IncrementalMemory:
-        """A fresh incremental compressor for one run: only new slabs are encoded after each chunk."""
-        return IncrementalMemory(self.grid, self.config, fps, time_factor)
+    def updater(self, fps: float, time_factor: int) -> ContextCompressor:
+        """A fresh compressor for one run: the encoder's recent frames as they are, and memory of the older
+        history where only new slabs are encoded after each chunk."""
+        return ContextCompressor(self.config, self.grid, fps, time_factor)
 
     def check_model(self, model_patcher) -> None:
         net = model_patcher.model.diffusion_model

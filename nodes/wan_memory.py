@@ -6,7 +6,7 @@ optimized_attention. Without a memory in the model options the wrapper steps asi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import comfy.ldm.common_dit
@@ -40,6 +40,9 @@ def memory_forward_wrapper(executor, x, timestep, context, clip_fea=None, time_d
     padded = comfy.ldm.common_dit.pad_to_patch_size(x, model.patch_size)
     frame_times = torch.arange(injection.first_frame_time, injection.first_frame_time + padded.shape[2], device=x.device)
     memory = injection.memory.to(device=x.device, dtype=x.dtype)
+    if memory.recent_latents is not None:  # padded like the sampled latents, so both share one token grid
+        memory = replace(memory, recent_latents=comfy.ldm.common_dit.pad_to_patch_size(memory.recent_latents,
+                                                                                        model.patch_size))
     with use_attention(comfy_attention):
         out = wan_forward(model, padded, timestep, context, memory, frame_times, clip_fea)
     return out[:, :, :t, :h, :w]

@@ -33,7 +33,7 @@ from .generator import LatentHistory
 from .incremental import IncrementalMemory
 from .memory import Memory
 from .planner import dit_flops, encoder_flops, plan
-from .window import uncompressed_memory
+from .memory import empty_memory, with_recent
 
 LATENT = (16, 16, 16)  # channels, height, width of the tiny model's latents (32x32 pixels, space-to-depth)
 CHUNK_FRAMES = 8  # 1 s at 8 fps
@@ -173,7 +173,7 @@ def chunk_costs(name: str, dit: WanDiT, encoders: dict[str, MemoryEncoder], s: B
             if dtype == "fp32" and full and flops * seconds_per_flop > s.max_forward_seconds:
                 break  # predicted from the last length measured
             with torch.no_grad():
-                memory = uncompressed_memory(dit, history[:, :, -frames:], FPS)
+                memory = with_recent(empty_memory(1, cfg.dim), history, frames, cfg.patch_size)
             taken, _ = median_seconds(forward(memory, frames, dtype), s.repeats, s.case_seconds)
             full[str(seconds)] = {"history_frames": frames, "tokens": memory.token_count, "seconds": taken}
             seconds_per_flop = taken / flops

@@ -55,14 +55,18 @@ def summary(result, fps: int, seconds_taken: float, out_video: Path) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from . import procedural
+    from .storyworld import demo_video
     from .video_io import save_image
 
     out = Path(args.out)
-    image = procedural.make_video(procedural.heldout_seed(7), 1).frames[0]
-    storyboard = f"0s: a textured world with moving objects / {args.seconds / 2:g}s: the camera comes back to the start"
-    result, engine, taken = run_generation(args, image, storyboard, out / "demo.mp4", out / "demo_chunks")
-    save_image(contact_sheet(result.frames.numpy()), out / "demo_frames.png")
+    video = demo_video(max(8, int(np.ceil(args.seconds))))
+    given = video.frames[:video.fps]  # the first second is given; the rest follows the video's own storyboard
+    result, engine, taken = run_generation(args, given, video.storyboard, out / "demo.mp4", out / "demo_chunks")
+    generated = result.frames.numpy()
+    truth = video.frames[:len(generated)]
+    gap = np.zeros((6, contact_sheet(truth).shape[1], 3), np.uint8)
+    save_image(np.concatenate([contact_sheet(truth), gap, contact_sheet(generated)]), out / "demo_frames.png")
+    print(f"demo: storyboard '{video.storyboard}'")
     print("demo: " + summary(result, engine.fps, taken, out / "demo.mp4"))
 
 
@@ -97,7 +101,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
         print(json.dumps(figures, indent=1) if args.json else format_training_table(figures))
         return
     figures = plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate, args.chunk_seconds,
-                   video_seconds=args.video_seconds, batch=args.batch or 2)
+                   video_seconds=args.video_seconds, batch=args.batch or 2, recent_frames=args.recent_frames)
     print(json.dumps(figures, indent=1) if args.json else format_plan_table(figures))
 
 
@@ -118,6 +122,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=None if args.json else 1))
 
 
+def cmd_eval_continuation(args: argparse.Namespace) -> None:
+    from .continuation import ContinuationSettings, engine_generator, evaluate_continuation, format_report
+    from .pipeline import BASELINE_DIT, BASELINE_ENCODER, load_engine
+
+    settings = ContinuationSettings(videos=args.videos, seed=args.seed, steps=args.steps,
+                                    project_chunks=not args.no_projection)
+    model = engine_generator(load_engine(args.encoder, args.dit), settings)
+    window = engine_generator(load_engine(args.baseline_encoder or BASELINE_ENCODER, args.baseline_dit or BASELINE_DIT),
+                              settings)
+    with tqdm(total=2 * settings.videos, desc="eval-continuation", disable=args.quiet) as bar:
+        report = evaluate_continuation(model, window, settings, lambda text: bar.update(1))
+    if not args.json:
+        print(format_report(report))
+    print(json.dumps(report))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .distributed import launched_rank
     from .training import TrainSettings, train
@@ -125,14 +145,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     optional_path = lambda text: Path(text) if text else None
     settings = TrainSettings(stage=args.command, out=Path(args.out), steps=args.steps, batch=args.batch,
                              history_frames=tuple(args.history_frames), lr=args.lr, seed=args.seed,
-                             use_memory=not args.no_memory, bf16=not args.no_bf16, rate=args.rate,
+                             use_memory=not args.no_memory, bf16=args.bf16, rate=args.rate,
                              variant=args.variant, checkpoint_every=args.checkpoint_every,
                              retrieval_mix=args.retrieval_mix, context_window=args.context_window,
                              model=args.model or "tiny",
                              init_from=optional_path(args.init_from), dit_init=optional_path(args.dit_init),
                              lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                              grad_checkpointing=args.grad_checkpointing, device=args.device,
-                             data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings))
+                             data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
+                             world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -274,7 +295,7 @@ def non_negative_int(text: str) -> int:
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
-    from .config import DIT_CONFIGS
+    from .config import DIT_CONFIGS, ENCODER_VARIANTS
     from .distributed import DEVICES
 
     p.add_argument("--out", required=True, help="folder for checkpoints (resumes if it holds one)")
@@ -284,9 +305,19 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rate", default="4x4x2")
-    p.add_argument("--variant", default="proposed", choices=("proposed", "only_lr", "without_lr", "large_patchifier"))
+    p.add_argument("--variant", default="proposed", choices=ENCODER_VARIANTS,
+                   help="encoder variant; none: no memory, recent frames only (the sliding-window baseline)")
+    p.add_argument("--recent-frames", type=non_negative_int, default=0, metavar="R",
+                   help="the last R history latents join the context uncompressed beside the memory")
+    p.add_argument("--context-noise", type=float, default=0.0, metavar="LEVEL",
+                   help="finetune: corrupt the history with noise of a random level up to LEVEL (drift defence)")
+    p.add_argument("--world", choices=("story", "texture"), default="texture",
+                   help="procedural data: the captioned story world or Table 1's fine-texture world")
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", dest="bf16", action="store_const", const=True, default=None,
+                           help="bf16 autocast (default: whichever of bf16 and fp32 is measured faster here)")
+    precision.add_argument("--no-bf16", dest="bf16", action="store_const", const=False, help="train in fp32")
     p.add_argument("--checkpoint-every", type=positive_int, default=100)
     start = p.add_mutually_exclusive_group()
     start.add_argument("--model", choices=tuple(DIT_CONFIGS),
@@ -333,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=positive_float, default=5)
     p.add_argument("--video-seconds", type=positive_float, help="whole video, for the RAM estimate (default: history)")
     p.add_argument("--rate", default="4x4x2")
+    p.add_argument("--recent-frames", type=non_negative_int, default=0, metavar="R",
+                   help="latent frames of the history given uncompressed beside the memory (counted in the context)")
     p.add_argument("--training", action="store_true",
                    help="memory per GPU of a training step (chunk = the denoised part) instead of generation")
     p.add_argument("--batch", type=positive_int,
@@ -352,6 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", help="also write example frames: truth | retrieved | one-step | mean frame | no memory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("eval-continuation", help="continue held-out story-world videos; scene, storyboard and drift "
+                       "figures beside baselines (last line: JSON)")
+    p.add_argument("--encoder", help="memory encoder (default: embedded tiny)")
+    p.add_argument("--dit", help="DiT (default: embedded tiny)")
+    p.add_argument("--baseline-encoder", help="sliding-window baseline encoder (default: embedded)")
+    p.add_argument("--baseline-dit", help="sliding-window baseline DiT (default: embedded)")
+    p.add_argument("--videos", type=positive_int, default=8, help="videos per scene")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="held-out videos from seeds SEED..SEED+VIDEOS-1")
+    p.add_argument("--steps", type=positive_int, default=12, help="sampling steps per chunk")
+    p.add_argument("--no-projection", action="store_true",
+                   help="append generated chunks to the history as sampled (drift-defence ablation)")
+    p.add_argument("--json", action="store_true", help="only the JSON line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval_continuation)
     for stage, text in (("pretrain", "stage 1: frame-retrieval pretraining"), ("finetune", "stage 2: next-chunk finetuning")):
         p = sub.add_parser(stage, help=text)
         add_training_flags(p)

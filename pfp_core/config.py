@@ -84,7 +84,10 @@ class DiTConfig(JsonConfig):
 
 
 
-ENCODER_VARIANTS = ("proposed", "only_lr", "without_lr", "large_patchifier")
+# The paper's Table 1 variants of the memory encoder, and "none": no compressed memory at all, which with
+# recent_frames > 0 is the sliding-window baseline.
+MEMORY_VARIANTS = ("proposed", "only_lr", "without_lr", "large_patchifier")
+ENCODER_VARIANTS = MEMORY_VARIANTS + ("none",)
 
 
 @dataclass(frozen=True)
@@ -104,11 +107,22 @@ class EncoderConfig(JsonConfig):
     hr_gate_init: float = 0.1  # not 0: a zero gate barely opens in short trainings
     base_model: str = "tiny"
     fps: int = 8
+    recent_frames: int = 0  # the last R history latents join the context uncompressed (pfp_core.context)
 
     def __post_init__(self) -> None:
         if self.variant not in ENCODER_VARIANTS:
             raise ValueError(f"variant: '{self.variant}' is unknown; use one of {', '.join(ENCODER_VARIANTS)}")
         Rate.parse(self.rate)
+        if not isinstance(self.recent_frames, int) or self.recent_frames < 0:
+            raise ValueError(f"recent_frames: must be 0 or a positive whole number of latent frames, got "
+                             f"{self.recent_frames}")
+        if self.variant == "none" and not self.recent_frames:
+            raise ValueError("recent_frames: the 'none' variant has no memory, so it needs recent frames (> 0)")
+
+    @property
+    def compresses(self) -> bool:
+        """False for the sliding-window baseline, whose context is recent frames only."""
+        return self.variant != "none"
 
     @property
     def parsed_rate(self) -> Rate:
@@ -154,8 +168,9 @@ def known_dit_config(cfg: DiTConfig) -> DiTConfig | None:
     return next((known for known in DIT_CONFIGS.values() if shape(known) == shape(cfg)), None)
 
 
-def encoder_config_for(model: str, rate: str = "4x4x2", variant: str = "proposed") -> EncoderConfig:
+def encoder_config_for(model: str, rate: str = "4x4x2", variant: str = "proposed",
+                       recent_frames: int = 0) -> EncoderConfig:
     dit = dit_config(model)
     return EncoderConfig(dim=dit.dim, in_channels=dit.in_dim, patch_size=dit.patch_size, rate=rate, variant=variant,
                          width=ENCODER_WIDTHS[model], attn_heads=max(1, ENCODER_WIDTHS[model] // 32),
-                         base_model=model, fps=dit.fps)
+                         base_model=model, fps=dit.fps, recent_frames=recent_frames)

@@ -177,7 +177,7 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
         frame_times = torch.arange(grid[0], device=x.device)
     positions = grid_positions(frame_times.to(x.device).expand(x.shape[0], -1), grid[1], grid[2])
     video_tokens = x.shape[1]
-    x, positions = join_memory(x, positions, memory, patch)
+    x, positions = join_memory(model, x, positions, memory)
     angles = rope_angles(positions, x.shape[-1] // model.num_heads)
 
     time_emb = model.time_embedding(sinusoidal_embedding(model.freq_dim, timestep).to(x.dtype))

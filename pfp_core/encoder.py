@@ -123,6 +123,9 @@ class MemoryEncoder(nn.Module):
 
     def forward(self, history_latents: torch.Tensor) -> torch.Tensor:
         """history latents [B, C, T, H, W] -> memory grid [B, dim, T/st, H/sh, W/sw] (padded up to whole cells)."""
+        if not self.config.compresses:
+            raise ValueError("memory_encoder: the 'none' variant keeps no memory (sliding-window baseline); its "
+                             "context is the recent frames alone (pfp_core.context)")
         latents = pad_to_cells(history_latents, self.config.latent_stride)
         variant = self.config.variant
         if variant == "large_patchifier":

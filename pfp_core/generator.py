@@ -109,6 +109,7 @@ class GenerationRequest:
     seed: int = 0
     steps_per_chunk: int = 1  # for progress accounting only
     slab_frames: int = 1  # memory cell length in latent frames: windows start on slab boundaries
+    project_chunks: bool = True  # drift defence: a chunk joins the history as the VAE would encode its frames
     keep_frames: bool = True  # False: frames stay in the chunk store only, so RAM does not grow with the video
 
 
@@ -184,6 +185,8 @@ class AutoregressiveGenerator:
                 token_counts.append(memory.token_count)
                 latents = self._sample(span, memory, history.length - offset, window.shape, request, n, total_steps)
                 chunk_frames = to_uint8(self.decode_continuation(history, latents))
+                if request.project_chunks:
+                    latents = self.project(chunk_frames, latents)
                 if self.store is not None:
                     self.store.save(span.index, latents[0], chunk_frames)
                 self.callbacks.on_chunk(span.index, chunk_frames)
@@ -203,6 +206,15 @@ class AutoregressiveGenerator:
         context = history.tail(CAUSAL_CONTEXT_LATENTS).to(latents.dtype)
         pixels = self.vae.decode(torch.cat((context, latents), dim=2))
         return pixels[:, :, -latents.shape[2] * factor:]
+
+    def project(self, chunk_frames: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """A generated chunk as the VAE encodes its own 8-bit frames: in range, padding channels zero, exactly what
+        a history of real video holds. Without time compression a chunk's frames encode on their own; a causal VAE
+        (Wan) would need the history's frames too, so its chunks are kept as sampled."""
+        if self.vae.config.temporal_factor != 1:
+            return latents
+        pixels = chunk_frames.permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        return self.vae.encode(pixels).to(latents.dtype)
 
     def _sample(self, span: ChunkSpan, memory: Memory, first_time: int, window_shape: torch.Size,
                 request: GenerationRequest, n: int, total_steps: int) -> torch.Tensor:

@@ -1,17 +1,23 @@
-"""Memory injection: the single place where compressed history enters a Wan DiT.
+"""Context injection: the single place where history enters a Wan DiT.
 
-Memory tokens are appended to the video tokens after patch embedding, take part in every self-attention with
-their own 3D rotary positions, and are dropped before the head. The standalone DiT and ComfyUI's WanModel both
-run `pfp_core.dit.wan_forward`, which calls these functions, so an encoder trained here works unchanged there.
+The context for a chunk has two parts: the most recent latent frames at full resolution (embedded by the DiT's
+own patch embedding, as FramePack's 1x frames: the seam needs their detail) and the compressed memory of the
+older history (the encoder's tokens: what makes 20 s fit in ~5k tokens). Both are appended to the video tokens
+after patch embedding, take part in every self-attention with their own 3D rotary positions, and are dropped
+before the head. The standalone DiT and ComfyUI's WanModel both run `pfp_core.dit.wan_forward`, which calls these
+functions, so an encoder trained here works unchanged there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .atomic import save_tensors
+from .rope import grid_positions
 
 
 @dataclass
@@ -24,22 +30,48 @@ class Memory:
 
     tokens: torch.Tensor
     positions: torch.Tensor
-    latent_frames: int  # length of the compressed history in latent frames
+    latent_frames: int  # length of the history in latent frames
     seconds: float
+    recent_latents: torch.Tensor | None = None  # [B, C, R, h, w]: the last R latent frames, clean, uncompressed
+    recent_start: int = 0  # time position of the first recent frame, in latent frames from the window start
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # the DiT's patch, which turns recent latents into tokens
+
+    @property
+    def recent_token_count(self) -> int:
+        if self.recent_latents is None:
+            return 0
+        return math.prod(n // p for n, p in zip(self.recent_latents.shape[2:], self.patch_size))
 
     @property
     def token_count(self) -> int:
-        return self.tokens.shape[1]
+        """Context tokens the DiT attends to: compressed memory plus recent frames."""
+        return self.tokens.shape[1] + self.recent_token_count
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Memory":
-        return Memory(self.tokens.to(device=device, dtype=dtype), self.positions.to(device=device),
-                      self.latent_frames, self.seconds)
+        recent = None if self.recent_latents is None else self.recent_latents.to(device=device, dtype=dtype)
+        return replace(self, tokens=self.tokens.to(device=device, dtype=dtype), positions=self.positions.to(device=device),
+                       recent_latents=recent)
 
     def repeat(self, batch: int) -> "Memory":
-        """The same memory for `batch` samples (e.g. the conditional and unconditional halves of CFG)."""
+        """The same context for `batch` samples (e.g. the conditional and unconditional halves of CFG)."""
         if self.tokens.shape[0] == batch:
             return self
-        return Memory(self.tokens.expand(batch, -1, -1), self.positions, self.latent_frames, self.seconds)
+        recent = None if self.recent_latents is None else self.recent_latents.expand(batch, -1, -1, -1, -1)
+        return replace(self, tokens=self.tokens.expand(batch, -1, -1), recent_latents=recent)
+
+
+def empty_memory(batch: int, dim: int, latent_frames: int = 0, seconds: float = 0.0) -> Memory:
+    """No compressed tokens (a history too short to compress, or the sliding-window baseline)."""
+    return Memory(torch.zeros(batch, 0, dim), torch.zeros(0, 3), latent_frames, seconds)
+
+
+def with_recent(memory: Memory, window: torch.Tensor, recent_frames: int, patch_size: tuple[int, int, int]) -> Memory:
+    """`memory` of the older part of `window` [B, C, T, h, w] plus its last `recent_frames` latents uncompressed."""
+    kept = min(recent_frames, window.shape[2])
+    if not kept:
+        return memory
+    return replace(memory, recent_latents=window[:, :, window.shape[2] - kept:], recent_start=window.shape[2] - kept,
+                   patch_size=tuple(patch_size), latent_frames=max(memory.latent_frames, window.shape[2]))
 
 
 def latent_to_token_positions(positions: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
@@ -48,15 +80,33 @@ def latent_to_token_positions(positions: torch.Tensor, patch_size: tuple[int, in
     return (positions - (patch - 1) / 2) / patch
 
 
-def join_memory(tokens: torch.Tensor, positions: torch.Tensor, memory: Memory | None,
-                patch_size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Append memory tokens ([B, M, dim]) and their token-grid positions ([B, M, 3]) to the video tokens."""
+def embed_recent(model: torch.nn.Module, memory: Memory, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recent latents -> (tokens [B, R*h*w, dim], positions [B, R*h*w, 3]) through the DiT's own patch embedding,
+    at the positions the DiT gives its own frames at those times."""
+    latents = memory.repeat(batch).recent_latents
+    tokens = model.patch_embedding(latents.float())
+    times = torch.arange(tokens.shape[2], device=tokens.device) + memory.recent_start
+    positions = grid_positions(times.expand(batch, -1), tokens.shape[3], tokens.shape[4])
+    return tokens.flatten(2).transpose(1, 2), positions
+
+
+def join_memory(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
+                memory: Memory | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append the context to the video tokens: recent-frame tokens, then memory tokens ([B, M, dim]), each with
+    its token-grid positions ([B, M, 3])."""
     if memory is None or memory.token_count == 0:
         return tokens, positions
     batch = tokens.shape[0]
-    memory_tokens = memory.repeat(batch).tokens.to(tokens.dtype)
-    memory_positions = latent_to_token_positions(memory.positions.to(positions), patch_size).expand(batch, -1, -1)
-    return torch.cat((tokens, memory_tokens), dim=1), torch.cat((positions, memory_positions), dim=1)
+    parts, where = [tokens], [positions]
+    if memory.recent_latents is not None:
+        recent_tokens, recent_positions = embed_recent(model, memory, batch)
+        parts.append(recent_tokens.to(tokens.dtype))
+        where.append(recent_positions.to(positions))
+    if memory.tokens.shape[1]:
+        parts.append(memory.repeat(batch).tokens.to(device=tokens.device, dtype=tokens.dtype))
+        where.append(latent_to_token_positions(memory.positions.to(positions), tuple(model.patch_size))
+                     .expand(batch, -1, -1))
+    return torch.cat(parts, dim=1), torch.cat(where, dim=1)
 
 
 def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:
@@ -65,9 +115,13 @@ def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:
 
 
 def save_memory(memory: Memory, path: str | Path) -> Path:
-    """Safetensors with the history length in the metadata; written atomically."""
-    return save_tensors({"tokens": memory.tokens.float(), "positions": memory.positions.float()}, path,
-                        {"pfp_kind": "memory", "latent_frames": str(memory.latent_frames), "seconds": str(memory.seconds)})
+    """Safetensors with the history length (and where the recent frames start) in the metadata; written atomically."""
+    tensors = {"tokens": memory.tokens.float(), "positions": memory.positions.float()}
+    if memory.recent_latents is not None:
+        tensors["recent_latents"] = memory.recent_latents.float()
+    return save_tensors(tensors, path, {"pfp_kind": "memory", "latent_frames": str(memory.latent_frames),
+                                        "seconds": str(memory.seconds), "recent_start": str(memory.recent_start),
+                                        "patch_size": json.dumps(list(memory.patch_size))})
 
 
 def load_memory(path: str | Path) -> Memory:
@@ -76,4 +130,6 @@ def load_memory(path: str | Path) -> Memory:
     tensors, metadata = read_safetensors(path, "memory")
     if metadata.get("pfp_kind") != "memory" or {"tokens", "positions"} - set(tensors):
         raise CheckpointError(f"memory: {Path(path).name} is not a saved PFP memory; save one with PFP Save Memory")
-    return Memory(tensors["tokens"], tensors["positions"], int(metadata["latent_frames"]), float(metadata["seconds"]))
+    return Memory(tensors["tokens"], tensors["positions"], int(metadata["latent_frames"]), float(metadata["seconds"]),
+                  tensors.get("recent_latents"), int(metadata.get("recent_start", 0)),
+                  tuple(json.loads(metadata.get("patch_size", "[1, 2, 2]"))))

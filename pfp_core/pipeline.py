@@ -16,7 +16,7 @@ from .dit import WanDiT
 from .encoder import MemoryEncoder
 from .flow import guided, sample, sampling_sigmas
 from .generator import AutoregressiveGenerator, Callbacks, GenerationRequest, GenerationResult, frame_grid
-from .incremental import IncrementalMemory
+from .context import ContextCompressor
 from .memory import Memory
 from .storyboard import parse_storyboard, plan_chunks
 from .text import HashTextEncoder, TextEncoder
@@ -26,6 +26,9 @@ from .video_io import resize_frames, write_video
 WEIGHTS = Path(__file__).parent / "weights"
 DEFAULT_ENCODER = WEIGHTS / "encoders" / "pfp_tiny_encoder.safetensors"
 DEFAULT_DIT = WEIGHTS / "diffusion_models" / "pfp_tiny_dit.safetensors"  # also listed by ComfyUI's UNET loader
+# The sliding-window baseline, trained by the same recipe with recent frames only: what eval-continuation compares to.
+BASELINE_ENCODER = WEIGHTS / "encoders" / "pfp_tiny_sliding_window.safetensors"
+BASELINE_DIT = WEIGHTS / "diffusion_models" / "pfp_tiny_sliding_window_dit.safetensors"
 
 
 @dataclass
@@ -75,9 +78,9 @@ class Engine:
     def fps(self) -> int:
         return self.encoder.config.fps
 
-    def memory_updater(self) -> IncrementalMemory:
-        """A fresh incremental compressor for one run."""
-        return IncrementalMemory(torch.no_grad()(self.encoder), self.encoder.config, self.fps,
+    def memory_updater(self) -> ContextCompressor:
+        """A fresh context compressor for one run: recent frames plus incrementally updated memory."""
+        return ContextCompressor(self.encoder.config, torch.no_grad()(self.encoder), self.fps,
                                  self.vae.config.temporal_factor)
 
     def identity(self) -> str:

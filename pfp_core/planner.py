@@ -379,22 +379,29 @@ def ram_bytes(cfg: DiTConfig, vae: VAEConfig, width: int, height: int, video_fra
 
 def plan(model: str, width: int, height: int, fps: float, history_seconds: float, rate: str = "4x4x2",
          chunk_seconds: float = 5.0, dtype_bytes: int = 2, text_tokens: int = 512,
-         video_seconds: float | None = None, batch: int = 2) -> dict:
-    """Tokens, FLOPs, parameters and VRAM of generating one chunk after `history_seconds` of compressed history,
-    and the RAM of a whole `video_seconds` run (default: as long as the history)."""
+         video_seconds: float | None = None, batch: int = 2, recent_frames: int = 0) -> dict:
+    """Tokens, FLOPs, parameters and VRAM of generating one chunk after `history_seconds` of history, of which the
+    last `recent_frames` latent frames join the context uncompressed and the rest is compressed memory, and the
+    RAM of a whole `video_seconds` run (default: as long as the history)."""
     video_seconds = history_seconds if video_seconds is None else video_seconds
     cfg = _validate(model, width, height, {"fps": fps, "history_seconds": history_seconds,
                                            "chunk_seconds": chunk_seconds, "dtype_bytes": dtype_bytes,
                                            "text_tokens": text_tokens, "video_seconds": video_seconds,
                                            "batch": batch})
+    if isinstance(recent_frames, bool) or not isinstance(recent_frames, int) or recent_frames < 0:
+        raise ValueError(f"recent_frames: must be 0 or a positive whole number of latent frames, got {recent_frames!r}")
     parsed = Rate.parse(rate)
     vae, enc = VAES[cfg.vae], encoder_config_for(model, str(parsed))
     latent_h, latent_w = height // vae.spatial_factor, width // vae.spatial_factor
     per_frame = (latent_h // cfg.patch_size[1]) * (latent_w // cfg.patch_size[2])
     history_frames = latent_frame_count(frame_count(history_seconds, fps), vae.temporal_factor)
     chunk_frames = latent_frame_count(frame_count(chunk_seconds, fps), vae.temporal_factor)
+    recent = min(recent_frames, history_frames)
     history_shape = (history_frames, latent_h, latent_w)
-    memory, full, chunk = memory_token_count(enc, history_shape), history_frames * per_frame, chunk_frames * per_frame
+    older_shape = (history_frames - recent, latent_h, latent_w)
+    compressed = memory_token_count(enc, older_shape) if older_shape[0] else 0
+    full, chunk = history_frames * per_frame, chunk_frames * per_frame
+    memory = compressed + recent * per_frame  # the context: compressed memory + recent frames
     dit_params, encoder_params = dit_param_count(cfg), encoder_param_count(enc)
     weights = (dit_params + encoder_params) * dtype_bytes
     activations = activation_bytes(cfg, batch * (chunk + memory), dtype_bytes)
@@ -409,7 +416,8 @@ def plan(model: str, width: int, height: int, fps: float, history_seconds: float
         "latent_height": latent_h, "latent_width": latent_w,
         "history_latent_frames": history_frames, "chunk_latent_frames": chunk_frames,
         "tokens_per_latent_frame": per_frame,
-        "memory_grid": list(memory_grid(history_shape, enc.latent_stride)),
+        "memory_grid": list(memory_grid(older_shape, enc.latent_stride)),
+        "recent_frames": recent, "recent_tokens": recent * per_frame, "compressed_tokens": compressed,
         "memory_tokens": memory, "full_history_tokens": full, "chunk_tokens": chunk,
         "compression": round(full / memory, 3),
         "attention_flops_ratio": round((chunk + full) ** 2 / (chunk + memory) ** 2, 3),

@@ -84,18 +84,20 @@ def _apply_lighting(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
     return np.clip(rgb * gain, 0, 255).astype(np.uint8)
 
 
-def _background(rng: np.random.Generator, world_height: int, world_width: int) -> np.ndarray:
-    """float [h, w, 3]: Voronoi colour regions, each with its own fine pattern, plus per-pixel noise."""
+def _background(rng: np.random.Generator, world_height: int, world_width: int, pattern_fn=None,
+                noise: float = 12.0) -> np.ndarray:
+    """float [h, w, 3]: Voronoi colour regions, each with its own pattern (default: the fine one), plus per-pixel
+    noise of +-`noise` levels."""
+    pattern_fn = pattern_fn or _fine_pattern
     sites = rng.uniform(0, 1, size=(int(rng.integers(4, 8)), 2)) * (world_height, world_width)
     y, x = np.mgrid[0:world_height, 0:world_width]
     distances = (y[None] - sites[:, 0, None, None]) ** 2 + (x[None] - sites[:, 1, None, None]) ** 2
     region = distances.argmin(axis=0)
     colours = rng.uniform(40, 215, size=(len(sites), 3))
-    patterns = np.stack([_fine_pattern(rng, y, x) for _ in sites])  # [regions, h, w] in {-1, 1}
+    patterns = np.stack([pattern_fn(rng, y, x) for _ in sites])  # [regions, h, w] in {-1, 1}
     amplitudes = rng.uniform(18, 30, size=len(sites))
     pattern = np.take_along_axis(patterns, region[None], axis=0)[0] * amplitudes[region]
-    noise = rng.uniform(-12, 12, size=(world_height, world_width, 3))
-    return colours[region] + pattern[..., None] + noise
+    return colours[region] + pattern[..., None] + rng.uniform(-noise, noise, size=(world_height, world_width, 3))
 
 
 def _fine_pattern(rng: np.random.Generator, y: np.ndarray, x: np.ndarray) -> np.ndarray:

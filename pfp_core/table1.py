@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .atomic import write_bytes
-from .config import ENCODER_VARIANTS
+from .config import MEMORY_VARIANTS
 
 PAPER_ROWS = [("large_patchifier", "4x4x2"), ("only_lr", "4x4x2"), ("without_lr", "4x4x2"), ("proposed", "4x4x2"),
               ("proposed", "2x2x2"), ("proposed", "2x2x1")]
@@ -50,7 +50,7 @@ class Table1Settings:
     def rows(self) -> list[tuple[str, str]]:
         if not self.all_rates:
             return PAPER_ROWS[:4] + TINY_RATE_ROWS + PAPER_ROWS[4:]
-        return [(variant, rate) for rate in ("4x4x2", "2x2x2", "2x2x1") for variant in ENCODER_VARIANTS]
+        return [(variant, rate) for rate in ("4x4x2", "2x2x2", "2x2x1") for variant in MEMORY_VARIANTS]
 
 
 @dataclass(frozen=True)

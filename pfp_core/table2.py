@@ -84,19 +84,20 @@ def generate(folder: Path, video: procedural.ProceduralVideo, settings: Table2Se
     """The model in `folder` continues the video's first `prefix_frames`: uint8 [T, H, W, 3]."""
     from .checkpoint import load_dit, load_encoder
     from .generator import AutoregressiveGenerator, GenerationRequest, chunk_spans
-    from .incremental import IncrementalMemory
+    from .config import encoder_config_for
+    from .context import ContextCompressor
     from .pipeline import FlowChunkSampler, SamplerSettings
     from .text import HashTextEncoder
     from .vae import SpaceToDepthVAE
-    from .window import recent_window
 
     dit = load_dit(folder / "dit.safetensors").eval()
     fps = dit.config.fps
     if (folder / "encoder.safetensors").exists():
         encoder = load_encoder(folder / "encoder.safetensors").eval()
-        compress, slab = IncrementalMemory(torch.no_grad()(encoder), encoder.config, fps), encoder.config.latent_stride[0]
+        compress, slab = ContextCompressor(encoder.config, torch.no_grad()(encoder), fps), encoder.config.latent_stride[0]
     else:
-        compress, slab = recent_window(dit, settings.sliding_latents, fps), 1
+        window = encoder_config_for(dit.config.name, variant="none", recent_frames=settings.sliding_latents)
+        compress, slab = ContextCompressor(window, None, fps), 1
     chunks = chunk_spans(settings.video_frames, settings.prefix_frames, settings.chunk_frames)[-1].index + 1
     request = GenerationRequest(procedural.to_pixels(video.frames[None, :settings.prefix_frames]), [""] * chunks,
                                 settings.video_frames, settings.chunk_frames, settings.video_frames, seed,

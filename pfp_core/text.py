@@ -15,6 +15,10 @@ import torch
 
 
 class TextEncoder(Protocol):
+    def context(self, captions: list[str], text_len: int) -> torch.Tensor:
+        """The lookup interface of precomputed embeddings (pfp_core.text_embeddings), for captioned training."""
+        return HashTextEncoder(self.text_dim, text_len).encode(captions)
+
     def encode(self, prompts: list[str]) -> torch.Tensor: ...  # [B, text_len, text_dim]
 
 
@@ -25,6 +29,10 @@ class HashTextEncoder:
     def word_vector(self, word: str) -> torch.Tensor:
         generator = torch.Generator().manual_seed(zlib.crc32(word.encode("utf-8")))
         return torch.randn(self.text_dim, generator=generator)
+
+    def context(self, captions: list[str], text_len: int) -> torch.Tensor:
+        """The lookup interface of precomputed embeddings (pfp_core.text_embeddings), for captioned training."""
+        return HashTextEncoder(self.text_dim, text_len).encode(captions)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         context = torch.zeros(len(prompts), self.text_len, self.text_dim)

@@ -1,10 +1,16 @@
 """Training: stage 1 retrieves random past frames through memory (frame preservation), stage 2 generates the
 next chunk from memory. Same rectified-flow loss; only what is noised and where it sits in time differ.
 
-Batches are procedural videos, or clips of the user's videos (`data`, pfp_core/video_dataset.py), chosen by
+Batches are procedural videos (the captioned story world by default, pfp_core/storyworld.py, or Table 1's
+fine-texture world), or clips of the user's videos (`data`, pfp_core/video_dataset.py), chosen by
 (seed, step, rank), so a resumed run sees exactly the batches it would have seen and continues the same loss
 curve, and each torchrun process trains on its own batch. The text context is the zero (empty-prompt) context,
-or the caption of each clip looked up in precomputed embeddings (`text_embeddings`, pfp_core/text_embeddings.py).
+or the caption of each clip looked up in precomputed embeddings (`text_embeddings`, pfp_core/text_embeddings.py);
+story-world captions go through the built-in hash text encoder.
+
+Next-chunk training sees the context generation sees (pfp_core.context): the last `recent_frames` history latents
+uncompressed plus the memory of the older ones. Drift defence: `context_noise` corrupts that history with noise
+of a random level per clip (0 to context_noise), so the model learns to continue imperfect, self-made history.
 
 Scaling up: bf16 autocast on the training device over fp32 master weights, gradient checkpointing of the DiT
 blocks and the encoder's full-resolution convolutions, LoRA on a frozen DiT loaded from a Wan file
@@ -14,13 +20,14 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed, procedural
+from . import distributed, procedural, storyworld
 from .atomic import save_tensors
 from .checkpoint import (
     load_dit,
@@ -45,13 +52,16 @@ from .lora import (
     read_lora,
     save_lora,
 )
-from .memory import Memory
+from .context import build_context
+from .memory import Memory, empty_memory, with_recent
+from .precision import bf16_is_faster
+from .text import HashTextEncoder
 from .text_embeddings import FrameCaptions, TextEmbeddings, load_text_embeddings
 from .vae import SpaceToDepthVAE
 from .video_dataset import VideoClips, VideoFolder, report
-from .window import recent_window
 
 STAGES = ("pretrain", "finetune")
+WORLDS = ("story", "texture")  # procedural data: the captioned story world, or Table 1's fine-texture world
 
 
 @dataclass
@@ -70,7 +80,7 @@ class TrainSettings:
     seed: int = 0
     use_memory: bool = True  # False trains the no-memory baseline
     context_window: int = 0  # with use_memory False: the last N history latents, uncompressed (sliding-window baseline)
-    bf16: bool = True
+    bf16: bool | None = None  # None: bf16 autocast where it is measured faster than fp32 on this machine
     checkpoint_every: int = 100
     model: str = "tiny"
     rate: str = "4x4x2"
@@ -84,6 +94,9 @@ class TrainSettings:
     device: str = "auto"  # auto: this process's GPU when torch sees one, else the CPU
     data: Path | None = None  # folder of the user's videos; None: procedural videos
     text_embeddings: Path | None = None  # precomputed caption embeddings; None: zero context
+    world: str = "texture"  # procedural data without --data: "story" (captioned) or "texture" (Table 1)
+    recent_frames: int = 0  # history latents given uncompressed beside the memory (pfp_core.context)
+    context_noise: float = 0.0  # finetune: history corrupted with noise of level U(0, context_noise)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -100,6 +113,10 @@ class TrainSettings:
                              "diffusion model) or --init-from a training folder")
         if base is not None:
             self.model = trainable_size(read_dit_config(base, self.start_field), self.start_field)
+        if self.world not in WORLDS:
+            raise ValueError(f"world: '{self.world}' is unknown; use one of {', '.join(WORLDS)}")
+        if not 0.0 <= self.context_noise < 1.0:
+            raise ValueError(f"context-noise: must be in [0, 1), got {self.context_noise}")
         if self.context_window and (self.use_memory or self.stage != "finetune" or self.retrieval_mix):
             raise ValueError("context-window: the sliding-window baseline is a finetune without memory or retrieval; "
                              "use it with --no-memory --retrieval-mix 0")
@@ -173,10 +190,12 @@ def build_models(settings: TrainSettings) -> Models:
     base, saved_lora = start_files(settings)
     dit = load_dit(base, settings.start_field) if base is not None else WanDiT(dit_config(settings.model))
     encoder = None
-    if settings.use_memory and settings.init_from is not None:
+    if settings.use_memory and settings.init_from is not None and settings.variant != "none":
         encoder = load_encoder(Path(settings.init_from) / "encoder.safetensors")
+        encoder.config = replace(encoder.config, recent_frames=settings.recent_frames)
     elif settings.use_memory:
-        encoder = MemoryEncoder(encoder_config_for(settings.model, settings.rate, settings.variant))
+        encoder = MemoryEncoder(encoder_config_for(settings.model, settings.rate, settings.variant,
+                                                   settings.recent_frames))
     models = Models(dit, encoder, build_lora(settings, dit, saved_lora))
     set_grad_checkpointing(models, settings.grad_checkpointing)
     return models.train()
@@ -190,7 +209,7 @@ def step_rng(settings: TrainSettings, step: int, rank: int = 0) -> random.Random
 @dataclass
 class TrainingData:
     videos: VideoFolder | None  # None: procedural videos
-    texts: TextEmbeddings | None  # None: the zero context
+    texts: TextEmbeddings | HashTextEncoder | None  # None: the zero context
 
 
 def load_training_data(settings: TrainSettings, progress: bool = False) -> TrainingData:
@@ -206,6 +225,8 @@ def load_training_data(settings: TrainSettings, progress: bool = False) -> Train
     if settings.text_embeddings is not None:
         texts = load_text_embeddings(settings.text_embeddings)
         texts.check_covers(captions)
+    elif settings.data is None and settings.world == "story":
+        texts = HashTextEncoder(dit_config(settings.model).text_dim)
     elif captions:
         report("warning: --data has caption files but no --text-embeddings was given: training without text "
                "(build the file with `python -m pfp_core embed-texts`)")
@@ -215,25 +236,53 @@ def load_training_data(settings: TrainSettings, progress: bool = False) -> Train
 def batch_videos(settings: TrainSettings, data: TrainingData, rng: random.Random, frames: int) -> VideoClips:
     if data.videos is not None:
         return data.videos.clips(rng, settings.batch, frames)
+    if settings.world == "story":
+        return story_clips(settings, rng, frames)
     seeds = [rng.randrange(len(procedural.TRAIN_SEEDS)) for _ in range(settings.batch)]
     pixels = procedural.video_batch(seeds, frames, settings.size, dit_config(settings.model).fps)
     return VideoClips(pixels, [[""] * frames for _ in seeds])
 
 
+def story_clips(settings: TrainSettings, rng: random.Random, frames: int) -> VideoClips:
+    """Story-world clips (half static, half panning), each the first `frames` frames of an 8 s video, so clip
+    and storyboard segments start together and a chunk of one second is one segment."""
+    fps = dit_config(settings.model).fps
+    seconds = -(-frames // fps)
+    videos = [storyworld.make_story_video(rng.randrange(len(procedural.TRAIN_SEEDS)), max(8, seconds),
+                                          rng.choice(storyworld.SCENES), settings.size, fps) for _ in range(settings.batch)]
+    pixels = procedural.to_pixels(np.stack([video.frames[:frames] for video in videos]))
+    return VideoClips(pixels, [video.captions()[:frames] for video in videos])
+
+
 def encode_memory(models: Models, history_latents: torch.Tensor, settings: TrainSettings) -> Memory | None:
+    """The context a chunk after this history gets at generation (pfp_core.context)."""
     fps = dit_config(settings.model).fps
     if models.encoder is not None:
-        return models.encoder.encode(history_latents, fps)
+        encoder = models.encoder
+        memory_of = (lambda older: encoder.encode(older, fps)) if encoder.config.compresses else None
+        return build_context(encoder.config, memory_of, history_latents, fps)
     if settings.context_window:
-        return recent_window(models.dit, settings.context_window, fps)(history_latents, 0)
+        memory = empty_memory(history_latents.shape[0], models.dit.config.dim)
+        return with_recent(memory, history_latents, settings.context_window, models.dit.config.patch_size)
     return None
+
+
+def corrupt(history_latents: torch.Tensor, max_level: float, gen: torch.Generator) -> torch.Tensor:
+    """History noised to a random level in [0, max_level) per clip: practice for continuing imperfect history."""
+    if not max_level:
+        return history_latents
+    level = torch.rand(history_latents.shape[0], generator=gen).to(history_latents.device) * max_level
+    noise = torch.randn(history_latents.shape, generator=gen).to(history_latents.device)
+    return add_noise(history_latents, noise, level)
 
 
 def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
                    text: FrameCaptions | None = None) -> torch.Tensor:
-    """Stage 1: noise `targets` random frames of the history and denoise them at their own time positions."""
+    """Stage 1: noise `targets` random frames of the history and denoise them at their own time positions, from
+    the compressed memory of the whole history alone (recent frames would give some targets away)."""
     b, _, t = latents.shape[:3]
-    memory = encode_memory(models, latents, settings)
+    encoder = models.encoder
+    memory = encoder.encode(latents, dit_config(settings.model).fps) if encoder and encoder.config.compresses else None
     frame_times = torch.stack([torch.randperm(t, generator=gen)[: settings.targets] for _ in range(b)])
     index = frame_times[:, None, :, None, None].expand(-1, latents.shape[1], -1, *latents.shape[3:]).to(latents.device)
     x0 = latents.gather(2, index)
@@ -244,7 +293,7 @@ def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettin
                     text: FrameCaptions | None = None) -> torch.Tensor:
     """Stage 2: the last chunk of the clip is generated from the memory of everything before it."""
     split = latents.shape[2] - settings.chunk_frames
-    memory = encode_memory(models, latents[:, :, :split], settings)
+    memory = encode_memory(models, corrupt(latents[:, :, :split], settings.context_noise, gen), settings)
     frame_times = torch.arange(split, latents.shape[2]).expand(latents.shape[0], -1)
     return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen, text)
 
@@ -267,6 +316,19 @@ def train_step(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
     """One optimisation step on this rank's batch; `trainer` is Models, or Models wrapped in DDP. `data` from
     load_training_data; loaded here when not given (a folder scan: pass it in loops)."""
     data = data if data is not None else load_training_data(settings)
+    loss = step_loss(trainer, settings, step, rank, data, bool(settings.bf16))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = settings.lr * min(1.0, (step + 1) / settings.warmup)
+    optimizer.step()
+    return loss.item()
+
+
+def step_loss(trainer: torch.nn.Module, settings: TrainSettings, step: int, rank: int, data: TrainingData,
+              bf16: bool) -> torch.Tensor:
+    """The loss of this rank's batch for `step`: what the step draws depends only on (seed, step, rank)."""
     device = next(trainer.parameters()).device
     rng = step_rng(settings, step, rank)
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
@@ -277,15 +339,17 @@ def train_step(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
     latents = SpaceToDepthVAE().encode(clips.pixels).to(device)
     text_len = getattr(trainer, "module", trainer).dit.config.text_len  # DDP keeps the model as .module
     text = FrameCaptions(clips.captions, data.texts, text_len) if data.texts is not None else None
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
-        loss = trainer(latents, settings, gen, retrieval, text)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
-    for group in optimizer.param_groups:
-        group["lr"] = settings.lr * min(1.0, (step + 1) / settings.warmup)
-    optimizer.step()
-    return loss.item()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return trainer(latents, settings, gen, retrieval, text)
+
+
+def choose_bf16(trainer: torch.nn.Module, settings: TrainSettings, data: TrainingData) -> bool:
+    """bf16 autocast if a real training step (forward + backward, no update) runs faster with it here."""
+    def step(bf16: bool) -> None:
+        step_loss(trainer, settings, 0, 0, data, bf16).backward()
+        trainer.zero_grad(set_to_none=True)
+
+    return bf16_is_faster(step, next(trainer.parameters()).device.type)
 
 
 def save_checkpoint(models: Models, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int) -> None:
@@ -345,7 +409,7 @@ def prepare(settings: TrainSettings, process: Process) -> Run:
     and the state of the checkpoint in `out` if there is one."""
     data = load_training_data(settings, progress=process.is_main)  # before the models: a bad folder fails fast
     models = build_models(settings).to(process.device)
-    if data.texts is not None:
+    if isinstance(data.texts, TextEmbeddings):
         data.texts.check_text_dim(models.dit.config.text_dim, models.dit.config.name)
     optimizer = torch.optim.AdamW(models.trainable(), lr=settings.lr, weight_decay=0.0)
     return Run(models, optimizer, resume_step(models, optimizer, settings), data)
@@ -360,6 +424,10 @@ def append_log(path: Path, entries: list[dict]) -> None:
 def run_steps(run: Run, settings: TrainSettings, process: Process, progress: bool = True) -> list[float]:
     """Steps first_step..steps-1; returns each step's loss averaged over all processes. Rank 0 writes."""
     trainer = distributed.wrap(run.models, process)
+    if settings.bf16 is None:
+        settings = replace(settings, bf16=choose_bf16(trainer, settings, run.data))
+        if process.is_main and progress:
+            report(f"{settings.stage}: {'bf16 autocast' if settings.bf16 else 'fp32'} (measured faster on this machine)")
     out = Path(settings.out)
     if process.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from pfp_core.config import ENCODER_VARIANTS, Rate, encoder_config_for
+from pfp_core.config import MEMORY_VARIANTS, Rate, encoder_config_for
 from pfp_core.encoder import MemoryEncoder
 
 
-@pytest.mark.parametrize("variant", ENCODER_VARIANTS)
+@pytest.mark.parametrize("variant", MEMORY_VARIANTS)
 @pytest.mark.parametrize("rate,expected", [("4x4x2", 2 * 2 * 3), ("2x2x2", 4 * 4 * 3), ("2x2x1", 4 * 4 * 6), ("3x2x4", 3 * 4 * 2)])
 def test_token_counts_per_rate_and_variant(variant, rate, expected):
     encoder = MemoryEncoder(encoder_config_for("tiny", rate, variant))
@@ -17,7 +17,7 @@ def test_token_counts_per_rate_and_variant(variant, rate, expected):
 
 def test_variants_are_one_architecture_with_different_branches():
     names = {v: {n.split(".")[0] for n, _ in MemoryEncoder(encoder_config_for("tiny", variant=v)).named_parameters()}
-             for v in ENCODER_VARIANTS}
+             for v in MEMORY_VARIANTS}
     assert names["proposed"] == {"lr", "hr", "hr_gate"}
     assert names["only_lr"] == {"lr"} and names["without_lr"] == {"hr"} and names["large_patchifier"] == {"patchifier"}
 

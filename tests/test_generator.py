@@ -140,3 +140,16 @@ def test_latent_history_tail_and_window_cross_chunk_boundaries():
     assert offset == 4 and window.flatten().tolist() == list(range(4, 11))
     window, offset = history.window(6, slab=2)  # would start at 5: moves back to 4
     assert offset == 4 and window.shape[2] == 7
+
+
+@pytest.mark.parametrize("project", [True, False])
+def test_generated_chunks_join_the_history_as_the_vae_encodes_their_frames(random_engine, start_image, project):
+    request = make_request(start_image, total=9, chunk=4)
+    request.project_chunks = project
+    result = run(random_engine, None, request)
+    generated = result.latents[:, :, 1:]
+    reencoded = SpaceToDepthVAE().encode(result.frames[1:].permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    if project:  # in range, padding channels zero, exactly what real 8-bit frames give
+        assert torch.equal(generated, reencoded) and not generated[:, 12:].any()
+    else:
+        assert not torch.equal(generated, reencoded)

@@ -29,7 +29,7 @@ def test_update_cost_stays_the_size_of_a_chunk(random_engine):
             updater(history[:, :, start:end], start)
             encoded.append(updater.encoded_frames)
     assert encoded[0] == 8 and set(encoded[1:]) == {8}  # never the whole window again
-    assert len(updater.complete_slabs) == 80  # slabs that left the window were dropped
+    assert len(updater.memory.complete_slabs) == 80  # slabs that left the window were dropped
 
 
 def test_generation_with_incremental_memory_equals_the_reference(random_engine, start_image):

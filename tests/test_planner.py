@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pfp_core.attention import matmul_attention, use_attention
-from pfp_core.config import DIT_CONFIGS, ENCODER_VARIANTS, DiTConfig, dit_config, encoder_config_for
+from pfp_core.config import DIT_CONFIGS, MEMORY_VARIANTS, DiTConfig, dit_config, encoder_config_for
 from pfp_core.dit import WanDiT
 from pfp_core.encoder import MemoryEncoder
 from pfp_core.planner import dit_param_count, encoder_param_count, format_plan_table, plan
@@ -95,7 +95,7 @@ def test_dit_param_count_matches_meta_module(name):
 @pytest.mark.parametrize("name", list(DIT_CONFIGS))
 def test_encoder_param_count_matches_meta_module(name):
     for rate in RATES:
-        for variant in ENCODER_VARIANTS:
+        for variant in MEMORY_VARIANTS:
             cfg = encoder_config_for(name, rate, variant)
             with torch.device("meta"):
                 encoder = MemoryEncoder(cfg)

@@ -53,12 +53,11 @@ def test_returned_frames_mark_the_camera_back_on_its_start_view():
     assert not returned_frames(np.zeros((5, 2), dtype=int)).any()  # never left: never "returned"
 
 
-def test_uncompressed_window_keeps_true_times():
-    from pfp_core.config import dit_config
-    from pfp_core.dit import WanDiT
-    from pfp_core.window import recent_window
+def test_sliding_window_context_keeps_true_times():
+    from pfp_core.config import encoder_config_for
+    from pfp_core.context import ContextCompressor
 
-    dit = WanDiT(dit_config("tiny"))
-    memory = recent_window(dit, 3, fps=8)(torch.randn(1, 16, 10, 16, 16), offset=0)
+    window = encoder_config_for("tiny", variant="none", recent_frames=3)
+    memory = ContextCompressor(window, None, fps=8)(torch.randn(1, 16, 10, 16, 16), offset=0)
     assert memory.token_count == 3 * 64 and memory.latent_frames == 10
-    assert sorted(memory.positions[:, 0].unique().tolist()) == [7.0, 8.0, 9.0]
+    assert memory.recent_start == 7 and memory.recent_latents.shape[2] == 3

@@ -173,10 +173,10 @@ def test_sliding_window_baseline_sees_only_the_recent_latents(tmp_path):
     history = torch.randn(1, 16, 8, 16, 16)
     memory = encode_memory(models, history, settings)
     assert memory.token_count == 2 * 8 * 8  # two latent frames of 8x8 DiT patches
-    assert memory.positions[:, 0].unique().tolist() == [6.0, 7.0]  # at their true times in the history
+    assert memory.recent_start == 6 and torch.equal(memory.recent_latents, history[:, :, 6:])  # true times
     changed = history.clone()
     changed[:, :, :6] = 0  # frames outside the window do not reach the DiT
-    assert torch.equal(encode_memory(models, changed, settings).tokens, memory.tokens)
+    assert torch.equal(encode_memory(models, changed, settings).recent_latents, memory.recent_latents)
     losses = train(settings, progress=False)
     assert len(losses) == 2 and not (tmp_path / "encoder.safetensors").exists()
 
