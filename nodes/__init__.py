@@ -10,8 +10,10 @@ from .loader_nodes import LoadMemoryEncoder, LoadTinyTextEncoder, LoadTinyVAE, P
 from .memory_io_nodes import LoadMemory, SaveMemory
 from .memory_nodes import ApplyMemory, CompressHistory, RetrieveFrame
 from .plan_node import Plan
+from .prompt_context import register_prompt_handler
 from .routes import register_routes
 from .sampler_node import AutoregressiveSampler
+from .video_frames_node import VideoFrames
 from .storyboard_node import StoryboardPrompt
 
 BUNDLED = Path(__file__).resolve().parents[1] / "pfp_core" / "weights"
@@ -29,10 +31,11 @@ def register_model_folders() -> None:
 class PFPExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [LoadMemoryEncoder, LoadTinyVAE, LoadTinyTextEncoder, ProceduralImage, StoryboardPrompt, CompressHistory,
-                ApplyMemory, RetrieveFrame, SaveMemory, LoadMemory, Plan, AutoregressiveSampler]
+                ApplyMemory, RetrieveFrame, SaveMemory, LoadMemory, Plan, AutoregressiveSampler, VideoFrames]
 
 
 async def comfy_entrypoint() -> PFPExtension:
     register_model_folders()
     register_routes()  # POST /pfp/storyboard/plan for the web timeline
+    register_prompt_handler()  # the Storyboard node's validation reads the prompt
     return PFPExtension()

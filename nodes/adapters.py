@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -102,11 +102,12 @@ class ComfyChunkSampler:
     scheduler: str
     encoder: EncoderHandle | None = None
 
+    injection: MemoryInjection | None = field(default=None, init=False)
+    patched: comfy.model_patcher.ModelPatcher | None = field(default=None, init=False)
+
     def __call__(self, memory: Memory, frame_times: torch.Tensor, prompt: str, latent_shape: tuple[int, ...],
                  seed: int, on_step: Callable[[int, int, torch.Tensor], None]) -> torch.Tensor:
-        patched = with_memory(self.model, MemoryInjection(memory, int(frame_times.flatten()[0])))
-        if self.encoder is not None:  # accounted for in the same load_models_gpu call as the DiT
-            patched.set_additional_models("pfp_encoder", [self.encoder.patcher])
+        patched = self._with_memory(memory, int(frame_times.flatten()[0]))
         self._load_within_budget(patched, memory, latent_shape)
         noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
         latent_format = self.model.model.latent_format
@@ -116,6 +117,15 @@ class ComfyChunkSampler:
             callback=lambda step, x0, x, total: on_step(step + 1, total, x0))
         return latent_format.process_in(samples.float().cpu())
 
+    def _with_memory(self, memory: Memory, first_frame_time: int) -> comfy.model_patcher.ModelPatcher:
+        """One memory-patched clone for the whole run, so ComfyUI loads it once; each chunk swaps in its memory."""
+        if self.patched is None:
+            self.injection = MemoryInjection(memory, first_frame_time)
+            self.patched = with_memory(self.model, self.injection)
+            if self.encoder is not None:  # accounted for in the same load_models_gpu call as the DiT
+                self.patched.set_additional_models("pfp_encoder", [self.encoder.patcher])
+        self.injection.memory, self.injection.first_frame_time = memory, first_frame_time
+        return self.patched
 
     def _load_within_budget(self, patched, memory: Memory, latent_shape: tuple[int, ...]) -> None:
         """Tell model management what one step needs with memory tokens joined (CFG doubles the batch), so it

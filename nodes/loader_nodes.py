@@ -17,12 +17,13 @@ DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16"
 
 def encoder_path(name: str) -> str:
     """`name` as listed by the combo, found in one of the pfp_encoders folders and never outside them."""
-    for folder in folder_paths.get_folder_paths("pfp_encoders"):
+    folders = folder_paths.get_folder_paths("pfp_encoders")
+    for folder in folders:
         path = inside(folder, name, "encoder_name")
         if path.is_file():
             return str(path)
-    raise ValueError(f"encoder_name: '{name}' is not in models/pfp_encoders; pick a file from the list "
-                     "(press R to refresh it after adding one)")
+    raise ValueError(f"encoder_name: '{name}' is not in models/pfp_encoders (looked in {', '.join(folders)}); put "
+                     "the file there or pick one from the list (press R to refresh it after adding one)")
 
 
 class LoadMemoryEncoder(io.ComfyNode):
@@ -34,6 +35,15 @@ class LoadMemoryEncoder(io.ComfyNode):
             inputs=[io.Combo.Input("encoder_name", options=folder_paths.get_filename_list("pfp_encoders")),
                     io.Combo.Input("dtype", options=list(DTYPES), default="default")],
             outputs=[MemoryEncoderType.Output(display_name="memory_encoder")])
+
+    @classmethod
+    def validate_inputs(cls, encoder_name: str) -> bool | str:
+        """At /prompt, so a missing file is a 400 naming it rather than an error mid-run."""
+        try:
+            encoder_path(encoder_name)
+        except ValueError as error:
+            return str(error)
+        return True
 
     @classmethod
     def execute(cls, encoder_name: str, dtype: str) -> io.NodeOutput:

@@ -1,8 +1,9 @@
 """HTTP route for the web timeline (web/storyboard_timeline.js): POST /pfp/storyboard/plan.
 
 Body: {"storyboard": str, "global_prompt": str, "seconds": number, "fps": number, "chunk_seconds": number}.
-Answers 200 {"chunks": [...], "plan_text": "..."} with exactly the plan the Storyboard node will use (same
-`plan` function), or 200 {"error": "<one-line message>", "line": N or null} when the storyboard needs fixing.
+Answers 200 {"chunks": [...], "global_prompt": "...", "plan_text": "..."} with exactly the plan the Storyboard node
+will use (same `plan` function; each chunk also has `label`, its prompt without the global prompt), or 200
+{"error": "<one-line message>", "line": N or null} when the storyboard needs fixing.
 A body that is not such an object (bad JSON, missing field, wrong type) is a 400 {"error": ...} naming the field.
 """
 from __future__ import annotations
@@ -13,8 +14,8 @@ import re
 
 from aiohttp import web
 
-from ..pfp_core.storyboard import StoryboardError, format_plan, plan_to_json
-from .storyboard_node import chunk_grid, plan
+from ..pfp_core.storyboard import StoryboardError, format_plan, parse_storyboard, plan_to_json
+from .storyboard_node import chunk_grid, is_number, plan
 
 PATH = "/pfp/storyboard/plan"
 TEXT_FIELDS = ("storyboard", "global_prompt")
@@ -40,7 +41,7 @@ def parse_body(body: object) -> dict:
             raise BadRequest(f"{name}: expected text, got {type(value).__name__}")
         if name in NUMBER_FIELDS:
             # bool is an int in Python but never a number of seconds; json.loads accepts NaN/Infinity, so check.
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not is_number(value):
                 raise BadRequest(f"{name}: expected a number, got {type(value).__name__}")
             if not math.isfinite(value):
                 raise BadRequest(f"{name}: expected a finite number, got {value}")
@@ -61,7 +62,14 @@ def plan_response(values: dict) -> dict:
         message = str(error)
         match = _LINE.match(message)
         return {"error": message, "line": int(match.group(1)) if match else None}
-    return {"chunks": plan_to_json(chunks), "plan_text": format_plan(chunks)}
+    shared = parse_storyboard(values["storyboard"], values["global_prompt"]).global_prompt
+    rows = [{**row, "label": own_prompt(row["prompt"], shared)} for row in plan_to_json(chunks)]
+    return {"chunks": rows, "global_prompt": shared, "plan_text": format_plan(chunks)}
+
+
+def own_prompt(prompt: str, shared: str) -> str:
+    """A chunk's prompt without the global prompt in front, so timeline labels tell segments apart."""
+    return prompt.removeprefix(f"{shared}, ") if shared and prompt != shared else prompt
 
 
 async def plan_handler(request: web.Request) -> web.Response:

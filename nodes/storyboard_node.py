@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..pfp_core.generator import frame_grid
 from ..pfp_core.storyboard import (ChunkPrompt, StoryboardError, check_text, format_plan, parse_storyboard,
                                    plan_chunks)
+from .prompt_context import node_inputs
 from .types import StoryboardType
 
 
@@ -16,6 +17,7 @@ class StoryboardPlan:
     chunks: list[ChunkPrompt]
     conditioning: dict[str, list]  # prompt -> CONDITIONING
     negative: list
+    negative_prompt: str
     seconds: float
     fps: float
     chunk_seconds: float
@@ -24,7 +26,12 @@ class StoryboardPlan:
 # The widgets allow at most 3600 s in 0.1 s chunks (36,000 chunks); this stops absurd API values, which would
 # plan (and hold) millions of chunks.
 MAX_CHUNKS = 50_000
-PLAN_INPUTS = ("storyboard", "global_prompt", "seconds", "fps", "chunk_seconds")
+TEXT_INPUTS, NUMBER_INPUTS = ("storyboard", "global_prompt"), ("seconds", "fps", "chunk_seconds")
+PLAN_INPUTS = TEXT_INPUTS + NUMBER_INPUTS
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def chunk_grid(seconds: float, fps: float, chunk_seconds: float) -> tuple[int, int]:
@@ -63,15 +70,19 @@ class StoryboardPrompt(io.ComfyNode):
                     io.Float.Input("seconds", default=20.0, min=0.1, max=3600.0, step=0.1),
                     io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0),
                     io.Float.Input("chunk_seconds", default=5.0, min=0.1, max=60.0, step=0.1)],
-            outputs=[StoryboardType.Output(display_name="storyboard"), io.String.Output(display_name="plan")])
+            outputs=[StoryboardType.Output(display_name="storyboard"), io.String.Output(display_name="plan")],
+            hidden=[io.Hidden.unique_id])
 
     @classmethod
-    def validate_inputs(cls, **values) -> bool | str:
-        """Widget values only: a linked input is unknown until the run, when execute checks it. Taking **values
-        turns off ComfyUI's own min/max checks for this node, so chunk_grid bounds the numbers."""
+    def validate_inputs(cls, storyboard: str | None) -> bool | str:
+        """Checked at /prompt and reported once, on the storyboard input (see prompt_context). A linked value is
+        unknown until the run, when execute checks it; ComfyUI checks the numbers' types and ranges itself."""
+        values = {**node_inputs(cls.hidden.unique_id), "storyboard": storyboard}
         try:
-            check_text("negative prompt", values.get("negative_prompt", ""))
-            if all(name in values for name in PLAN_INPUTS):
+            if not isinstance(values.get("negative_prompt"), list):
+                check_text("negative prompt", values.get("negative_prompt", ""))
+            if all(isinstance(values.get(name), str) for name in TEXT_INPUTS) and \
+                    all(is_number(values.get(name)) for name in NUMBER_INPUTS):
                 plan(*(values[name] for name in PLAN_INPUTS))
         except StoryboardError as error:
             return str(error)
@@ -85,6 +96,7 @@ class StoryboardPrompt(io.ComfyNode):
         check_text("negative prompt", negative_prompt)
         chunks = plan(storyboard, global_prompt, seconds, fps, chunk_seconds)
         conditioning = {prompt: encode(clip, prompt) for prompt in {c.prompt for c in chunks}}
-        result = StoryboardPlan(chunks, conditioning, encode(clip, negative_prompt), seconds, fps, chunk_seconds)
+        result = StoryboardPlan(chunks, conditioning, encode(clip, negative_prompt), negative_prompt, seconds, fps,
+                                chunk_seconds)
         text = format_plan(chunks)
         return io.NodeOutput(result, text, ui={"text": [text]})

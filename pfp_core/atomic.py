@@ -13,6 +13,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+FILE_MODE = 0o644  # as ComfyUI's own outputs; safetensors would create 0600
+
 
 @contextlib.contextmanager
 def replacing(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
@@ -25,6 +27,7 @@ def replacing(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

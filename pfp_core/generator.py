@@ -110,11 +110,12 @@ class GenerationRequest:
     steps_per_chunk: int = 1  # for progress accounting only
     slab_frames: int = 1  # memory cell length in latent frames: windows start on slab boundaries
     project_chunks: bool = True  # drift defence: a chunk joins the history as the VAE would encode its frames
+    keep_frames: bool = True  # False: frames stay in the chunk store only, so RAM does not grow with the video
 
 
 @dataclass
 class GenerationResult:
-    frames: torch.Tensor  # [T, H, W, 3] uint8, exactly total_frames
+    frames: torch.Tensor  # [T, H, W, 3] uint8, exactly total_frames (none when the request keeps no frames)
     latents: torch.Tensor  # [1, C, t, h, w]
     resumed_chunks: int
     memory_tokens: list[int] = field(default_factory=list)
@@ -168,7 +169,7 @@ class AutoregressiveGenerator:
             raise ValueError(f"history_seconds: the window holds {request.window_frames} frames and one latent frame "
                              f"needs {factor}; use a longer history")
         history = LatentHistory(self.vae.encode(request.start_pixels))
-        frames = [to_uint8(request.start_pixels)]
+        frames = [to_uint8(request.start_pixels)] if request.keep_frames else []
         if len(request.prompts) < spans[-1].index + 1:
             raise ValueError(f"prompts: {len(request.prompts)} given for {spans[-1].index + 1} chunks; plan the storyboard "
                              "for the whole video")
@@ -191,8 +192,10 @@ class AutoregressiveGenerator:
                 self.callbacks.on_chunk(span.index, chunk_frames)
             self.callbacks.on_progress((n + 1) * request.steps_per_chunk, total_steps)
             history.append(latents)
-            frames.append(chunk_frames)
-        return GenerationResult(torch.cat(frames), history.all(), resumed, token_counts)
+            if request.keep_frames:
+                frames.append(chunk_frames)
+        kept = torch.cat(frames) if frames else torch.empty(0, dtype=torch.uint8)
+        return GenerationResult(kept, history.all(), resumed, token_counts)
 
     def decode_continuation(self, history: LatentHistory, latents: torch.Tensor) -> torch.Tensor:
         """Decode a chunk after its history. A causal VAE decodes a lone first latent as a single image frame, so

@@ -357,8 +357,9 @@ def _notes(cfg: DiTConfig, vae: VAEConfig) -> list[str]:
         "L^2 matrix); within 1% of peaks measured on CPU (docs/results/planner.md)",
         "weights_offloaded: the largest layer twice (one computing, the next being copied), as ComfyUI's partial "
         "loading streams weights one Linear or Conv at a time",
-        "ram_estimate_gb: offloaded weights + the whole video as ComfyUI's float32 IMAGE + fp32 latents "
-        "(finished chunks are also on disk, so an interrupted run loses nothing)",
+        "ram_estimate_gb: offloaded weights + fp32 latents (history and LATENT output) + one chunk of frames: "
+        "the sampler's VIDEO streams the chunks from disk; ram_as_image_gb holds the whole video as ComfyUI's "
+        "float32 IMAGE instead (what a frames-out sampler, or Video Frames over the whole run, takes)",
         f"fits_12gb compares against {GPU_BUDGET_GB:g} GB = 1e9 bytes (a 12 GiB card keeps ~0.9 GB for the CUDA "
         "context and ComfyUI's 0.4 GB reserve); vram_estimate_gb is the DiT step only",
         "comfyui_12gb: every phase of a chunk under ComfyUI settings (text encode with UMT5-XXL, memory encode of "
@@ -366,11 +367,14 @@ def _notes(cfg: DiTConfig, vae: VAEConfig) -> list[str]:
     ]
 
 
-def ram_bytes(cfg: DiTConfig, vae: VAEConfig, width: int, height: int, video_frames: int, weights: int) -> int:
-    """Host RAM of a whole run: offloaded weights, the frames returned as a float32 IMAGE, fp32 latents."""
+def ram_bytes(cfg: DiTConfig, vae: VAEConfig, width: int, height: int, video_frames: int, weights: int,
+              held_frames: int) -> int:
+    """Host RAM of a whole run: offloaded weights, fp32 latents twice (the history and the returned LATENT), and
+    `held_frames` frames as float32 pixels plus uint8: one chunk when the video streams from disk (VIDEO), the
+    whole video when it is returned as an IMAGE."""
     latent_frames = latent_frame_count(video_frames, vae.temporal_factor)
     latents = latent_frames * cfg.in_dim * (height // vae.spatial_factor) * (width // vae.spatial_factor) * 4
-    return weights + video_frames * height * width * 3 * 4 + latents
+    return weights + 2 * latents + held_frames * height * width * 3 * (4 + 1)
 
 
 def plan(model: str, width: int, height: int, fps: float, history_seconds: float, rate: str = "4x4x2",
@@ -404,6 +408,7 @@ def plan(model: str, width: int, height: int, fps: float, history_seconds: float
     vram = {"all_on_gpu": _gb(weights + activations),
             "weights_offloaded": _gb(2 * largest_layer_params(cfg, enc) * dtype_bytes + activations)}
     comfy = comfy_12gb(cfg, enc, vae, batch * (chunk + memory), history_shape) if vae.name in VAE_PARAMS else []
+    video_frames, chunk_video_frames = frame_count(video_seconds, fps), round(chunk_seconds * fps)
     return {
         "model": model, "width": width, "height": height, "fps": fps, "history_seconds": history_seconds,
         "chunk_seconds": chunk_seconds, "rate": str(parsed), "dtype_bytes": dtype_bytes, "text_tokens": text_tokens,
@@ -426,7 +431,8 @@ def plan(model: str, width: int, height: int, fps: float, history_seconds: float
         "fits_12gb": {case: gb <= GPU_BUDGET_GB for case, gb in vram.items()},
         "comfyui_12gb": comfy,
         "video_seconds": video_seconds,
-        "ram_estimate_gb": _gb(ram_bytes(cfg, vae, width, height, frame_count(video_seconds, fps), weights)),
+        "ram_estimate_gb": _gb(ram_bytes(cfg, vae, width, height, video_frames, weights, chunk_video_frames)),
+        "ram_as_image_gb": _gb(ram_bytes(cfg, vae, width, height, video_frames, weights, video_frames)),
         "notes": _notes(cfg, vae),
     }
 

@@ -167,6 +167,6 @@ def cli_interruptions(folder: Path, signals: list[signal.Signals], count: int, s
 
 
 def resumed_chunks(summary: str) -> int:
-    """The k of '(k resumed)' in a run's summary line; -1 when there is none."""
-    match = re.search(r"\((\d+) resumed\)", summary)
+    """The k of '(k resumed)' or '(k resumed, ...)' in a run's summary line; -1 when there is none."""
+    match = re.search(r"\((\d+) resumed\b", summary)
     return int(match.group(1)) if match else -1

@@ -170,12 +170,13 @@ def test_bad_rate_names_the_field():
         plan("wan2.1-1.3b", 832, 480, 16, 20, rate="4x4")
 
 
-def test_ram_estimate_grows_with_the_video_and_counts_its_frames():
+def test_ram_estimate_grows_with_the_latents_only_and_as_image_with_every_frame():
     short = plan("wan2.1-1.3b", 832, 480, 16, 20, video_seconds=20)
     long = plan("wan2.1-1.3b", 832, 480, 16, 20, video_seconds=120)
-    frames_bytes = (120 - 20) * 16 * 832 * 480 * 3 * 4  # float32 IMAGE
+    frames_bytes = (120 - 20) * 16 * 832 * 480 * 3 * (4 + 1)  # float32 IMAGE and the uint8 frames
     latent_bytes = (120 - 20) * 16 // 4 * 16 * 60 * 104 * 4  # fp32 Wan 2.1 latents, 4 frames each
-    assert long["ram_estimate_gb"] - short["ram_estimate_gb"] == pytest.approx((frames_bytes + latent_bytes) / 1e9,
+    assert long["ram_estimate_gb"] - short["ram_estimate_gb"] == pytest.approx(2 * latent_bytes / 1e9, abs=2e-3)
+    assert long["ram_as_image_gb"] - short["ram_as_image_gb"] == pytest.approx((frames_bytes + 2 * latent_bytes) / 1e9,
                                                                                abs=2e-3)
     assert short["ram_estimate_gb"] > short["weights_gb"]
 

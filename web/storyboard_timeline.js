@@ -7,6 +7,10 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const NODE_ID = "PFPStoryboardPrompt";
+const SAMPLER_ID = "PFPAutoregressiveSampler";
+const FRAMES_ID = "PFPVideoFrames";
+const IMAGE_SOURCES = ["LoadImage", "PFPProceduralImage"];
+const START_CLIP_COLOUR = "#2a2d31";
 const WIDGET_NAME = "pfp_timeline";
 const WATCHED = ["storyboard", "global_prompt", "seconds", "fps", "chunk_seconds"];
 const DEBOUNCE_MS = 250;
@@ -19,9 +23,11 @@ const STYLE = `
   text-overflow: ellipsis; }
 .pfp-timeline-bar { display: flex; height: 64px; border-radius: 4px; overflow: hidden;
   border: 1px solid rgba(255, 255, 255, 0.25); }
-.pfp-timeline-seg { flex-basis: 0; min-width: 0; padding: 3px 4px; overflow: hidden; color: #fff;
-  border-right: 1px solid rgba(0, 0, 0, 0.55); }
+.pfp-timeline-seg { position: relative; flex-basis: 0; min-width: 0; padding: 3px 4px; overflow: hidden;
+  color: #eef1f4; border-right: 2px solid rgba(0, 0, 0, 0.6); }
+.pfp-timeline-tick { position: absolute; top: 0; height: 5px; width: 1px; background: rgba(255, 255, 255, 0.35); }
 .pfp-timeline-seg:last-child { border-right: none; }
+.pfp-timeline-seg.start-clip { opacity: 0.7; font-style: italic; }
 .pfp-timeline-time { font-weight: bold; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .pfp-timeline-prompt { overflow: hidden; display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical;
   word-break: break-word; }
@@ -52,29 +58,76 @@ function fmtSeconds(s) {
   return `${Number(s.toFixed(3))}s`;
 }
 
-// Distinct prompts get well-separated hues (golden angle), in order of first appearance.
+// Neutral slate tones, distinct for neighbouring prompts (no hue that reads as an error or a warning).
+const TONES = ["#3b4a5c", "#4f5b52", "#5a5266", "#4b5563", "#605a4a", "#44575c"];
 function colourFor(index) {
-  return `hsl(${(index * 137.508) % 360}, 45%, 34%)`;
+  return TONES[index % TONES.length];
 }
 
-function renderPlan(root, chunks) {
-  root.replaceChildren();
-  const prompts = [...new Set(chunks.map((c) => c.prompt))];
-  const total = chunks.length ? chunks[chunks.length - 1].end : 0;
-  root.appendChild(el("div", "pfp-timeline-summary",
-    `${chunks.length} chunk${chunks.length === 1 ? "" : "s"} · ${fmtSeconds(total)} · ` +
-    `${prompts.length} prompt${prompts.length === 1 ? "" : "s"}`));
-  const bar = el("div", "pfp-timeline-bar");
+// Consecutive chunks with the same prompt form one segment, so labels stay readable at any number of chunks.
+function segmentsOf(chunks) {
+  const segments = [];
   for (const chunk of chunks) {
+    const last = segments[segments.length - 1];
+    if (last && last.prompt === chunk.prompt) last.chunks.push(chunk);
+    else segments.push({ prompt: chunk.prompt, label: chunk.label ?? chunk.prompt, line: chunk.segment_line,
+      startClip: !!chunk.startClip, chunks: [chunk] });
+  }
+  return segments;
+}
+
+// Seconds of video the sampler fed by this storyboard starts from, when the graph tells: the whole output of an
+// upstream PFP sampler (through PFP Video Frames), or 0 for a start image; null when only the run can tell.
+function startSeconds(node) {
+  const sampler = node.getOutputNodes?.(0)?.find((n) => n.type === SAMPLER_ID);
+  const source = sampler?.getInputNode(sampler.findInputSlot("start_image"));
+  if (!source) return null;
+  if (source.type !== FRAMES_ID) return IMAGE_SOURCES.includes(source.type) ? 0 : null;
+  const upstream = source.getInputNode(source.findInputSlot("video"));
+  const board = upstream?.type === SAMPLER_ID ? upstream.getInputNode(upstream.findInputSlot("storyboard")) : null;
+  const whole = board ? Number(widgetValue(board, "seconds")) : NaN;
+  const [from, length] = [Number(widgetValue(source, "start_seconds")), Number(widgetValue(source, "seconds"))];
+  const seconds = length > 0 ? length : whole - from;
+  return Number.isFinite(seconds) ? Math.max(0, seconds) : null;
+}
+
+// Chunks the start clip covers are not generated: they become one "start clip" segment.
+function withStartClip(chunks, seconds) {
+  const covered = chunks.filter((c) => c.end <= seconds + 1e-6);
+  if (!covered.length) return chunks;
+  const clip = { prompt: "\u0000start", label: "start clip (not generated)", segment_line: null, startClip: true };
+  return [...covered.map((c) => ({ ...c, ...clip })), ...chunks.slice(covered.length)];
+}
+
+function renderPlan(root, chunks, globalPrompt) {
+  root.replaceChildren();
+  const generated = chunks.filter((c) => !c.startClip);
+  const prompts = [...new Set(generated.map((c) => c.prompt))];
+  const total = chunks.length ? chunks[chunks.length - 1].end : 0;
+  const step = chunks.length ? chunks[0].end - chunks[0].start : 0;
+  const span = generated.length ? `${fmtSeconds(generated[0].start)}–${fmtSeconds(total)}` : "nothing";
+  root.appendChild(el("div", "pfp-timeline-summary",
+    `${generated.length} chunk${generated.length === 1 ? "" : "s"} of ${fmtSeconds(step)} · ${span} generated · ` +
+    `${prompts.length} prompt${prompts.length === 1 ? "" : "s"}` + (globalPrompt ? ` · global: ${globalPrompt}` : "")));
+  const bar = el("div", "pfp-timeline-bar");
+  for (const segment of segmentsOf(chunks)) {
+    const first = segment.chunks[0], last = segment.chunks[segment.chunks.length - 1];
     const seg = el("div", "pfp-timeline-seg");
-    seg.dataset.chunk = String(chunk.index);
-    seg.style.flexGrow = String(chunk.end - chunk.start); // width proportional to duration
-    seg.style.background = colourFor(prompts.indexOf(chunk.prompt));
-    const range = `${fmtSeconds(chunk.start)}–${fmtSeconds(chunk.end)}`;
-    seg.title = `chunk ${chunk.index}, ${range}${chunk.segment_line ? ` (line ${chunk.segment_line})` : ""}\n` +
-      chunk.prompt; // title is an attribute value, shown as plain text
+    seg.dataset.chunks = `${first.index}-${last.index}`;
+    seg.style.flexGrow = String(last.end - first.start); // width proportional to duration
+    seg.style.background = segment.startClip ? START_CLIP_COLOUR : colourFor(prompts.indexOf(segment.prompt));
+    if (segment.startClip) seg.classList.add("start-clip");
+    const range = `${fmtSeconds(first.start)}–${fmtSeconds(last.end)}`;
+    const count = segment.chunks.length;
+    seg.title = `${range}, chunk${count === 1 ? ` ${first.index}` : `s ${first.index}–${last.index}`}` +
+      `${segment.line ? ` (line ${segment.line})` : ""}\n${segment.prompt}`; // an attribute: shown as plain text
     seg.appendChild(el("div", "pfp-timeline-time", range));
-    seg.appendChild(el("div", "pfp-timeline-prompt", chunk.prompt));
+    seg.appendChild(el("div", "pfp-timeline-prompt", segment.label));
+    for (const chunk of segment.chunks.slice(1)) { // chunk boundaries as ticks inside the segment
+      const tick = el("div", "pfp-timeline-tick");
+      tick.style.left = `${(100 * (chunk.start - first.start)) / (last.end - first.start)}%`;
+      seg.appendChild(tick);
+    }
     bar.appendChild(seg);
   }
   root.appendChild(bar);
@@ -130,7 +183,7 @@ function attachTimeline(node) {
       answer = { error: `timeline unavailable: ${error}`, line: null };
     }
     if (ticket !== latest) return;
-    if (answer.chunks) renderPlan(root, answer.chunks);
+    if (answer.chunks) renderPlan(root, withStartClip(answer.chunks, startSeconds(node) ?? 0), answer.global_prompt);
     else renderError(root, answer.error ?? "timeline unavailable", answer.line, String(body.storyboard ?? ""));
   }
 
@@ -155,6 +208,12 @@ function attachTimeline(node) {
   const onConfigure = node.onConfigure;
   node.onConfigure = function (...args) { // a loaded workflow sets the number widgets without callbacks
     const result = onConfigure?.apply(this, args);
+    schedule();
+    return result;
+  };
+  const onConnectionsChange = node.onConnectionsChange;
+  node.onConnectionsChange = function (...args) { // a new start clip upstream changes what is generated
+    const result = onConnectionsChange?.apply(this, args);
     schedule();
     return result;
   };

@@ -14,10 +14,14 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
+
+from pfp_core.video_io import read_video
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
+API_WORKFLOWS = WORKFLOWS / "api"
 
 
 def comfy_path() -> Path:
@@ -94,17 +98,30 @@ class ComfyServer:
 
 
 def tiny_workflow(run_name: str, seconds: float = 4.0) -> dict:
-    """workflows/pfp_tiny_cpu_api.json with its own run folder (output/pfp/RUN) and frame prefix (RUN/frame)."""
-    workflow = json.loads((WORKFLOWS / "pfp_tiny_cpu_api.json").read_text())
+    """workflows/api/pfp_tiny_cpu_api.json with its own run name (output/pfp/RUN/run_<settings>) and video prefix
+    (RUN/video)."""
+    workflow = json.loads((API_WORKFLOWS / "pfp_tiny_cpu_api.json").read_text())
     workflow["8"]["inputs"]["run_name"] = run_name
     workflow["6"]["inputs"]["seconds"] = seconds
-    workflow["9"]["inputs"]["filename_prefix"] = f"{run_name}/frame"
+    workflow["9"]["inputs"]["filename_prefix"] = f"{run_name}/video"
     return workflow
 
 
-def saved_frames(entry: dict) -> list:
-    """The frames the tiny workflow's SaveImage wrote, from a /history entry."""
-    return entry["outputs"]["9"]["images"]
+def saved_files(server: ComfyServer, entry: dict) -> list[Path]:
+    """Every file the prompt's output nodes wrote, from its /history entry."""
+    return [server.output / item["subfolder"] / item["filename"]
+            for output in entry["outputs"].values() for item in output.get("images", [])]
+
+
+def saved_video(server: ComfyServer, entry: dict, node: str = "9") -> np.ndarray:
+    """The frames [T, H, W, 3] of the video a SaveVideo node (9 in the tiny workflows) wrote."""
+    item = entry["outputs"][node]["images"][0]
+    return read_video(server.output / item["subfolder"] / item["filename"])[0]
+
+
+def run_folders(server: ComfyServer, run_name: str) -> list[Path]:
+    """The runs of `run_name`: one folder per set of settings."""
+    return sorted((server.output / "pfp" / run_name).glob("run_*"))
 
 
 @contextlib.contextmanager

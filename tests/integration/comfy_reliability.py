@@ -16,16 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from bad_inputs import (PAYLOAD_MARK, encoder_unlike_dit, encoder_with, mount, pickle_file, read_only_folder, set_nan,
                         snapshot, write)
-from comfy_env import ComfyServer, saved_frames, tiny_workflow
+from comfy_env import ComfyServer, run_folders, saved_files, saved_video, tiny_workflow
 from interruptions import (Interruption, RunResult, chunks_on_disk, generation_span, read_run, resumed_chunks,
                            same_run, wait_for)
 
 from pfp_core.pipeline import DEFAULT_ENCODER
-from pfp_core.video_io import load_image
+from pfp_core.video_io import read_video
 
 Build = Callable[[ComfyServer, contextlib.ExitStack], dict]  # (server, cleanups) -> API workflow
 
@@ -35,7 +34,7 @@ class ComfyCase:
     name: str
     field: str | None  # what the message must contain; None: a valid edge input that must run
     workflow: Build
-    frames: int = 0  # accepted cases: frames SaveImage must write
+    frames: int = 0  # accepted cases: frames the saved video or images must hold
 
 
 # -------------------------------------------------------------------------------------------------- workflows
@@ -148,26 +147,31 @@ def small_disk(server: ComfyServer, stack: contextlib.ExitStack) -> dict:
     return tiny("small", seconds=4.0)
 
 
-def check_whole_chunks(folder: Path, count: int) -> None:
-    """What a failed write must leave: `count` finished chunks that load, and no temporary file."""
+def check_whole_chunks(parent: Path, count: int) -> None:
+    """What a failed write must leave in the run's folder: `count` finished chunks that load, and no temporary."""
+    (folder,) = parent.glob("run_*")
     result = read_run(folder, {"manifest.json"}, None)
     assert len(result.chunk_frames) == count and not result.strays, (sorted(result.chunk_frames), result.strays)
 
 
-def other_runs_folder(server: ComfyServer, stack: contextlib.ExitStack) -> dict:
-    folder = server.output / "pfp" / "taken"
-    folder.mkdir(parents=True)
-    write(folder / "manifest.json", b'{"seed": 99}')
-    return tiny("taken")
+def copied_run(server: ComfyServer, name: str) -> Path:
+    """The folder of a finished run copied to run name `name` (so ComfyUI's cache does not skip the sampler, and
+    the same settings find the copy)."""
+    entry = run(server, tiny("whole"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    shutil.copytree(server.output / "pfp" / "whole", server.output / "pfp" / name, dirs_exist_ok=True)
+    (folder,) = run_folders(server, name)
+    return folder
+
+
+def damaged_manifest_folder(server: ComfyServer, stack: contextlib.ExitStack) -> dict:
+    write(copied_run(server, "bad_manifest") / "manifest.json", b"{not json")
+    return tiny("bad_manifest")
 
 
 def damaged_chunk_folder(server: ComfyServer, stack: contextlib.ExitStack) -> dict:
-    """Chunks of a finished run copied to a new run name (so ComfyUI's cache does not skip the sampler), with
-    chunk 1 cut in half."""
-    entry = run(server, tiny("whole"))
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    shutil.copytree(server.output / "pfp" / "whole", server.output / "pfp" / "damaged")
-    chunk = server.output / "pfp" / "damaged" / "chunk_0001.safetensors"
+    """A finished run's copy with chunk 1 cut in half."""
+    chunk = copied_run(server, "damaged") / "chunk_0001.safetensors"
     chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
     return tiny("damaged")
 
@@ -233,7 +237,7 @@ CASES = [
     # the run folder
     ComfyCase("run folder not writable", "run_name", locked_run_folder),
     ComfyCase("disk full while writing chunk 2 (360 kB tmpfs)", "run_name", small_disk),
-    ComfyCase("run folder holds another run", "run_name", other_runs_folder),
+    ComfyCase("run folder's manifest damaged", "run_name", damaged_manifest_folder),
     ComfyCase("finished chunk file damaged", "run_name", damaged_chunk_folder),
 ]
 
@@ -275,7 +279,7 @@ def run_case(server: ComfyServer, case: ComfyCase) -> str:
             assert status == 200, body
             entry = server.wait_for(body["prompt_id"])
             errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
-            message = errors[0]["exception_message"].strip() if errors else accepted(entry)
+            message = errors[0]["exception_message"].strip() if errors else accepted(server, entry)
         after = snapshot(server.output)  # before a tmpfs the case mounted goes away
     assert {name: after.get(name) for name in before} == before, "a file that existed before changed or vanished"
     assert not [name for name in after if ".tmp" in name], f"temporary files left: {sorted(after)}"
@@ -289,50 +293,56 @@ def run_case(server: ComfyServer, case: ComfyCase) -> str:
     return message
 
 
-def accepted(entry: dict) -> str:
-    images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
-    return f"accepted: {len(images)} frames" if images else "accepted"
+def accepted(server: ComfyServer, entry: dict) -> str:
+    frames = sum(len(read_video(path)[0]) if path.suffix == ".mp4" else 1 for path in saved_files(server, entry))
+    return f"accepted: {frames} frames" if frames else "accepted"
 
 
 # --------------------------------------------------------------------------------------------- interruptions
 
-def saved_pixels(server: ComfyServer, entry: dict) -> np.ndarray:
-    return np.stack([load_image(server.output / image["subfolder"] / image["filename"]) for image in saved_frames(entry)])
-
-
 def prompt_done(server: ComfyServer, prompt_id: str) -> Callable[[], bool]:
     return lambda: bool(server.get(f"/history/{prompt_id}"))
+
+
+def new_run_folder(server: ComfyServer, run_name: str, done: Callable[[], bool]) -> Path | None:
+    """The folder a queued run creates under output/pfp/<run_name> (named by its settings), once its manifest is
+    written; None if the run ended first."""
+    if not wait_for(server.output / "pfp" / run_name, done):
+        return None
+    while not (found := run_folders(server, run_name)):
+        time.sleep(0.005)
+    return found[0] if wait_for(found[0] / "manifest.json", done) else None
 
 
 def comfy_reference(server: ComfyServer, seconds: float) -> tuple[RunResult, float]:
     """The uninterrupted run (1 s chunks), and its generation span."""
     status, body = server.post("/prompt", {"prompt": tiny_workflow("reference", seconds)})
     assert status == 200, body
-    folder = server.output / "pfp" / "reference"
+    folder = new_run_folder(server, "reference", prompt_done(server, body["prompt_id"]))
     span = generation_span(folder, round(seconds), prompt_done(server, body["prompt_id"]))
     entry = server.wait_for(body["prompt_id"])
     assert entry["status"]["status_str"] == "success", entry["status"]
-    return read_run(folder, {"manifest.json"}, saved_pixels(server, entry)), span
+    return read_run(folder, {"manifest.json"}, saved_video(server, entry)), span
 
 
 def interrupt_comfy(server: ComfyServer, name: str, seconds: float, delay: float, reference: RunResult) -> Interruption:
-    folder = server.output / "pfp" / name
     status, body = server.post("/prompt", {"prompt": tiny_workflow(name, seconds)})
     assert status == 200, body
     prompt_id = body["prompt_id"]
-    wait_for(folder / "manifest.json", prompt_done(server, prompt_id))
+    folder = new_run_folder(server, name, prompt_done(server, prompt_id))
     time.sleep(delay)
     server.post("/interrupt", {"prompt_id": prompt_id})
     entry = server.wait_for(prompt_id)
+    folder = folder or run_folders(server, name)[0]
     stopped = any(m[0] == "execution_interrupted" for m in entry["status"]["messages"])
     kept = len(chunks_on_disk(folder))
     resumed = run(server, tiny_workflow(name, seconds))
     done = resumed["status"]["status_str"] == "success"
-    # when the stop came after the sampler had finished, ComfyUI's cache hands its frames straight to SaveImage
+    # when the stop came after the sampler had finished, ComfyUI's cache hands its video straight to SaveVideo
     cached = any("8" in m[1]["nodes"] for m in resumed["status"]["messages"] if m[0] == "execution_cached")
     summary = resumed["outputs"].get("8", {}).get("text", [""])[0]
     resumed_ok = done and (cached or resumed_chunks(summary) == kept)
-    result = read_run(folder, {"manifest.json"}, saved_pixels(server, resumed) if done else None)
+    result = read_run(folder, {"manifest.json"}, saved_video(server, resumed) if done else None)
     return Interruption("/interrupt", round(delay, 3), stopped, kept, server.is_up(), resumed_ok,
                         done and same_run(reference, result), result.strays)
 
@@ -382,7 +392,7 @@ def batch_soak(server: ComfyServer, prompts: int, warmup: int = 5, seconds: floa
     baseline, files_before = resident_bytes(server.process.pid), leftover_files(server)
     entries += queue(warmup, prompts)
     final, files_after = resident_bytes(server.process.pid), leftover_files(server)
-    runs = [server.output / "pfp" / f"soak_{i}" for i in range(prompts)]
+    runs = [folder for i in range(prompts) for folder in run_folders(server, f"soak_{i}")]
     return {"prompts": prompts, "warmup": warmup,
             "succeeded": sum(e["status"]["status_str"] == "success" for e in entries),
             "rss_after_warmup_mb": round(baseline / 2**20, 1), "rss_after_last_mb": round(final / 2**20, 1),

@@ -1,19 +1,20 @@
-"""The pack inside a real ComfyUI server on loopback: nodes registered, the tiny workflows through /prompt,
-validation errors as HTTP 400 with our message, the memory nodes with stock nodes. Bad inputs, interrupt and
-resume, and the batch soak are in test_reliability.py."""
+"""The pack inside a real ComfyUI server on loopback: nodes registered, the tiny workflows through /prompt to a
+video, edit and run again, validation errors as HTTP 400 with our message on the input at fault, the memory nodes
+with stock nodes. Bad inputs, interrupt and resume, and the batch soak are in test_reliability.py."""
 import json
 
 import numpy as np
 import pytest
 
-from comfy_env import WORKFLOWS, comfy_path, comfy_server, saved_frames, tiny_workflow
+from comfy_env import API_WORKFLOWS, comfy_path, comfy_server, run_folders, saved_video, tiny_workflow
 
 from pfp_core.procedural import heldout_seed, make_video
+from pfp_core.run_folders import KEEP_RUNS
 from pfp_core.video_io import load_image
 
 NODES = ["PFPLoadMemoryEncoder", "PFPTinyVAE", "PFPTinyTextEncoder", "PFPProceduralImage", "PFPStoryboardPrompt",
          "PFPCompressHistory", "PFPApplyMemory", "PFPRetrieveFrame", "PFPSaveMemory", "PFPLoadMemory", "PFPPlan",
-         "PFPAutoregressiveSampler"]
+         "PFPAutoregressiveSampler", "PFPVideoFrames"]
 
 
 @pytest.fixture(scope="module")
@@ -32,32 +33,104 @@ def test_every_node_is_registered_with_its_category(server):
     assert "pfp_tiny_dit.safetensors" in info["UNETLoader"]["input"]["required"]["unet_name"][0]
 
 
-def test_tiny_workflow_runs_to_the_promised_frames(server):
-    status, body = server.post("/prompt", {"prompt": tiny_workflow("tiny_full")})
+def run(server, workflow: dict) -> dict:
+    status, body = server.post("/prompt", {"prompt": workflow})
     assert status == 200, body
     entry = server.wait_for(body["prompt_id"])
     assert entry["status"]["status_str"] == "success", entry["status"]
-    assert len(saved_frames(entry)) == 32  # 4 s at 8 fps
-    chunks = sorted((server.output / "pfp" / "tiny_full").glob("chunk_*.safetensors"))
-    assert len(chunks) == 4
+    return entry
+
+
+def summary(entry: dict) -> str:
+    return entry["outputs"]["8"]["text"][0]
+
+
+def test_tiny_workflow_saves_a_video_with_the_promised_frames(server):
+    entry = run(server, tiny_workflow("tiny_full"))
+    assert saved_video(server, entry).shape == (32, 32, 32, 3)  # 4 s at 8 fps
+    (folder,) = run_folders(server, "tiny_full")
+    assert len(list(folder.glob("chunk_*.safetensors"))) == 4
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir())
+    assert summary(entry).startswith(f"new run tiny_full/{folder.name}: 4 chunks (0 resumed, 4 generated)")
+
+
+def test_edit_and_run_again_starts_a_new_run_and_the_same_settings_resume(server):
+    first = tiny_workflow("edits", seconds=3.0)
+    assert "new run" in summary(run(server, first))
+    edits = [("8", "seed", 1), ("6", "storyboard", "0s: another world"), ("8", "steps", 4)]
+    for node, name, value in edits:
+        edited = json.loads(json.dumps(first))
+        edited[node]["inputs"][name] = value
+        assert "new run" in summary(run(server, edited)), (name, value)
+    assert len(run_folders(server, "edits")) == 1 + len(edits)
+    resumed = run(server, first)
+    assert summary(resumed).startswith("resumed edits/") and "(3 resumed, 0 generated)" in summary(resumed)
+    for seed in range(2, 2 + KEEP_RUNS):  # retention: only the most recently used runs stay on disk
+        seeded = json.loads(json.dumps(first))
+        seeded["8"]["inputs"]["seed"] = seed
+        run(server, seeded)
+    assert len(run_folders(server, "edits")) == KEEP_RUNS
+
+
+def test_a_finished_run_continues_for_more_seconds_and_keeps_chunks_before_an_edited_prompt(server):
+    short = tiny_workflow("continued", seconds=3.0)
+    run(server, short)
+    (first,) = run_folders(server, "continued")
+    longer = run(server, tiny_workflow("continued", seconds=5.0))
+    assert f"continuing {first.name}: 5 chunks (3 resumed, 2 generated)" in summary(longer), summary(longer)
+    edited = tiny_workflow("continued", seconds=3.0)
+    edited["6"]["inputs"]["storyboard"] = "0s: a textured world with moving objects\n2s: a storm rolls in"
+    assert "(2 resumed, 1 generated)" in summary(run(server, edited))  # chunks 0-1 had the same prompts
+    newest = max(run_folders(server, "continued"), key=lambda p: p.stat().st_mtime)
+    assert (newest / "chunk_0001.safetensors").samefile(first / "chunk_0001.safetensors")  # linked, not copied
+
+
+def test_keep_chunks_regenerates_from_chunk_k_with_another_seed(server):
+    run(server, tiny_workflow("regen", seconds=3.0))
+    (first,) = run_folders(server, "regen")
+    reseeded = tiny_workflow("regen", seconds=3.0)
+    reseeded["8"]["inputs"].update(seed=9, keep_chunks=2)
+    text = summary(run(server, reseeded))
+    assert f"continuing {first.name}: 3 chunks (2 resumed, 1 generated)" in text, text
+    (second,) = [p for p in run_folders(server, "regen") if p != first]
+    assert (second / "chunk_0001.safetensors").samefile(first / "chunk_0001.safetensors")
+    assert (second / "chunk_0002.safetensors").read_bytes() != (first / "chunk_0002.safetensors").read_bytes()
+    run(server, tiny_workflow("regen_other", seconds=3.0))  # ComfyUI's cache now holds another prompt
+    assert "(3 resumed, 0 generated)" in summary(run(server, reseeded))  # the same keep_chunks run resumes
 
 
 def test_tiny_extend_workflow_continues_a_generated_clip(server):
-    workflow = json.loads((WORKFLOWS / "pfp_tiny_extend_cpu_api.json").read_text())
-    status, body = server.post("/prompt", {"prompt": workflow})
-    assert status == 200, body
-    entry = server.wait_for(body["prompt_id"])
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    assert len(saved_frames(entry)) == 32  # 2 s generated, then extended to 4 s at 8 fps
+    workflow = json.loads((API_WORKFLOWS / "pfp_tiny_extend_cpu_api.json").read_text())
+    entry = run(server, workflow)
+    assert len(saved_video(server, entry)) == 32  # 2 s generated, then extended to 4 s at 8 fps
 
 
-def test_invalid_storyboard_is_rejected_before_running_with_the_line_named(server):
-    workflow = tiny_workflow("tiny_bad")
-    workflow["6"]["inputs"]["storyboard"] = "3s: later\n1s: earlier"
+def test_video_frames_gives_a_frame_range_of_a_run(server):
+    workflow = tiny_workflow("frames")
+    workflow["10"] = {"class_type": "PFPVideoFrames", "inputs": {"video": ["8", 0], "start_seconds": 1.0, "seconds": 2.0}}
+    workflow["11"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "frames/frame"}}
+    entry = run(server, workflow)
+    assert len(entry["outputs"]["11"]["images"]) == 16  # 2 s at 8 fps
+
+
+def refusal(server, node: str, name: str, value) -> dict:
+    """The one /prompt error (HTTP 400) of the tiny workflow with node.name set to value; it must be on that input."""
+    workflow = tiny_workflow("tiny_refused")
+    workflow[node]["inputs"][name] = value
     status, body = server.post("/prompt", {"prompt": workflow})
-    assert status == 400
-    errors = body["node_errors"]["6"]["errors"]
-    assert "storyboard line 2" in json.dumps(errors)
+    assert status == 400, body
+    (error,) = body["node_errors"][node]["errors"]
+    assert error["extra_info"]["input_name"] == name, error
+    return error
+
+
+def test_invalid_storyboard_is_one_error_on_the_storyboard_input_with_the_line_named(server):
+    assert "storyboard line 2" in refusal(server, "6", "storyboard", "3s: later\n1s: earlier")["details"]
+
+
+def test_a_missing_encoder_file_is_refused_at_prompt_naming_file_and_folder(server):
+    details = refusal(server, "5", "encoder_name", "missing.safetensors")["details"]
+    assert "'missing.safetensors'" in details and str(server.models / "pfp_encoders") in details
 
 
 def test_memory_nodes_compose_with_stock_nodes(server):

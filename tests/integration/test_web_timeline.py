@@ -43,6 +43,17 @@ def request(storyboard: str, **overrides) -> dict:
             **overrides}
 
 
+def segments(chunks: list) -> list[list]:
+    """Consecutive chunks with the same prompt: what the timeline draws as one segment."""
+    groups: list[list] = []
+    for chunk in chunks:
+        if groups and groups[-1][0].prompt == chunk.prompt:
+            groups[-1].append(chunk)
+        else:
+            groups.append([chunk])
+    return groups
+
+
 def node_plan(body: dict) -> list:
     """What nodes/storyboard_node.plan computes (it cannot be imported without comfy)."""
     total_frames, chunk_frames = frame_grid(body["seconds"], body["chunk_seconds"], body["fps"])
@@ -65,6 +76,10 @@ def test_route_plans_like_the_node(server, overrides):
     assert bounds == pytest.approx([t for c in expected for t in (c.start, c.end)])
     assert answer["plan_text"].count("\n") == len(expected) - 1
     assert XSS in answer["chunks"][0]["prompt"]  # the server returns text; escaping is the front end's job
+    shared = body["global_prompt"]
+    assert answer["global_prompt"] == shared
+    assert [c["label"] for c in answer["chunks"]] == [c.prompt.removeprefix(f"{shared}, ") if shared else c.prompt
+                                                      for c in expected]
 
 
 def test_route_reports_the_storyboard_error_and_its_line(server):
@@ -210,13 +225,19 @@ def chromium_page(tmp: Path, url: str):
 
 # ------------------------------------------------------------------------------------------ the front end
 
+def neutral(colour: str) -> bool:
+    """A slate tone, not a hue that reads as an error: the channels of 'rgb(r, g, b)' stay within 40 of each other."""
+    channels = [int(v) for v in colour.removeprefix("rgb(").removesuffix(")").split(",")]
+    return max(channels) - min(channels) <= 40
+
 TIMELINE = "document.querySelector('.pfp-timeline')"
 READ_TIMELINE = f"""(() => {{
   const root = {TIMELINE};
   if (!root) return null;
   return {{
+    summary: root.querySelector('.pfp-timeline-summary')?.textContent ?? null,
     segments: [...root.querySelectorAll('.pfp-timeline-seg')].map(s => ({{
-      chunk: Number(s.dataset.chunk), time: s.querySelector('.pfp-timeline-time').textContent,
+      chunks: s.dataset.chunks, time: s.querySelector('.pfp-timeline-time').textContent,
       prompt: s.querySelector('.pfp-timeline-prompt').textContent, width: s.getBoundingClientRect().width,
       colour: s.style.background}})),
     error: root.querySelector('.pfp-timeline-error')?.textContent ?? null,
@@ -245,7 +266,7 @@ def test_timeline_in_the_real_front_end(server, tmp_path):
           node.widgets.find(w => w.name === 'storyboard').value = {json.dumps(VALID)};
           app.canvas.setDirty(true, true);
         }})()""")
-        expected = node_plan(request(VALID))
+        expected = segments(node_plan(request(VALID)))
         state = page.wait_for(f"(() => {{ const s = {READ_TIMELINE};"
                               f" return s && s.segments.length === {len(expected)} && s.visible"
                               f" && s.segments[0].prompt.includes('<img') ? s : null; }})()",
@@ -254,14 +275,16 @@ def test_timeline_in_the_real_front_end(server, tmp_path):
         page.screenshot(tmp_path / "timeline.png")
         print(f"screenshot: {tmp_path / 'timeline.png'}")
 
-        assert [s["prompt"] for s in state["segments"]] == [c.prompt for c in expected]
+        assert [s["prompt"] for s in state["segments"]] == [group[0].prompt for group in expected]
+        assert [s["chunks"] for s in state["segments"]] == [f"{g[0].index}-{g[-1].index}" for g in expected]
         assert state["segments"][0]["prompt"] == f"a cat {XSS} sleeps"  # shown as text ...
         assert "img" not in state["elements"]  # ... so no <img> element was created
         assert not [e for e in page.events if e.get("method") == "Page.javascriptDialogOpening"]  # no alert(1)
-        assert state["segments"][0]["time"] == "0s–5s" and state["segments"][-1]["time"] == "15s–20s"
+        assert state["segments"][0]["time"] == "0s–5s" and state["segments"][-1]["time"] == "10s–20s"
         widths = [s["width"] for s in state["segments"]]
-        assert max(widths) - min(widths) < 2  # four equal 5 s chunks
-        assert state["segments"][1]["colour"] != state["segments"][0]["colour"]
+        assert 1.8 * widths[0] < widths[-1] < 2.2 * widths[0]  # width follows duration: 10 s against 5 s
+        colours = [s["colour"] for s in state["segments"]]
+        assert colours[1] != colours[0] and all(neutral(c) for c in colours), colours
         assert state["error"] is None
 
         # Typing into the textarea (real input events) redraws with the error and its line.
@@ -286,16 +309,20 @@ def test_timeline_in_the_real_front_end(server, tmp_path):
         assert state["badLine"] == f"2 │ 1s: {PAYLOAD}"
         assert not {"img", "script", "b"} & set(state["elements"]), state["elements"]
 
-        # A changed number widget (through its callback) replans: 20 s in 2.5 s chunks is 8 chunks. The global
-        # prompt, with markup, is in front of every chunk's prompt, as text.
+        # A changed number widget (through its callback) replans: 20 s in 2.5 s chunks is 8 chunks in 4 segments.
+        # The global prompt, with markup, is shown once in the summary, as text; labels start with their own prompt.
         page.evaluate(f"""(() => {{
           pfpNode.widgets.find(w => w.name === 'storyboard').value = {json.dumps(VALID)};
           pfpNode.widgets.find(w => w.name === 'global_prompt').value = {json.dumps(PAYLOAD)};
           const w = pfpNode.widgets.find(w => w.name === 'chunk_seconds'); w.value = 2.5; w.callback(2.5);
         }})()""")
-        state = page.wait_for(f"(() => {{ const s = {READ_TIMELINE}; return s && s.segments.length === 8 ? s : null; }})()",
-                              timeout=60, what="8 segments after chunk_seconds = 2.5")
-        assert all(seg["prompt"].startswith(PAYLOAD) for seg in state["segments"]), state["segments"]
+        body = request(VALID, global_prompt=PAYLOAD, chunk_seconds=2.5)
+        expected = segments(node_plan(body))
+        state = page.wait_for(f"(() => {{ const s = {READ_TIMELINE}; return s && s.summary?.startsWith('8 chunks') ? s : null; }})()",
+                              timeout=60, what="8 chunks after chunk_seconds = 2.5")
+        assert len(state["segments"]) == len(expected) == 4
+        assert state["summary"].endswith(f"global: {PAYLOAD}")
+        assert [s["prompt"] for s in state["segments"]] == [g[0].prompt.removeprefix(f"{PAYLOAD}, ") for g in expected]
         assert not {"img", "script", "b"} & set(state["elements"]), state["elements"]
         time.sleep(1)  # a parsed <img> would fire its onerror within this time
         assert page.evaluate("window.pfpInjected === undefined")

@@ -1,5 +1,6 @@
 """Every shipped workflow against the real ComfyUI's node definitions: only core and PFP nodes, type-correct
-links, widget values in range, and each UI workflow the same graph as its API twin."""
+links, widget values in range, and each UI workflow (workflows/, what the template browser lists) the same graph
+as its API twin (workflows/api/, for /prompt and the batch client)."""
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from comfy_env import comfy_path, comfy_server
 from workflow_format import api_problems, ui_to_api
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-API_FILES = sorted(WORKFLOWS.glob("*_api.json"))
+API_FILES = sorted((WORKFLOWS / "api").glob("*_api.json"))
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,12 @@ def test_the_required_workflows_are_shipped_in_pairs():
     assert any("tiny" in n for n in names) and any("extend" in n for n in names)
     assert any("wan21_1.3b" in n for n in names) and any("wan22_5b" in n for n in names)
     for api in API_FILES:
-        assert api.with_name(api.name.replace("_api.json", ".json")).exists(), f"{api.name} has no UI twin"
+        assert ui_twin(api).exists(), f"{api.name} has no UI twin"
+    assert not list(WORKFLOWS.glob("*_api.json")), "API workflows in workflows/ would be listed as templates"
+
+
+def ui_twin(api: Path) -> Path:
+    return WORKFLOWS / api.name.replace("_api.json", ".json")
 
 
 @pytest.mark.parametrize("api_path", API_FILES, ids=lambda p: p.stem)
@@ -38,7 +44,7 @@ def test_api_workflow_is_valid_for_this_comfyui(api_path, object_info):
 
 @pytest.mark.parametrize("api_path", API_FILES, ids=lambda p: p.stem)
 def test_ui_workflow_is_the_same_graph_as_its_api_twin(api_path, object_info):
-    ui = json.loads(api_path.with_name(api_path.name.replace("_api.json", ".json")).read_text())
+    ui = json.loads(ui_twin(api_path).read_text())
     assert ui_to_api(ui, object_info) == json.loads(api_path.read_text())
     link_ids = {link[0] for link in ui["links"]}
     assert all(s["link"] in link_ids for n in ui["nodes"] for s in n["inputs"] if s["link"] is not None)

@@ -16,10 +16,17 @@ def is_widget(spec: list) -> bool:
     return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
 
 
+# the front end gives these INT inputs a control_after_generate widget even when the node does not ask for one
+LEGACY_SEEDS = {"seed", "noise_seed"}
+
+
+def has_control(name: str, spec: list) -> bool:
+    return bool(len(spec) > 1 and spec[1].get("control_after_generate")) or (spec[0] == "INT" and name in LEGACY_SEEDS)
+
+
 def widget_names(node_info: dict) -> list[tuple[str, bool]]:
     """(name, has a control_after_generate value after it) in the order the front end stores widgets_values."""
-    return [(name, bool(len(spec) > 1 and spec[1].get("control_after_generate")))
-            for name, spec in input_specs(node_info) if is_widget(spec)]
+    return [(name, has_control(name, spec)) for name, spec in input_specs(node_info) if is_widget(spec)]
 
 
 def ui_to_api(ui: dict, info: dict) -> dict:
