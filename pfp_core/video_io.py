@@ -6,7 +6,10 @@ mp4v cannot encode odd sizes (the encoder silently drops the last row/column), s
 heights/widths by repeating the last row/column; reading such a video back gives the padded, even size.
 Images go through imencode/imdecode plus Python file I/O because cv2.imread/imwrite fail on non-ASCII
 paths on Windows. FFmpeg's own log lines ("moov atom not found") are silenced unless OPENCV_FFMPEG_LOGLEVEL is
-set: every read failure is reported as one VideoReadError line instead.
+set, and OpenCV's own `[ WARN ]` lines unless OPENCV_LOG_LEVEL is set: every failure is reported as one error
+line instead. A written video is read back (its frame count) before it replaces the target, because OpenCV's
+writer reports no write error (a full disk leaves a few kB that no player opens).
+Start images are refused by file size and by the pixel count in their header (pfp_core.limits) before decoding.
 """
 from __future__ import annotations
 
@@ -18,9 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import limits
 from .atomic import replacing, write_bytes
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")  # OpenCV reads it when it first opens a video
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 class VideoReadError(ValueError):
@@ -33,18 +39,29 @@ def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
     if fps <= 0:
         raise ValueError(f"fps: expected a positive number, got {fps}")
     frames = _pad_to_even(frames)
-    path = Path(path)
-    with replacing(path, keep_suffix=True) as temporary:  # OpenCV picks the container from the suffix
+    path = limits.check_utf8_path(path, "out")
+    check = lambda written: _check_frame_count(written, len(frames), path)
+    with replacing(path, keep_suffix=True, check=check) as temporary:  # OpenCV picks the container from the suffix
         height, width = frames.shape[1:3]
         writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
         if not writer.isOpened():
-            raise OSError(f"video: cannot open an mp4v writer for '{path}'")
+            raise OSError(f"out: cannot open an mp4v writer for {path}; choose a writable folder")
         for frame in frames:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         writer.release()
-        if temporary.stat().st_size == 0:
-            raise OSError(f"video: the mp4v encoder wrote nothing for '{path}'")
     return path
+
+
+def _check_frame_count(written: Path, frames: int, path: Path) -> None:
+    """OSError unless `written` opens as a video of `frames` frames."""
+    try:
+        with open_capture(written) as capture:
+            found = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    except VideoReadError:
+        found = 0
+    if found != frames:
+        raise OSError(f"out: cannot write {path} (the mp4 holds {found} of {frames} frames: the disk is full or a file "
+                      f"size limit was reached); free space or choose another folder; any earlier {path.name} is kept")
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
