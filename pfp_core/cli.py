@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import limits
 from .errors import GenerationCancelled
 
 
@@ -237,40 +240,45 @@ def bench_stages(args: argparse.Namespace) -> None:
           f"{Path(args.out) / (args.what + '.md')}")
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def number(convert: type, low: float, high: float, low_allowed: bool = False) -> Callable[[str], float]:
+    """An argparse type: `convert(text)` (int or float), finite, above `low` (or equal with low_allowed) and at most
+    `high`, else a message naming the range; caps come from pfp_core.limits so the nodes share them."""
+    kind = "whole number" if convert is int else "number"
+    top = str(high) if convert is int else f"{high:g}"
+    bounds = f"from {low:g} to {top}" if low_allowed else f"above {low:g} and at most {top}"
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except (ValueError, OverflowError):
+            value = math.nan
+        if not (math.isfinite(value) and (low <= value if low_allowed else low < value) and value <= high):
+            raise argparse.ArgumentTypeError(f"must be a {kind} {bounds}, got {text}")
+        return value
+
+    parse.__name__ = kind
+    return parse
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
+positive_int = number(int, 0, 10**9)
+seconds = number(float, 0, limits.MAX_VIDEO_SECONDS)
+seed = number(int, 0, limits.MAX_SEED, low_allowed=True)
 
 
-def add_generation_flags(p: argparse.ArgumentParser, seconds: float | None) -> None:
-    p.add_argument("--seconds", type=positive_float, default=seconds, required=seconds is None, help="video length")
+def add_generation_flags(p: argparse.ArgumentParser, default_seconds: float | None) -> None:
+    p.add_argument("--seconds", type=seconds, default=default_seconds,
+                   required=default_seconds is None, help="video length")
     p.add_argument("--encoder", help="memory encoder .safetensors (default: embedded tiny)")
     p.add_argument("--dit", help="DiT .safetensors (default: embedded tiny)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=positive_int, default=12, help="sampling steps per chunk")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--steps", type=number(int, 0, 1000), default=12, help="sampling steps per chunk")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--shift", type=positive_float, default=1.0, help="noise schedule shift")
+    p.add_argument("--shift", type=number(float, 0, 100), default=1.0, help="noise schedule shift")
     p.add_argument("--solver", choices=("euler", "heun"), default="euler")
-    p.add_argument("--chunk-seconds", type=positive_float, default=1.0)
-    p.add_argument("--history-seconds", type=positive_float, default=20.0, help="history window compressed into memory")
+    p.add_argument("--chunk-seconds", type=seconds, default=1.0)
+    p.add_argument("--history-seconds", type=seconds, default=20.0, help="history window compressed into memory")
     p.add_argument("--global-prompt", default="", help="prompt carried into every storyboard segment")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive whole number, got {text}")
-    return value
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -279,10 +287,11 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", required=True, help="folder for checkpoints (resumes if it holds one)")
     p.add_argument("--steps", type=positive_int, default=1000)
-    p.add_argument("--batch", type=positive_int, default=8)
-    p.add_argument("--history-frames", type=positive_int, nargs="+", default=[32, 48, 64, 96])
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=number(int, 0, 4096), default=8)
+    p.add_argument("--history-frames", type=number(int, 0, int(limits.MAX_VIDEO_SECONDS * limits.MAX_FPS)), nargs="+",
+                   default=[32, 48, 64, 96])
+    p.add_argument("--lr", type=number(float, 0, 1e30), default=1e-3)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--rate", default="4x4x2")
     p.add_argument("--variant", default="proposed", choices=("proposed", "only_lr", "without_lr", "large_patchifier"))
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")
@@ -294,14 +303,15 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     start.add_argument("--dit-init", metavar="PATH", help="start from a Wan DiT .safetensors (original or ComfyUI "
                        "layout, or a folder of shards); its size sets --model")
     start.add_argument("--init-from", metavar="DIR", help="start from a training folder (finetune after pretrain)")
-    p.add_argument("--lora-rank", type=non_negative_int, default=0,
+    p.add_argument("--lora-rank", type=number(int, 0, limits.MAX_WIDTH, low_allowed=True), default=0,
                    help="train a LoRA of this rank on the frozen DiT (0: train the whole DiT)")
-    p.add_argument("--lora-alpha", type=positive_float, help="LoRA scale = alpha / rank (default: alpha = rank)")
+    p.add_argument("--lora-alpha", type=number(float, 0, 1e6), help="LoRA scale = alpha / rank (default: alpha = rank)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute activations in backward: far less memory for ~1/3 more compute")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: this process's GPU if torch sees one")
-    p.add_argument("--retrieval-mix", type=float, default=0.25, help="finetune: share of retrieval steps kept")
-    p.add_argument("--context-window", type=int, default=0, metavar="LATENTS",
+    p.add_argument("--retrieval-mix", type=number(float, 0, 1, low_allowed=True), default=0.25,
+                   help="finetune: share of retrieval steps kept")
+    p.add_argument("--context-window", type=number(int, 0, 10**6, low_allowed=True), default=0, metavar="LATENTS",
                    help="finetune with --no-memory: the last LATENTS history latents as uncompressed context "
                         "(the sliding-window baseline)")
     p.add_argument("--data", metavar="DIR", help="train on the mp4/webm/mov videos in DIR (default: procedural)")
@@ -315,40 +325,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p = sub.add_parser("demo", help="run the embedded tiny model end to end on CPU")
     p.add_argument("--out", default="pfp_demo", help="folder for demo.mp4")
-    add_generation_flags(p, seconds=8.0)
+    add_generation_flags(p, default_seconds=8.0)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("generate", help="image + storyboard -> long video")
     p.add_argument("--image", required=True, help="start image (PNG/JPEG)")
     p.add_argument("--storyboard", required=True, help="storyboard file or text, e.g. '0s: ... / 4s: ...'")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--chunks-dir", help="where finished chunks go (default: OUT_chunks/); rerun to resume")
-    add_generation_flags(p, seconds=None)
+    add_generation_flags(p, default_seconds=None)
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("plan", help="tokens, FLOPs and memory for a model and video size")
     p.add_argument("--model", required=True)
-    p.add_argument("--width", type=positive_int, default=832)
-    p.add_argument("--height", type=positive_int, default=480)
-    p.add_argument("--fps", type=positive_float, default=16)
-    p.add_argument("--history-seconds", type=positive_float, default=20)
-    p.add_argument("--chunk-seconds", type=positive_float, default=5)
-    p.add_argument("--video-seconds", type=positive_float, help="whole video, for the RAM estimate (default: history)")
+    p.add_argument("--width", type=number(int, 0, limits.MAX_SIDE), default=832)
+    p.add_argument("--height", type=number(int, 0, limits.MAX_SIDE), default=480)
+    p.add_argument("--fps", type=number(float, 0, limits.MAX_FPS), default=16)
+    p.add_argument("--history-seconds", type=seconds, default=20)
+    p.add_argument("--chunk-seconds", type=seconds, default=5)
+    p.add_argument("--video-seconds", type=seconds, help="whole video, for the RAM estimate (default: history)")
     p.add_argument("--rate", default="4x4x2")
     p.add_argument("--training", action="store_true",
                    help="memory per GPU of a training step (chunk = the denoised part) instead of generation")
-    p.add_argument("--batch", type=positive_int,
+    p.add_argument("--batch", type=number(int, 0, 4096),
                    help="generation: samples per DiT step, 2 with CFG (default) or 1 without; --training: clips per "
                         "GPU (default 1)")
-    p.add_argument("--lora-rank", type=positive_int, default=32, help="--training: rank of the LoRA rows")
+    p.add_argument("--lora-rank", type=number(int, 0, limits.MAX_WIDTH), default=32,
+                   help="--training: rank of the LoRA rows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("eval-retrieval", help="PSNR/SSIM of past frames retrieved from memory")
     p.add_argument("--encoder")
     p.add_argument("--dit")
     p.add_argument("--no-memory-dit", help="the same DiT trained without memory, as a reference")
-    p.add_argument("--videos", type=positive_int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--history-frames", type=positive_int, default=64)
-    p.add_argument("--steps", type=positive_int, default=12)
+    p.add_argument("--videos", type=number(int, 0, 10_000), default=16)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--history-frames", type=number(int, 0, 10_000), default=64)
+    p.add_argument("--steps", type=number(int, 0, 1000), default=12)
     p.add_argument("--png", help="also write example frames: truth | retrieved | one-step | mean frame | no memory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -375,14 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                        help="one job per seed; sets every seed and noise_seed input")
-    seeds.add_argument("--count", type=positive_int, metavar="N", help="this many seeds, counting up from --seed-start")
+    seeds.add_argument("--count", type=number(int, 0, 100_000), metavar="N", help="this many seeds, counting up from --seed-start")
     p.add_argument("--seed-start", type=int, metavar="S", help="first seed for --count (default 0)")
     p.add_argument("--storyboard", nargs="+", action="extend", default=[], metavar="FILE_OR_TEXT",
                    help="storyboard files or texts; one job per seed and storyboard")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="NODE_ID.INPUT=VALUE",
                    help="fixed inputs for every job, VALUE as JSON or plain text, e.g. 12.steps=8")
     p.add_argument("--out", default="pfp_queue", metavar="DIR", help="outputs go to OUT/<job>_<seed>/")
-    p.add_argument("--timeout", type=positive_float, default=600.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=number(float, 0, 7 * 86400), default=600.0, metavar="SECONDS",
                    help="fail a job after this many silent seconds")
     p.set_defaults(func=cmd_queue)
     p = sub.add_parser("bench", help="measure on this machine (speed, planner) or reproduce the paper's tables")
@@ -395,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, help="table1/2: (pre)training steps per run (default 600)")
     p.add_argument("--seeds", type=positive_int, help="table1: training seeds per row (default 3)")
     p.add_argument("--all-rates", action="store_true", help="table1: every variant at every rate, not the paper's rows")
-    p.add_argument("--workers", type=positive_int, default=2, help="table1/2: training processes in parallel")
+    p.add_argument("--workers", type=number(int, 0, 64), default=2, help="table1/2: training processes in parallel")
     p.add_argument("--work", default="pfp_bench_runs", help="table1/2: folder for checkpoints (resumes from it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)

@@ -12,8 +12,7 @@ from pathlib import Path
 MAX_VIDEO_SECONDS = 3600.0  # one hour; also the cap on chunk and history lengths and on storyboard times
 MAX_CHUNKS = 10_000  # chunks in one video
 MAX_FPS = 240.0
-MAX_SIDE = 8192  # pixels per side of a video or of a start image
-MAX_IMAGE_PIXELS = 8192 * 8192  # width x height of a start image, read from its header before decoding
+MAX_SIDE = 8192  # pixels per side of a video or of a start image (read from its header before decoding)
 MAX_IMAGE_BYTES = 256 * 2**20
 MAX_TEXT_BYTES = 4 * 100_000  # a storyboard file: 100,000 characters of up to 4 UTF-8 bytes
 MAX_JSON_BYTES = 64 * 2**20  # a workflow, manifest or metadata document
