@@ -13,6 +13,7 @@ blocks and the encoder's full-resolution convolutions, LoRA on a frozen DiT load
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -340,10 +341,10 @@ class Run:
     data: TrainingData
 
 
-def prepare(settings: TrainSettings, process: Process) -> Run:
+def prepare(settings: TrainSettings, process: Process, progress: bool = True) -> Run:
     """Models on this process's device, AdamW over the trainable parameters only (LoRA + encoder with LoRA),
     and the state of the checkpoint in `out` if there is one."""
-    data = load_training_data(settings, progress=process.is_main)  # before the models: a bad folder fails fast
+    data = load_training_data(settings, progress=progress and process.is_main)  # before the models: a bad folder fails fast
     models = build_models(settings).to(process.device)
     if data.texts is not None:
         data.texts.check_text_dim(models.dit.config.text_dim, models.dit.config.name)
@@ -372,7 +373,9 @@ def run_steps(run: Run, settings: TrainSettings, process: Process, progress: boo
         losses.append(loss)
         pending.append({"step": step, "loss": loss})
         bar.set_postfix(loss=f"{loss:.4f}")
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+        saving = (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps
+        stop_if_diverged(run.models, loss, step, settings, check_weights=saving)
+        if saving:
             if process.is_main:
                 append_log(out / "loss.jsonl", pending)
                 save_checkpoint(run.models, run.optimizer, settings, step)
@@ -380,10 +383,20 @@ def run_steps(run: Run, settings: TrainSettings, process: Process, progress: boo
     return losses
 
 
+def stop_if_diverged(models: Models, loss: float, step: int, settings: TrainSettings, check_weights: bool) -> None:
+    """A non-finite loss (or, before a checkpoint, non-finite weights) stops the run before anything is written:
+    the last good checkpoint in `out` stays as it was."""
+    weights_ok = not check_weights or all(bool(torch.isfinite(p).all()) for p in models.trainable())
+    if not (math.isfinite(loss) and weights_ok):
+        cause = f"loss {loss:.4g}" if not math.isfinite(loss) else "NaN or infinite weights"
+        raise ValueError(f"lr: training diverged at step {step} ({cause}); the last checkpoint in {settings.out} is "
+                         f"kept; lower --lr (now {settings.lr:g}) and run again")
+
+
 def train(settings: TrainSettings, progress: bool = True) -> list[float]:
     """Run (or resume) a training stage, in one process or under torchrun; returns the losses of the steps run now."""
     process = distributed.start(settings.device)
     try:
-        return run_steps(prepare(settings, process), settings, process, progress)
+        return run_steps(prepare(settings, process, progress), settings, process, progress)
     finally:
         distributed.stop(process)
