@@ -61,7 +61,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from . import procedural
     from .video_io import save_image
 
-    out = Path(args.out)
+    out = limits.output_folder(args.out, "out")
     image = procedural.make_video(procedural.heldout_seed(7), 1).frames[0]
     storyboard = f"0s: a textured world with moving objects / {args.seconds / 2:g}s: the camera comes back to the start"
     result, engine, taken = run_generation(args, image, storyboard, out / "demo.mp4", out / "demo_chunks")
@@ -82,11 +82,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .storyboard import read_storyboard
     from .video_io import load_image
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".mp4":  # checked first: the video is written only after every chunk is made
+    out = limits.output_file(args.out, "out")  # checked first: the video is written only after every chunk is made
+    if out.suffix.lower() != ".mp4":
         raise ValueError(f"out: '{out.name}' must end in .mp4 (the video is written as mp4)")
     storyboard = read_storyboard(args.storyboard)
-    chunks = Path(args.chunks_dir) if args.chunks_dir else out.with_name(out.stem + "_chunks")
+    chunks = limits.output_folder(args.chunks_dir or out.with_name(out.stem + "_chunks"), "chunks-dir")
     result, engine, taken = run_generation(args, load_image(args.image), storyboard, out, chunks)
     print("generate: " + summary(result, engine.fps, taken, out))
 
@@ -109,6 +109,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation import RetrievalSettings, evaluate_retrieval
     from .pipeline import DEFAULT_DIT, DEFAULT_ENCODER
 
+    if args.png:
+        limits.output_file(args.png, "png")
     dit = load_dit(args.dit or DEFAULT_DIT)
     encoder = load_encoder(args.encoder or DEFAULT_ENCODER)
     baseline = load_dit(args.no_memory_dit) if args.no_memory_dit else None
@@ -126,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training import TrainSettings, train
 
     optional_path = lambda text: Path(text) if text else None
-    settings = TrainSettings(stage=args.command, out=Path(args.out), steps=args.steps, batch=args.batch,
+    settings = TrainSettings(stage=args.command, out=limits.output_folder(args.out, "out"), steps=args.steps, batch=args.batch,
                              history_frames=tuple(args.history_frames), lr=args.lr, seed=args.seed,
                              use_memory=not args.no_memory, bf16=not args.no_bf16, rate=args.rate,
                              variant=args.variant, checkpoint_every=args.checkpoint_every,
@@ -145,7 +147,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import DTYPES, export_dit, export_lora
 
     export = export_lora if args.lora else export_dit
-    path = export(Path(args.source), Path(args.out), DTYPES[args.dtype])
+    path = export(Path(args.source), limits.output_file(args.out, "out"), DTYPES[args.dtype])
     print(f"export: {'LoRA' if args.lora else 'DiT'} ({args.dtype}, {path.stat().st_size / 1e6:,.1f} MB) -> {path}")
 
 
@@ -160,7 +162,8 @@ def cmd_embed_texts(args: argparse.Namespace) -> None:
         raise ValueError(f"--data: no caption files beside the videos in '{args.data}'; write clip.txt next to "
                          "clip.mp4 with lines such as '0s: a woman stands by a shelf'")
     tiny = dit_config("tiny")
-    out = embed_captions(captions, HashTextEncoder(tiny.text_dim, tiny.text_len), "hash", tiny.text_len, args.out,
+    out = embed_captions(captions, HashTextEncoder(tiny.text_dim, tiny.text_len), "hash", tiny.text_len,
+                         limits.output_file(args.out, "out"),
                          progress=not args.quiet)
     print(f"embed-texts: {len(captions)} captions and the empty prompt, hash encoder, text_dim {tiny.text_dim} "
           f"-> {out}")
@@ -179,7 +182,8 @@ def cmd_queue(args: argparse.Namespace) -> None:
     print(f"queue: {len(plan.jobs)} jobs on {len(servers)} servers", flush=True)
     for flag, targets in plan.changed.items():
         print(f"  {flag} sets {', '.join(targets)}", flush=True)
-    results = run_jobs(plan.jobs, servers, Path(args.out), args.timeout, lambda line: print(line, flush=True))
+    results = run_jobs(plan.jobs, servers, limits.output_folder(args.out, "out"), args.timeout,
+                       lambda line: print(line, flush=True))
     print(format_summary(results))
     failed = [result for result in results if result.status != "ok"]
     if failed:
@@ -423,7 +427,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished chunks are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: memory: this run needs more memory than the machine has; ask for fewer seconds, smaller "
+              "frames or a smaller model", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line(error: Exception) -> str:
+    """The first line of a message; an OSError that carries only an errno gets its file and what to check."""
+    if isinstance(error, OSError) and error.strerror and error.filename and str(error).startswith("[Errno"):
+        return f"{error.filename}: {error.strerror}; check the path"
+    return (str(error).splitlines() or [type(error).__name__])[0]

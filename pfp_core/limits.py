@@ -96,3 +96,17 @@ def check_utf8_path(path: str | Path, field: str) -> Path:
                          f"{str(path).encode('utf-8', 'backslashreplace').decode()!r}); rename it or pick another path"
                          ) from None
     return Path(path)
+
+
+def output_file(path: str | Path, field: str) -> Path:
+    """A path a file will be written to: refused when a folder (or anything but a file) already has that name."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ValueError(f"{field}: '{path}' is a folder or special file; give the name of a file to write")
+    return check_utf8_path(path, field)
+
+
+def output_folder(path: str | Path, field: str) -> Path:
+    """A folder files will be written into: refused when a file already has that name."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"{field}: '{path}' is a file, not a folder; give a folder name")
+    return check_utf8_path(path, field)
