@@ -93,7 +93,7 @@ def check_utf8_path(path: str | Path, field: str) -> Path:
         str(path).encode("utf-8")
     except UnicodeEncodeError as error:
         raise ValueError(f"{field}: the path holds bytes that are not UTF-8 (character {error.start + 1} of "
-                         f"{str(path).encode('utf-8', 'backslashreplace').decode()!r}); rename it or pick another path"
+                         f"'{os.fsencode(path).decode('utf-8', 'backslashreplace')}'); rename it or pick another path"
                          ) from None
     return Path(path)
 
