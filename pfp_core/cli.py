@@ -22,7 +22,12 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse prints the whole usage on a bad argument; a one-line error that names the flag is enough."""
 
     def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see --help)\n")
+
+
+def printable(text: str) -> str:
+    """Control characters (line breaks included) escaped, so text a user typed cannot split an error line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def progress_callbacks(bar: tqdm):
@@ -438,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def one_line(error: Exception) -> str:
-    """The first line of a message; an OSError that carries only an errno gets its file and what to check."""
+    """The first line of a message, printable; an OSError that carries only an errno gets its file and what to
+    check."""
     if isinstance(error, OSError) and error.strerror and error.filename and str(error).startswith("[Errno"):
-        return f"{error.filename}: {error.strerror}; check the path"
-    return (str(error).splitlines() or [type(error).__name__])[0]
+        return printable(f"{error.filename}: {error.strerror}; check the path")
+    return printable(str(error).split("\n")[0] or type(error).__name__)
