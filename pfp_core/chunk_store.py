@@ -60,7 +60,11 @@ class ChunkStore:
             raise ChunkStoreError(f"{field}: cannot create {self.folder} ({error.strerror}); "
                                   "choose a writable folder") from None
         self._lock = self._take_lock()
-        self._check_manifest()
+        try:
+            self._check_manifest()
+        except BaseException:  # a refused folder is released at once, not when the traceback is freed
+            self.close()
+            raise
 
     def __enter__(self) -> ChunkStore:
         return self

@@ -67,6 +67,14 @@ def test_the_folder_lock_refuses_a_second_store_until_the_first_is_closed(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]  # the lock leaves no file
 
 
+def test_a_refused_folder_is_unlocked_at_once_even_while_its_error_is_kept(tmp_path):
+    saved_store(tmp_path, {"seed": 1})
+    with pytest.raises(ChunkStoreError, match="different run") as refused:
+        ChunkStore(tmp_path, {"seed": 2})
+    assert refused.value.__traceback__ is not None  # the traceback (and the half-built store in it) is still alive
+    ChunkStore(tmp_path, {"seed": 1}).close()
+
+
 HOLDER = """
 import sys, time
 from pfp_core.chunk_store import ChunkStore
