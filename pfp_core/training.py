@@ -22,8 +22,10 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, procedural
+from . import limits
 from .atomic import save_tensors
 from .checkpoint import (
+    CheckpointError,
     load_dit,
     load_encoder,
     read_dit_config,
@@ -312,11 +314,16 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> N
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> int:
     tensors, metadata = read_safetensors(path, "resume")
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-    return int(metadata["step"])
+    try:
+        for name, value in tensors.items():
+            index, key = name.split(".", 1)
+            state.setdefault(int(index), {})[key] = value
+        groups = limits.parse_json(metadata["param_groups"], "param_groups")  # capped: hostile metadata would recurse
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        return int(metadata["step"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"out: {path} holds unreadable optimizer state ({error}); delete it to start the "
+                              "training over, or choose another --out") from None
 
 
 def resume_step(models: Models, optimizer: torch.optim.Optimizer, settings: TrainSettings) -> int:

@@ -294,6 +294,16 @@ def pretrained(folder: Path, *extra: str) -> list[str]:
     return argv + list(extra)
 
 
+def optimizer_state_nested_deep(folder: Path, stack: contextlib.ExitStack) -> list[str]:
+    """A finished pretrain whose optimizer.safetensors metadata (param_groups) is nested 100,000 deep."""
+    argv = pretrained(folder, "--steps", "3")
+    path = folder / "run" / "optimizer.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        tensors, metadata = {name: f.get_tensor(name) for name in f.keys()}, f.metadata()
+    save_file(tensors, str(path), dict(metadata, param_groups=nested(100_000)))
+    return argv
+
+
 def workflow_file(folder: Path, text: str) -> list[str]:
     return ["queue", "--workflow", str(write(folder / "api.json", text.encode())), "--server", "127.0.0.1:9"]
 
@@ -404,6 +414,7 @@ CASES = [
     CliCase("chunk folder manifest nested 100,000 deep", "out", manifest_holding(nested(100_000).encode())),
     CliCase("encoder config metadata nested 100,000 deep", "encoder",
             with_file("--encoder", lambda d: encoder_with_config_text(d, nested(100_000)))),
+    CliCase("training resumed from optimizer metadata nested 100,000 deep", "out", optimizer_state_nested_deep),
     CliCase("queue: --workflow nested 100,000 deep", "--workflow", lambda d, s: workflow_file(d, nested(100_000))),
     CliCase("queue: --set value nested 100,000 deep", "--set",
             lambda d, s: workflow_file(d, '{"1": {"class_type": "X", "inputs": {"a": 1}}}') + ["--set", "1.a=" + nested(100_000)]),
