@@ -153,7 +153,8 @@ def infer_dit_config(state_dict: dict[str, torch.Tensor], name: str = "custom", 
 
 def check_config(config: DiTConfig | EncoderConfig, field: str, name: str):
     """`config` if every field has its declared type, whole numbers lie in 1..limits.MAX_WIDTH (layer counts in
-    0..MAX_LAYERS) and heads divide their width into an even head size; else a CheckpointError naming the value."""
+    0..MAX_LAYERS), heads divide their width into an even head size and a rate compresses at most MAX_RATE per
+    axis; else a CheckpointError naming the value."""
     for item in dataclasses.fields(config):
         problem = _field_problem(item.name, getattr(config, item.name), typing.get_type_hints(type(config))[item.name])
         if problem:
@@ -163,6 +164,9 @@ def check_config(config: DiTConfig | EncoderConfig, field: str, name: str):
         if hasattr(config, heads) and (size % count or size // count % 2):
             raise CheckpointError(f"{field}: {name} has impossible config metadata ({width} {size} does not split into "
                                   f"{count} heads of an even size); {REEXPORT}")
+    if isinstance(config, EncoderConfig) and max(dataclasses.astuple(config.parsed_rate)) > limits.MAX_RATE:
+        raise CheckpointError(f"{field}: {name} has impossible config metadata (rate {config.rate} compresses more than "
+                              f"{limits.MAX_RATE}x on an axis); {REEXPORT}")
     return config
 
 

@@ -152,7 +152,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import DTYPES, export_dit, export_lora
 
     export = export_lora if args.lora else export_dit
-    path = export(Path(args.source), limits.output_file(args.out, "out"), DTYPES[args.dtype])
+    out = limits.output_file(args.out, "out")
+    if out.resolve().parent == Path(args.source).resolve():
+        raise ValueError(f"out: {out} is inside the training folder --from; write the export elsewhere, so the "
+                         "checkpoint it is made from stays")
+    path = export(Path(args.source), out, DTYPES[args.dtype])
     print(f"export: {'LoRA' if args.lora else 'DiT'} ({args.dtype}, {path.stat().st_size / 1e6:,.1f} MB) -> {path}")
 
 
@@ -269,6 +273,20 @@ def number(convert: type, low: float, high: float, low_allowed: bool = False) ->
     return parse
 
 
+def rate(text: str) -> str:
+    """An argparse type: a memory rate HxWxT, each factor from 1 to limits.MAX_RATE."""
+    from .config import Rate
+
+    try:
+        parsed = Rate.parse(text)  # int() of thousands of digits raises ValueError too
+    except ValueError:
+        parsed = None
+    if parsed is None or max(parsed.h, parsed.w, parsed.t) > limits.MAX_RATE:
+        raise argparse.ArgumentTypeError(f"must be HxWxT with whole numbers from 1 to {limits.MAX_RATE}, e.g. 4x4x2, "
+                                         f"got {text[:40]}")
+    return str(parsed)
+
+
 positive_int = number(int, 0, 10**9)
 seconds = number(float, 0, limits.MAX_VIDEO_SECONDS)
 seed = number(int, 0, limits.MAX_SEED, low_allowed=True)
@@ -296,12 +314,11 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", required=True, help="folder for checkpoints (resumes if it holds one)")
     p.add_argument("--steps", type=positive_int, default=1000)
-    p.add_argument("--batch", type=number(int, 0, 4096), default=8)
-    p.add_argument("--history-frames", type=number(int, 0, int(limits.MAX_VIDEO_SECONDS * limits.MAX_FPS)), nargs="+",
-                   default=[32, 48, 64, 96])
+    p.add_argument("--batch", type=number(int, 0, 256), default=8)
+    p.add_argument("--history-frames", type=number(int, 0, 10_000), nargs="+", default=[32, 48, 64, 96])
     p.add_argument("--lr", type=number(float, 0, 1e30), default=1e-3)
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--rate", default="4x4x2")
+    p.add_argument("--rate", type=rate, default="4x4x2")
     p.add_argument("--variant", default="proposed", choices=("proposed", "only_lr", "without_lr", "large_patchifier"))
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
@@ -351,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history-seconds", type=seconds, default=20)
     p.add_argument("--chunk-seconds", type=seconds, default=5)
     p.add_argument("--video-seconds", type=seconds, help="whole video, for the RAM estimate (default: history)")
-    p.add_argument("--rate", default="4x4x2")
+    p.add_argument("--rate", type=rate, default="4x4x2")
     p.add_argument("--training", action="store_true",
                    help="memory per GPU of a training step (chunk = the denoised part) instead of generation")
     p.add_argument("--batch", type=number(int, 0, 4096),

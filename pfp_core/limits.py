@@ -19,6 +19,7 @@ MAX_JSON_BYTES = 64 * 2**20  # a workflow, manifest or metadata document
 MAX_JSON_DEPTH = 64  # nesting of lists and objects; real workflows and metadata use fewer than 10
 MAX_SEED = 2**63 - 1  # chunk noise seeds are taken modulo 2**63: larger seeds would repeat smaller ones
 MAX_LAYERS = 256  # transformer blocks in a DiT or encoder (Wan 14B has 40)
+MAX_RATE = 64  # compression factor per axis of a memory rate HxWxT (the paper's largest is 8)
 MAX_WIDTH = 16_384  # model width, FFN width, heads, channels and text length (Wan 14B: dim 5120, ffn 13824)
 
 

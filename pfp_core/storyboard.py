@@ -81,7 +81,7 @@ class ChunkPrompt:
 def read_storyboard(value: str) -> str:
     """A storyboard file's text, or the value itself when it neither names a file nor looks like a file name.
     os.path.lexists, unlike Path.exists, does not raise on text longer than a file name may be."""
-    if not (os.path.lexists(value) or _PATHLIKE.fullmatch(value)):
+    if not (os.path.lexists(value) or (_PATHLIKE.fullmatch(value) and not _TIMELIKE.match(value))):
         return value
     try:
         data = limits.read_capped(value, "storyboard", limits.MAX_TEXT_BYTES, "give a UTF-8 text file, or the "

@@ -424,6 +424,10 @@ CASES = [
             with_file("--encoder", lambda d: encoder_with(d, "wide6.safetensors", {"width": 10**6}))),
     CliCase("encoder metadata: dim is the text \"128\"", "encoder",
             with_file("--encoder", lambda d: encoder_with(d, "dimtext.safetensors", {"dim": "128"}))),
+    CliCase("encoder metadata: rate 99999x4x2", "encoder",
+            with_file("--encoder", lambda d: encoder_with(d, "rate_huge.safetensors", {"rate": "99999x4x2"}))),
+    CliCase("pretrain --rate with 5000 digits", "--rate",
+            lambda d, s: ["pretrain", "--out", str(d / "run"), "--rate", "9" * 5000 + "x1x1"]),
     CliCase("a 3 GiB file that is not an image (sparse)", "image",
             with_file("--image", lambda d: sparse(d / "big.png", 3 * 2**30))),
     # 6 diverging training, training values
