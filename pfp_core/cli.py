@@ -6,8 +6,8 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -133,8 +133,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training import TrainSettings, train
 
     optional_path = lambda text: Path(text) if text else None
-    settings = TrainSettings(stage=args.command, out=limits.output_folder(args.out, "out"), steps=args.steps, batch=args.batch,
-                             history_frames=tuple(args.history_frames), lr=args.lr, seed=args.seed,
+    settings = TrainSettings(stage=args.command, out=limits.output_folder(args.out, "out"), steps=args.steps,
+                             batch=args.batch, history_frames=tuple(args.history_frames), lr=args.lr, seed=args.seed,
                              use_memory=not args.no_memory, bf16=not args.no_bf16, rate=args.rate,
                              variant=args.variant, checkpoint_every=args.checkpoint_every,
                              retrieval_mix=args.retrieval_mix, context_window=args.context_window,
@@ -265,12 +265,18 @@ def number(convert: type, low: float, high: float, low_allowed: bool = False) ->
             value = convert(text)
         except (ValueError, OverflowError):
             value = math.nan
-        if not (math.isfinite(value) and (low <= value if low_allowed else low < value) and value <= high):
-            raise argparse.ArgumentTypeError(f"must be a {kind} {bounds}, got {text}")
+        finite = convert is int or math.isfinite(value)  # isfinite() of a huge int raises OverflowError
+        if not (finite and (low <= value if low_allowed else low < value) and value <= high):
+            raise argparse.ArgumentTypeError(f"must be a {kind} {bounds}, got {shown(text)}")
         return value
 
     parse.__name__ = kind
     return parse
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A value as it goes into an error line: cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def rate(text: str) -> str:
@@ -283,7 +289,7 @@ def rate(text: str) -> str:
         parsed = None
     if parsed is None or max(parsed.h, parsed.w, parsed.t) > limits.MAX_RATE:
         raise argparse.ArgumentTypeError(f"must be HxWxT with whole numbers from 1 to {limits.MAX_RATE}, e.g. 4x4x2, "
-                                         f"got {text[:40]}")
+                                         f"got {shown(text)}")
     return str(parsed)
 
 

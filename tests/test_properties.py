@@ -50,6 +50,7 @@ def test_any_storyboard_plans_or_names_the_problem_in_one_line(text, seconds, ch
 
 
 NUMBER_TEXT = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers(-2**70, 2**70).map(str),
+                        st.integers(-10**400, 10**400).map(str),
                         st.sampled_from(["1e308", "-0", "0x10", "1_000", "", "nan", "inf", "1e-320", "9" * 5000, "½"]),
                         st.text(max_size=6))
 GENERATE_FLAGS = ["--seconds", "--seed", "--steps", "--shift", "--chunk-seconds", "--history-seconds"]
