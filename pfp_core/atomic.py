@@ -36,6 +36,11 @@ def replacing(path: str | Path, keep_suffix: bool = False, check: Check | None =
         if check is not None:
             check(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.errno is None:  # a check's own message
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None  # named by the file meant, not the temporary
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -3,6 +3,7 @@ queue, bench}."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import sys
@@ -465,9 +466,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
 def one_line(error: Exception) -> str:
     """The first line of a message, printable; an OSError that carries only an errno gets its file and what to
     check."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL and error.filename:
+        return printable(f"cannot write {error.filename} ({error.strerror}); free space or choose another folder")
     if isinstance(error, OSError) and error.strerror and error.filename and str(error).startswith("[Errno"):
         return printable(f"{error.filename}: {error.strerror}; check the path")
     return printable(str(error).split("\n")[0] or type(error).__name__)

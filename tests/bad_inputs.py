@@ -389,6 +389,9 @@ CASES = [
     # round two (issue 12): 1 a failed final write
     CliCase("disk full at the final mp4 write (a good mp4 from an earlier run is there)", "out",
             lambda d, s: finished_run(d), file_size_limit=4_000, process=True),
+    CliCase("disk full while pretrain writes its first checkpoint", "cannot write",
+            lambda d, s: ["pretrain", "--out", str(d / "run"), "--steps", "1", "--batch", "1", "--history-frames", "8",
+                          "--quiet"], file_size_limit=100_000, process=True),
     # 2 chunks that do not belong to this run, or were changed
     CliCase("manifest deleted, rerun with another seed", "chunk_0000", without_manifest),
     CliCase("bytes flipped inside a chunk's tensor data", "chunk_0001", flipped_tensor_bytes),
@@ -416,8 +419,8 @@ CASES = [
             with_file("--encoder", lambda d: encoder_with_config_text(d, nested(100_000)))),
     CliCase("training resumed from optimizer metadata nested 100,000 deep", "out", optimizer_state_nested_deep),
     CliCase("queue: --workflow nested 100,000 deep", "--workflow", lambda d, s: workflow_file(d, nested(100_000))),
-    CliCase("queue: --set value nested 100,000 deep", "--set",
-            lambda d, s: workflow_file(d, '{"1": {"class_type": "X", "inputs": {"a": 1}}}') + ["--set", "1.a=" + nested(100_000)]),
+    CliCase("queue: --set value nested 30,000 deep (argv holds at most 128 kB)", "--set",
+            lambda d, s: workflow_file(d, '{"1": {"class_type": "X", "inputs": {"a": 1}}}') + ["--set", "1.a=" + nested(30_000)]),
     CliCase("encoder metadata: 3 heads for width 32", "encoder",
             with_file("--encoder", lambda d: encoder_with(d, "heads3.safetensors", {"attn_heads": 3}))),
     CliCase("encoder metadata: width 10^6 (would allocate terabytes)", "encoder",
