@@ -129,9 +129,19 @@ def apply_overrides(workflow: Workflow, overrides: Sequence[Override]) -> list[s
     return [describe(workflow, o.node_id, o.input_name) for o in overrides]
 
 
+def check_batch_size(workflow: Workflow, jobs: int) -> None:
+    """Each job holds its own copy of the workflow: refuse a batch whose copies would not fit, before making any."""
+    size = len(json.dumps(workflow))
+    if jobs > limits.MAX_JOBS or jobs * size > limits.MAX_QUEUE_BYTES:
+        raise QueueError(f"--seeds/--storyboard: {jobs:,} jobs of a {size / 1e3:,.0f} kB workflow is more than one "
+                         f"queue command plans (limits {limits.MAX_JOBS:,} jobs, {limits.MAX_QUEUE_BYTES >> 20:,} MiB "
+                         "of workflows); split the batch")
+
+
 def plan_jobs(workflow: Workflow, seeds: Sequence[int], storyboards: Sequence[str],
               overrides: Sequence[Override]) -> JobPlan:
     """One job per (seed, storyboard) pair; --set applies to all of them. The given workflow is left unchanged."""
+    check_batch_size(workflow, max(1, len(seeds)) * max(1, len(storyboards)))
     base = copy.deepcopy(workflow)
     changed = {"--set": apply_overrides(base, overrides)}
     targets: dict[str, list[tuple[str, str]]] = {}

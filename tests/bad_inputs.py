@@ -401,6 +401,9 @@ CASES = [
     CliCase("chunk folder in use by a run still going", "out", locked_run),
     # 4 cost before checks
     CliCase("a billion seconds", "--seconds", gen("--seconds", "1e9")),
+    CliCase("queue: 100,000 seeds x 2 storyboards", "--seeds",
+            lambda d, s: workflow_file(d, '{"1": {"class_type": "X", "inputs": {"seed": 1, "storyboard": ""}}}')
+            + ["--count", "100000", "--storyboard", "0s: a", "0s: b"]),
     CliCase("start image whose header claims 30000x30000 pixels", "image",
             with_file("--image", lambda d: png_header_claiming(d, 30000, 30000))),
     CliCase("storyboard file of 1 GiB (sparse)", "storyboard",
