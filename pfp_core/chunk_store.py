@@ -30,7 +30,7 @@ except ImportError:  # Windows: no flock; the run-folder lock is not taken there
 
 RUN_KEY, HASH_KEY = "pfp_run", "pfp_sha256"  # chunk metadata: the run's digest and the tensors' hash
 REGENERATE = "delete that file and run again to regenerate the chunk"
-MAX_CHUNK_BYTES = 2**34  # 16 GiB: far above a Wan chunk, a cap on what a resume will read
+MAX_CHUNK_BYTES = 2**32  # 4 GiB: far above a Wan chunk (5 s of 720p frames are 0.2 GB), a cap on what a resume reads
 
 
 class ChunkStoreError(ValueError):
@@ -137,29 +137,33 @@ class ChunkStore:
 
     def load(self, index: int, latent_shape: tuple[int, ...] | None = None,
              frame_shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A finished chunk of this run, unchanged since it was written and of the expected shapes (when given)."""
+        """A finished chunk of this run, unchanged since it was written and of the expected shapes (when given).
+        The run's digest and the shapes are checked from the header, before any tensor is read."""
         path = self.chunk_path(index)
-        metadata, latents, frames = self._read_chunk(path)
-        if metadata.get(RUN_KEY) != self.run_id:
-            raise self._refused(path, "belongs to another run (its fingerprint differs from this run's)")
-        if metadata.get(HASH_KEY) != content_hash(latents, frames):
-            raise self._refused(path, "is damaged (its tensors no longer match their hash)")
-        for name, tensor, expected in (("latents", latents, latent_shape), ("frames", frames, frame_shape)):
-            if expected is not None and tuple(tensor.shape) != tuple(expected):
-                raise self._refused(path, f"holds {name} of shape {list(tensor.shape)}, this run needs "
-                                          f"{list(expected)}")
-        return latents, frames
-
-    def _read_chunk(self, path: Path) -> tuple[dict[str, str], torch.Tensor, torch.Tensor]:
         try:
             limits.regular_file(path, self.field, MAX_CHUNK_BYTES, REGENERATE)
         except ValueError as error:  # a FIFO would block the reader forever
             raise ChunkStoreError(str(error)) from None
         try:
             with safe_open(str(path), framework="pt") as f:
-                return f.metadata() or {}, f.get_tensor("latents"), f.get_tensor("frames")
+                metadata = f.metadata() or {}
+                self._check_header(path, metadata, f, {"latents": latent_shape, "frames": frame_shape})
+                latents, frames = f.get_tensor("latents"), f.get_tensor("frames")
         except (SafetensorError, OSError) as error:
             raise self._refused(path, f"is damaged ({type(error).__name__})") from None
+        if metadata.get(HASH_KEY) != content_hash(latents, frames):
+            raise self._refused(path, "is damaged (its tensors no longer match their hash)")
+        return latents, frames
+
+    def _check_header(self, path: Path, metadata: dict[str, str], f,
+                      shapes: dict[str, tuple[int, ...] | None]) -> None:
+        """The run's digest and the tensors' shapes, from the header of the open file `f`."""
+        if metadata.get(RUN_KEY) != self.run_id:
+            raise self._refused(path, "belongs to another run (its fingerprint differs from this run's)")
+        for name, expected in shapes.items():
+            found = f.get_slice(name).get_shape()
+            if expected is not None and tuple(found) != tuple(expected):
+                raise self._refused(path, f"holds {name} of shape {list(found)}, this run needs {list(expected)}")
 
     def _refused(self, path: Path, problem: str) -> ChunkStoreError:
         return ChunkStoreError(f"{self.field}: {path} {problem}; {REGENERATE}")

@@ -1,9 +1,12 @@
 """Chunk integrity (each chunk carries its run's digest and a hash of its tensors), the run-folder lock (held
 across processes, released at the end of a run), and temporaries that are unique per process and swept once
 their process is gone. Real files and real processes throughout."""
+import json
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,26 @@ def test_changed_tensor_values_with_an_intact_header_are_refused(tmp_path):
     chunk.write_bytes(bytes(data))
     with ChunkStore(tmp_path, {"seed": 1}) as store, pytest.raises(ChunkStoreError, match="no longer match their hash"):
         store.load(0)
+
+
+def header_only_chunk(path: Path, run_id: str, latent_shape: list[int]) -> None:
+    """A safetensors file whose header claims `latent_shape` floats, its data a sparse hole of that size."""
+    latent_bytes = 4 * math.prod(latent_shape)
+    header = json.dumps({"__metadata__": {RUN_KEY: run_id, HASH_KEY: "0"},
+                         "latents": {"dtype": "F32", "shape": latent_shape, "data_offsets": [0, latent_bytes]},
+                         "frames": {"dtype": "U8", "shape": [1], "data_offsets": [latent_bytes, latent_bytes + 1]}})
+    with open(path, "wb") as file:
+        file.write(len(header).to_bytes(8, "little") + header.encode())
+        file.truncate(8 + len(header) + latent_bytes + 1)
+
+
+def test_a_header_claiming_a_huge_chunk_is_refused_before_its_tensors_are_read(tmp_path):
+    with ChunkStore(tmp_path, {"seed": 1}) as store:
+        header_only_chunk(store.chunk_path(0), store.run_id, [16, 1024, 128, 128])  # 1 GiB of latents
+        started = time.monotonic()
+        with pytest.raises(ChunkStoreError, match=r"holds latents of shape \[16, 1024, 128, 128\], this run needs"):
+            store.load(0, (16, 1, 16, 16), (1, 32, 32, 3))
+    assert time.monotonic() - started < 2
 
 
 def test_a_chunk_written_without_integrity_metadata_is_refused(tmp_path):
