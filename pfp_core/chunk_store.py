@@ -46,6 +46,36 @@ def content_hash(latents: torch.Tensor, frames: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+class FolderLock:
+    """An exclusive flock on a folder itself (so no lock file is ever left), held until release(), the end of a
+    `with` block or garbage collection, and by the kernel only while this process lives: a kill -9 leaves nothing
+    stale. A second lock on the same folder, from any process, is refused with a one-line error naming `field`."""
+
+    def __init__(self, folder: Path, field: str):
+        descriptor = self._flock(folder, field) if fcntl is not None else None
+        self._release = (lambda: None) if descriptor is None else weakref.finalize(self, os.close, descriptor)
+
+    @staticmethod
+    def _flock(folder: Path, field: str) -> int:
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            raise ChunkStoreError(f"{field}: {folder} is in use by another run that is still going; wait for it to "
+                                  "finish or choose another folder") from None
+        return descriptor
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def release(self) -> None:
+        self._release()
+
+
 class ChunkStore:
     """`field` names the input that chose the folder in messages: `out` on the command line, `run_name` in ComfyUI.
     close() (or the end of a `with` block, or garbage collection) releases the folder lock."""
@@ -59,7 +89,7 @@ class ChunkStore:
         except OSError as error:
             raise ChunkStoreError(f"{field}: cannot create {self.folder} ({error.strerror}); "
                                   "choose a writable folder") from None
-        self._lock = self._take_lock()
+        self._lock = FolderLock(self.folder, field)
         try:
             self._check_manifest()
         except BaseException:  # a refused folder is released at once, not when the traceback is freed
@@ -73,19 +103,7 @@ class ChunkStore:
         self.close()
 
     def close(self) -> None:
-        self._lock()
-
-    def _take_lock(self) -> weakref.finalize:
-        if fcntl is None:
-            return weakref.finalize(self, lambda: None)
-        descriptor = os.open(self.folder, os.O_RDONLY)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(descriptor)
-            raise ChunkStoreError(f"{self.field}: {self.folder} is in use by another run that is still going; wait "
-                                  "for it to finish or choose another folder") from None
-        return weakref.finalize(self, os.close, descriptor)
+        self._lock.release()
 
     @property
     def manifest_path(self) -> Path:

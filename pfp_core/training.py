@@ -12,6 +12,7 @@ blocks and the encoder's full-resolution convolutions, LoRA on a frozen DiT load
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -21,8 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import distributed, procedural
-from . import limits
+from . import distributed, limits, procedural
 from .atomic import save_tensors
 from .checkpoint import (
     CheckpointError,
@@ -32,6 +32,7 @@ from .checkpoint import (
     read_safetensors,
     save_model,
 )
+from .chunk_store import FolderLock
 from .config import DIT_CONFIGS, DiTConfig, dit_config, encoder_config_for
 from .distributed import Process
 from .dit import WanDiT
@@ -404,6 +405,15 @@ def train(settings: TrainSettings, progress: bool = True) -> list[float]:
     """Run (or resume) a training stage, in one process or under torchrun; returns the losses of the steps run now."""
     process = distributed.start(settings.device)
     try:
-        return run_steps(prepare(settings, process, progress), settings, process, progress)
+        with out_folder_lock(settings, process):
+            return run_steps(prepare(settings, process, progress), settings, process, progress)
     finally:
         distributed.stop(process)
+
+
+def out_folder_lock(settings: TrainSettings, process: Process) -> contextlib.AbstractContextManager:
+    """Rank 0 locks `out` for the whole run: a second training on the same folder is refused, not interleaved."""
+    if not process.is_main:
+        return contextlib.nullcontext()
+    Path(settings.out).mkdir(parents=True, exist_ok=True)
+    return FolderLock(Path(settings.out), "out")

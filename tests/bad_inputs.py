@@ -242,6 +242,12 @@ def locked_run(folder: Path, stack: contextlib.ExitStack) -> list[str]:
     return argv
 
 
+def locked_training(folder: Path, stack: contextlib.ExitStack) -> list[str]:
+    argv = pretrained(folder, "--steps", "3")
+    hold_lock(folder / "run", stack)
+    return argv
+
+
 def without_manifest(folder: Path, stack: contextlib.ExitStack) -> list[str]:
     """Finished chunks of seed 0 whose manifest was deleted, run again with seed 5."""
     argv = finished_run(folder)
@@ -399,6 +405,7 @@ CASES = [
     CliCase("chunk of another shape under this run's fingerprint", "chunk_0001", chunk_of_another_shape),
     # 3 two runs on one folder
     CliCase("chunk folder in use by a run still going", "out", locked_run),
+    CliCase("training folder in use by a training still going", "out", locked_training),
     # 4 cost before checks
     CliCase("a billion seconds", "--seconds", gen("--seconds", "1e9")),
     CliCase("queue: 100,000 seeds x 2 storyboards", "--seeds",
