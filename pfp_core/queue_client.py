@@ -339,9 +339,18 @@ class Server:
 def parse_server(text: str) -> Server:
     host, colon, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
-        raise QueueError(f"--server {text}: expected HOST:PORT, e.g. 127.0.0.1:8188")
+    if not (colon and host and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536 and valid_host(host)):
+        raise QueueError(f"--server {text[:80]}: expected HOST:PORT, e.g. 127.0.0.1:8188")
     return Server(host, int(port))
+
+
+def valid_host(host: str) -> bool:
+    """A name a socket can be asked to connect to: IDNA-encodable (labels of at most 63 characters)."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def first_line(text: str) -> str:

@@ -472,6 +472,8 @@ CASES = [
     CliCase("pretrain --out is a file", "out",
             lambda d, s: ["pretrain", "--out", str(write(d / "notes.txt", b"x")), "--steps", "1"]),
     CliCase("eval-retrieval --png is a folder", "png", lambda d, s: ["eval-retrieval", "--png", str(d)]),
+    CliCase("queue: --server with a 300-character host name", "--server",
+            lambda d, s: workflow_file(d, '{"1": {"class_type": "X", "inputs": {}}}')[:3] + ["--server", "a" * 300 + ":80"]),
     CliCase("queue: --workflow is a folder", "--workflow", lambda d, s: ["queue", "--workflow", str(d), "--server", "1:2"]),
     CliCase("eval-retrieval --history-frames 1", "history-frames",
             lambda d, s: ["eval-retrieval", "--history-frames", "1"]),
