@@ -332,13 +332,29 @@ def resume_step(models: Models, optimizer: torch.optim.Optimizer, settings: Trai
     out = Path(settings.out)
     if not (out / "optimizer.safetensors").exists():
         return 0
+    saved_encoder = (out / "encoder.safetensors").exists()
+    if saved_encoder != (models.encoder is not None):
+        raise CheckpointError(f"out: {out} holds a training {'with' if saved_encoder else 'without'} memory; "
+                              f"{'drop' if saved_encoder else 'add'} --no-memory to resume it, or choose another --out")
     if models.lora is not None:
         load_lora_into(models.lora, out / "lora.safetensors", "out")
     else:
-        models.dit.load_state_dict(load_dit(out / "dit.safetensors", "out").state_dict())
+        models.dit.load_state_dict(same_config(load_dit(out / "dit.safetensors", "out"), models.dit, out).state_dict())
     if models.encoder is not None:
-        models.encoder.load_state_dict(load_encoder(out / "encoder.safetensors").state_dict())
+        saved = same_config(load_encoder(out / "encoder.safetensors"), models.encoder, out)
+        models.encoder.load_state_dict(saved.state_dict())
     return load_optimizer(optimizer, out / "optimizer.safetensors") + 1
+
+
+def same_config(saved: torch.nn.Module, current: torch.nn.Module, out: Path) -> torch.nn.Module:
+    """`saved` if it was trained with the config being trained now, else a one-line CheckpointError naming what
+    differs (another --rate, --variant or --model on the same --out)."""
+    changed = [f"{name} {value} there, {getattr(current.config, name)} now"
+               for name, value in asdict(saved.config).items() if value != asdict(current.config)[name]]
+    if changed:
+        raise CheckpointError(f"out: {out} holds a training of another configuration ({'; '.join(changed)}); resume "
+                              "it with the flags it started with, or choose another --out")
+    return saved
 
 
 @dataclass

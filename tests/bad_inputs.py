@@ -445,6 +445,9 @@ CASES = [
             with_file("--image", lambda d: sparse(d / "big.png", 3 * 2**30))),
     # 6 diverging training, training values
     CliCase("pretrain --lr 1e30 resumed on a good folder", "lr", lambda d, s: pretrained(d, "--steps", "5", "--lr", "1e30")),
+    CliCase("pretrain resumed with another --rate", "out", lambda d, s: pretrained(d, "--steps", "3", "--rate", "2x2x2")),
+    CliCase("pretrain resumed with --no-memory on a folder trained with memory", "out",
+            lambda d, s: pretrained(d, "--steps", "3", "--no-memory")),
     CliCase("finetune --retrieval-mix nan", "--retrieval-mix",
             lambda d, s: ["finetune", "--out", str(d / "run"), "--retrieval-mix", "nan"]),
     CliCase("finetune --context-window -5", "--context-window",
