@@ -6,6 +6,7 @@ import comfy.model_management
 import comfy.samplers
 from comfy_api.latest import io
 
+from ..pfp_core import limits
 from ..pfp_core.errors import GenerationCancelled
 from ..pfp_core.generator import (AutoregressiveGenerator, GenerationRequest, chunk_spans, frame_grid, lead_frames,
                                   to_uint8)
@@ -35,7 +36,7 @@ class AutoregressiveSampler(io.ComfyNode):
             inputs=[io.Model.Input("model"), io.Vae.Input("vae"), MemoryEncoderType.Input("memory_encoder"),
                     StoryboardType.Input("storyboard"), io.Image.Input("start_image"),
                     io.Float.Input("history_seconds", default=20.0, min=0.1, max=600.0, step=0.5),
-                    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                    io.Int.Input("seed", default=0, min=0, max=limits.MAX_SEED, control_after_generate=True),
                     io.Int.Input("steps", default=20, min=1, max=1000),
                     io.Float.Input("cfg", default=5.0, min=0.0, max=30.0, step=0.1),
                     io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),

@@ -1,11 +1,15 @@
-"""Atomic file writes: data goes to a temporary name in the same folder, is flushed to disk, then renamed, so a
-crash (or a full disk) never leaves a half-written file under the final name. The temporary name is fixed per
-target, so what a killed process leaves behind is overwritten by the next write of that file, never piled up."""
+"""Atomic file writes: data goes to a temporary name in the same folder, is flushed to disk, checked, then renamed,
+so a crash, a full disk or a writer that fails silently never leaves a broken file under the final name (an older
+good file stays). Each writing process has its own temporary name (`.NAME.PID-TOKEN.tmp`), so two processes
+writing the same file never share one; what a killed process left behind is removed by the next write of that
+file once that process is gone."""
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Iterator
 
@@ -14,24 +18,59 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 FILE_MODE = 0o644  # as ComfyUI's own outputs; safetensors would create 0600
+Check = Callable[[Path], None]  # raises OSError when the written temporary is not what was meant
 
 
 @contextlib.contextmanager
-def replacing(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
-    """Yields the temporary path to write; on success it is synced and renamed to `path`, on failure removed.
-    keep_suffix: for writers that pick the format from the extension (OpenCV), the temporary is `.NAME.tmp.EXT`."""
+def replacing(path: str | Path, keep_suffix: bool = False, check: Check | None = None) -> Iterator[Path]:
+    """Yields the temporary path to write; on success it is synced, checked by `check` and renamed to `path`, on
+    failure removed. keep_suffix: for writers that pick the format from the extension (OpenCV), the temporary ends
+    in `.tmp.EXT`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}" if keep_suffix else path.name + ".tmp")
+    remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp" + (path.suffix if keep_suffix else ""))
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.errno is None:  # a check's own message
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None  # named by the file meant, not the temporary
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def temporary_owner(path: Path, name: str) -> int | None:
+    """The pid in the name of a temporary of `path`, or None when `name` is not one."""
+    match = re.fullmatch(rf"\.{re.escape(path.name)}\.(\d+)-[0-9a-f]+\.tmp(?:{re.escape(path.suffix)})?", name)
+    return int(match.group(1)) if match else None
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of `path` whose process no longer runs: left by a kill -9 or a power cut."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            owner = temporary_owner(path, entry.name)
+            if owner is not None and not process_alive(owner):
+                Path(entry.path).unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, owned by someone else
+        return True
+    return True
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

@@ -1,39 +1,109 @@
 """Finished chunks on disk, so an interrupted run resumes instead of restarting.
 
 One safetensors file per chunk (latents in fp32, frames as uint8), written to a temporary name and renamed, so a
-file under its final name is always whole. A manifest holds the run's fingerprint: a folder only resumes the run
-that started it.
+file under its final name is always whole. A manifest holds the run's fingerprint, and every chunk carries the
+digest of that fingerprint and a hash of its own tensors: a chunk only resumes the run that made it, unchanged,
+even when the manifest was deleted or the chunk copied in from elsewhere. While a store is open the folder is
+locked (flock on the folder itself, so nothing but the manifest and the chunks is ever left in it): a second run
+on the same folder is refused instead of mixing its chunks in.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
+import weakref
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
+from . import limits
 from .atomic import save_tensors, write_bytes
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the run-folder lock is not taken there
+    fcntl = None
+
+RUN_KEY, HASH_KEY = "pfp_run", "pfp_sha256"  # chunk metadata: the run's digest and the tensors' hash
+REGENERATE = "delete that file and run again to regenerate the chunk"
+MAX_CHUNK_BYTES = 2**32  # 4 GiB: far above a Wan chunk (5 s of 720p frames are 0.2 GB), a cap on what a resume reads
 
 
 class ChunkStoreError(ValueError):
     pass
 
 
+def content_hash(latents: torch.Tensor, frames: torch.Tensor) -> str:
+    """sha256 over both tensors' dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for tensor in (latents, frames):
+        digest.update(f"{tensor.dtype}{list(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FolderLock:
+    """An exclusive flock on a folder itself (so no lock file is ever left), held until release(), the end of a
+    `with` block or garbage collection, and by the kernel only while this process lives: a kill -9 leaves nothing
+    stale. A second lock on the same folder, from any process, is refused with a one-line error naming `field`."""
+
+    def __init__(self, folder: Path, field: str):
+        descriptor = self._flock(folder, field) if fcntl is not None else None
+        self._release = (lambda: None) if descriptor is None else weakref.finalize(self, os.close, descriptor)
+
+    @staticmethod
+    def _flock(folder: Path, field: str) -> int:
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            raise ChunkStoreError(f"{field}: {folder} is in use by another run that is still going; wait for it to "
+                                  "finish or choose another folder") from None
+        return descriptor
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def release(self) -> None:
+        self._release()
+
+
 class ChunkStore:
-    """`field` names the input that chose the folder in messages: `out` on the command line, `run_name` in ComfyUI."""
+    """`field` names the input that chose the folder in messages: `out` on the command line, `run_name` in ComfyUI.
+    close() (or the end of a `with` block, or garbage collection) releases the folder lock."""
 
     def __init__(self, folder: str | Path, fingerprint: dict, field: str = "out"):
-        self.folder, self.field = Path(folder), field
+        self.folder, self.field = limits.check_utf8_path(folder, field), field
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        self.run_id = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:32]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ChunkStoreError(f"{field}: cannot create {self.folder} ({error.strerror}); "
                                   "choose a writable folder") from None
-        self._check_manifest()
+        self._lock = FolderLock(self.folder, field)
+        try:
+            self._check_manifest()
+        except BaseException:  # a refused folder is released at once, not when the traceback is freed
+            self.close()
+            raise
+
+    def __enter__(self) -> ChunkStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._lock.release()
 
     @property
     def manifest_path(self) -> Path:
@@ -52,8 +122,9 @@ class ChunkStore:
 
     def _read_manifest(self) -> dict:
         try:
-            saved = json.loads(self.manifest_path.read_bytes())
-        except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
+            saved = limits.parse_json(limits.read_capped(self.manifest_path, self.field, limits.MAX_JSON_BYTES, "-"),
+                                      self.field)
+        except (OSError, ValueError):  # ValueError: bad JSON, bad UTF-8, too deep, too big, not a regular file
             saved = None
         if not isinstance(saved, dict):
             raise ChunkStoreError(f"{self.field}: {self.manifest_path} is damaged (not a run manifest); use a new "
@@ -72,18 +143,45 @@ class ChunkStore:
         return self.folder / f"chunk_{index:04d}.safetensors"
 
     def has(self, index: int) -> bool:
-        return self.chunk_path(index).exists()
+        """Anything under the chunk's name counts: load() refuses what is not a finished chunk of this run."""
+        return os.path.lexists(self.chunk_path(index))
 
     def save(self, index: int, latents: torch.Tensor, frames: torch.Tensor) -> None:
         """latents [C, t, h, w] float, frames [T, H, W, 3] uint8."""
+        latents = latents.detach().float().cpu()
+        metadata = {RUN_KEY: self.run_id, HASH_KEY: content_hash(latents, frames)}
         with self._writing(f"chunk {index}"):
-            save_tensors({"latents": latents.float(), "frames": frames}, self.chunk_path(index))
+            save_tensors({"latents": latents, "frames": frames}, self.chunk_path(index), metadata)
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: int, latent_shape: tuple[int, ...] | None = None,
+             frame_shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A finished chunk of this run, unchanged since it was written and of the expected shapes (when given).
+        The run's digest and the shapes are checked from the header, before any tensor is read."""
         path = self.chunk_path(index)
         try:
-            tensors = load_file(str(path))
-            return tensors["latents"], tensors["frames"]
-        except (SafetensorError, KeyError, OSError) as error:
-            raise ChunkStoreError(f"{self.field}: {path} is damaged ({type(error).__name__}); delete that file and run "
-                                  "again to regenerate the chunk") from None
+            limits.regular_file(path, self.field, MAX_CHUNK_BYTES, REGENERATE)
+        except ValueError as error:  # a FIFO would block the reader forever
+            raise ChunkStoreError(str(error)) from None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                self._check_header(path, metadata, f, {"latents": latent_shape, "frames": frame_shape})
+                latents, frames = f.get_tensor("latents"), f.get_tensor("frames")
+        except (SafetensorError, OSError) as error:
+            raise self._refused(path, f"is damaged ({type(error).__name__})") from None
+        if metadata.get(HASH_KEY) != content_hash(latents, frames):
+            raise self._refused(path, "is damaged (its tensors no longer match their hash)")
+        return latents, frames
+
+    def _check_header(self, path: Path, metadata: dict[str, str], f,
+                      shapes: dict[str, tuple[int, ...] | None]) -> None:
+        """The run's digest and the tensors' shapes, from the header of the open file `f`."""
+        if metadata.get(RUN_KEY) != self.run_id:
+            raise self._refused(path, "belongs to another run (its fingerprint differs from this run's)")
+        for name, expected in shapes.items():
+            found = f.get_slice(name).get_shape()
+            if expected is not None and tuple(found) != tuple(expected):
+                raise self._refused(path, f"holds {name} of shape {list(found)}, this run needs {list(expected)}")
+
+    def _refused(self, path: Path, problem: str) -> ChunkStoreError:
+        return ChunkStoreError(f"{self.field}: {path} {problem}; {REGENERATE}")

@@ -3,15 +3,19 @@ queue, bench}."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from . import limits
 from .errors import GenerationCancelled
 
 
@@ -19,7 +23,12 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse prints the whole usage on a bad argument; a one-line error that names the flag is enough."""
 
     def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see --help)\n")
+
+
+def printable(text: str) -> str:
+    """Control characters (line breaks included) escaped, so text a user typed cannot split an error line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def progress_callbacks(bar: tqdm):
@@ -58,7 +67,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .storyworld import demo_video
     from .video_io import save_image
 
-    out = Path(args.out)
+    out = limits.output_folder(args.out, "out")
     video = demo_video(max(2, int(np.ceil(args.seconds))))
     given = video.frames[:video.fps]  # the first second is given; the rest follows the video's own storyboard
     result, engine, taken = run_generation(args, given, video.storyboard, out / "demo.mp4", out / "demo_chunks")
@@ -83,11 +92,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .storyboard import read_storyboard
     from .video_io import load_image
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".mp4":  # checked first: the video is written only after every chunk is made
+    out = limits.output_file(args.out, "out")  # checked first: the video is written only after every chunk is made
+    if out.suffix.lower() != ".mp4":
         raise ValueError(f"out: '{out.name}' must end in .mp4 (the video is written as mp4)")
     storyboard = read_storyboard(args.storyboard)
-    chunks = Path(args.chunks_dir) if args.chunks_dir else out.with_name(out.stem + "_chunks")
+    chunks = limits.output_folder(args.chunks_dir or out.with_name(out.stem + "_chunks"), "chunks-dir")
     result, engine, taken = run_generation(args, load_image(args.image), storyboard, out, chunks)
     print("generate: " + summary(result, engine.fps, taken, out))
 
@@ -110,6 +119,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation import RetrievalSettings, evaluate_retrieval
     from .pipeline import DEFAULT_DIT, DEFAULT_ENCODER
 
+    if args.png:
+        limits.output_file(args.png, "png")
     dit = load_dit(args.dit or DEFAULT_DIT)
     encoder = load_encoder(args.encoder or DEFAULT_ENCODER)
     baseline = load_dit(args.no_memory_dit) if args.no_memory_dit else None
@@ -143,8 +154,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training import TrainSettings, train
 
     optional_path = lambda text: Path(text) if text else None
-    settings = TrainSettings(stage=args.command, out=Path(args.out), steps=args.steps, batch=args.batch,
-                             history_frames=tuple(args.history_frames), lr=args.lr, seed=args.seed,
+    settings = TrainSettings(stage=args.command, out=limits.output_folder(args.out, "out"), steps=args.steps,
+                             batch=args.batch, history_frames=tuple(args.history_frames), lr=args.lr, seed=args.seed,
                              use_memory=not args.no_memory, bf16=args.bf16, rate=args.rate,
                              variant=args.variant, checkpoint_every=args.checkpoint_every,
                              retrieval_mix=args.retrieval_mix, context_window=args.context_window,
@@ -170,7 +181,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import DTYPES, export_dit, export_lora
 
     export = export_lora if args.lora else export_dit
-    path = export(Path(args.source), Path(args.out), DTYPES[args.dtype])
+    out = limits.output_file(args.out, "out")
+    if out.resolve().parent == Path(args.source).resolve():
+        raise ValueError(f"out: {out} is inside the training folder --from; write the export elsewhere, so the "
+                         "checkpoint it is made from stays")
+    path = export(Path(args.source), out, DTYPES[args.dtype])
     print(f"export: {'LoRA' if args.lora else 'DiT'} ({args.dtype}, {path.stat().st_size / 1e6:,.1f} MB) -> {path}")
 
 
@@ -185,7 +200,8 @@ def cmd_embed_texts(args: argparse.Namespace) -> None:
         raise ValueError(f"--data: no caption files beside the videos in '{args.data}'; write clip.txt next to "
                          "clip.mp4 with lines such as '0s: a woman stands by a shelf'")
     tiny = dit_config("tiny")
-    out = embed_captions(captions, HashTextEncoder(tiny.text_dim, tiny.text_len), "hash", tiny.text_len, args.out,
+    out = embed_captions(captions, HashTextEncoder(tiny.text_dim, tiny.text_len), "hash", tiny.text_len,
+                         limits.output_file(args.out, "out"),
                          progress=not args.quiet)
     print(f"embed-texts: {len(captions)} captions and the empty prompt, hash encoder, text_dim {tiny.text_dim} "
           f"-> {out}")
@@ -204,7 +220,8 @@ def cmd_queue(args: argparse.Namespace) -> None:
     print(f"queue: {len(plan.jobs)} jobs on {len(servers)} servers", flush=True)
     for flag, targets in plan.changed.items():
         print(f"  {flag} sets {', '.join(targets)}", flush=True)
-    results = run_jobs(plan.jobs, servers, Path(args.out), args.timeout, lambda line: print(line, flush=True))
+    results = run_jobs(plan.jobs, servers, limits.output_folder(args.out, "out"), args.timeout,
+                       lambda line: print(line, flush=True))
     print(format_summary(results))
     failed = [result for result in results if result.status != "ok"]
     if failed:
@@ -280,40 +297,65 @@ def bench_stages(args: argparse.Namespace) -> None:
           f"{Path(args.out) / (args.what + '.md')}")
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def number(convert: type, low: float, high: float, low_allowed: bool = False) -> Callable[[str], float]:
+    """An argparse type: `convert(text)` (int or float), finite, above `low` (or equal with low_allowed) and at most
+    `high`, else a message naming the range; caps come from pfp_core.limits so the nodes share them."""
+    kind = "whole number" if convert is int else "number"
+    top = str(high) if convert is int else f"{high:g}"
+    bounds = f"from {low:g} to {top}" if low_allowed else f"above {low:g} and at most {top}"
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except (ValueError, OverflowError):
+            value = math.nan
+        finite = convert is int or math.isfinite(value)  # isfinite() of a huge int raises OverflowError
+        if not (finite and (low <= value if low_allowed else low < value) and value <= high):
+            raise argparse.ArgumentTypeError(f"must be a {kind} {bounds}, got {shown(text)}")
+        return value
+
+    parse.__name__ = kind
+    return parse
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
+def shown(text: str, limit: int = 40) -> str:
+    """A value as it goes into an error line: cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def add_generation_flags(p: argparse.ArgumentParser, seconds: float | None) -> None:
-    p.add_argument("--seconds", type=positive_float, default=seconds, required=seconds is None, help="video length")
+def rate(text: str) -> str:
+    """An argparse type: a memory rate HxWxT, each factor from 1 to limits.MAX_RATE."""
+    from .config import Rate
+
+    try:
+        parsed = Rate.parse(text)  # int() of thousands of digits raises ValueError too
+    except ValueError:
+        parsed = None
+    if parsed is None or max(parsed.h, parsed.w, parsed.t) > limits.MAX_RATE:
+        raise argparse.ArgumentTypeError(f"must be HxWxT with whole numbers from 1 to {limits.MAX_RATE}, e.g. 4x4x2, "
+                                         f"got {shown(text)}")
+    return str(parsed)
+
+
+positive_int = number(int, 0, 10**9)
+seconds = number(float, 0, limits.MAX_VIDEO_SECONDS)
+seed = number(int, 0, limits.MAX_SEED, low_allowed=True)
+
+
+def add_generation_flags(p: argparse.ArgumentParser, default_seconds: float | None) -> None:
+    p.add_argument("--seconds", type=seconds, default=default_seconds,
+                   required=default_seconds is None, help="video length")
     p.add_argument("--encoder", help="memory encoder .safetensors (default: embedded tiny)")
     p.add_argument("--dit", help="DiT .safetensors (default: embedded tiny)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=positive_int, default=12, help="sampling steps per chunk")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--steps", type=number(int, 0, 1000), default=12, help="sampling steps per chunk")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--shift", type=positive_float, default=1.0, help="noise schedule shift")
+    p.add_argument("--shift", type=number(float, 0, 100), default=1.0, help="noise schedule shift")
     p.add_argument("--solver", choices=("euler", "heun"), default="euler")
-    p.add_argument("--chunk-seconds", type=positive_float, default=1.0)
-    p.add_argument("--history-seconds", type=positive_float, default=20.0, help="history window compressed into memory")
+    p.add_argument("--chunk-seconds", type=seconds, default=1.0)
+    p.add_argument("--history-seconds", type=seconds, default=20.0, help="history window compressed into memory")
     p.add_argument("--global-prompt", default="", help="prompt carried into every storyboard segment")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive whole number, got {text}")
-    return value
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -322,15 +364,15 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", required=True, help="folder for checkpoints (resumes if it holds one)")
     p.add_argument("--steps", type=positive_int, default=1000)
-    p.add_argument("--batch", type=positive_int, default=8)
-    p.add_argument("--history-frames", type=positive_int, nargs="+", default=[32, 48, 64, 96])
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rate", default="4x4x2")
+    p.add_argument("--batch", type=number(int, 0, 256), default=8)
+    p.add_argument("--history-frames", type=number(int, 0, 10_000), nargs="+", default=[32, 48, 64, 96])
+    p.add_argument("--lr", type=number(float, 0, 1e30), default=1e-3)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--rate", type=rate, default="4x4x2")
     p.add_argument("--variant", default="proposed", choices=ENCODER_VARIANTS,
                    help="encoder variant; none: no memory, recent frames only (the sliding-window baseline)")
-    p.add_argument("--recent-frames", type=non_negative_int, default=0, metavar="R",
-                   help="the last R history latents join the context uncompressed beside the memory")
+    p.add_argument("--recent-frames", type=number(int, 0, limits.MAX_RECENT_FRAMES, low_allowed=True), default=0,
+                   metavar="R", help="the last R history latents join the context uncompressed beside the memory")
     p.add_argument("--context-noise", type=float, default=0.0, metavar="LEVEL",
                    help="finetune: corrupt the history with noise of a random level up to LEVEL (drift defence)")
     p.add_argument("--world", choices=("story", "texture"), default="texture",
@@ -347,14 +389,15 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     start.add_argument("--dit-init", metavar="PATH", help="start from a Wan DiT .safetensors (original or ComfyUI "
                        "layout, or a folder of shards); its size sets --model")
     start.add_argument("--init-from", metavar="DIR", help="start from a training folder (finetune after pretrain)")
-    p.add_argument("--lora-rank", type=non_negative_int, default=0,
+    p.add_argument("--lora-rank", type=number(int, 0, limits.MAX_WIDTH, low_allowed=True), default=0,
                    help="train a LoRA of this rank on the frozen DiT (0: train the whole DiT)")
-    p.add_argument("--lora-alpha", type=positive_float, help="LoRA scale = alpha / rank (default: alpha = rank)")
+    p.add_argument("--lora-alpha", type=number(float, 0, 1e6), help="LoRA scale = alpha / rank (default: alpha = rank)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute activations in backward: far less memory for ~1/3 more compute")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: this process's GPU if torch sees one")
-    p.add_argument("--retrieval-mix", type=float, default=0.25, help="finetune: share of retrieval steps kept")
-    p.add_argument("--context-window", type=int, default=0, metavar="LATENTS",
+    p.add_argument("--retrieval-mix", type=number(float, 0, 1, low_allowed=True), default=0.25,
+                   help="finetune: share of retrieval steps kept")
+    p.add_argument("--context-window", type=number(int, 0, 10**6, low_allowed=True), default=0, metavar="LATENTS",
                    help="finetune with --no-memory: the last LATENTS history latents as uncompressed context "
                         "(the sliding-window baseline)")
     p.add_argument("--data", metavar="DIR", help="train on the mp4/webm/mov videos in DIR (default: procedural)")
@@ -368,42 +411,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p = sub.add_parser("demo", help="run the embedded tiny model end to end on CPU")
     p.add_argument("--out", default="pfp_demo", help="folder for demo.mp4")
-    add_generation_flags(p, seconds=8.0)
+    add_generation_flags(p, default_seconds=8.0)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("generate", help="image + storyboard -> long video")
     p.add_argument("--image", required=True, help="start image (PNG/JPEG)")
     p.add_argument("--storyboard", required=True, help="storyboard file or text, e.g. '0s: ... / 4s: ...'")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--chunks-dir", help="where finished chunks go (default: OUT_chunks/); rerun to resume")
-    add_generation_flags(p, seconds=None)
+    add_generation_flags(p, default_seconds=None)
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("plan", help="tokens, FLOPs and memory for a model and video size")
     p.add_argument("--model", required=True)
-    p.add_argument("--width", type=positive_int, default=832)
-    p.add_argument("--height", type=positive_int, default=480)
-    p.add_argument("--fps", type=positive_float, default=16)
-    p.add_argument("--history-seconds", type=positive_float, default=20)
-    p.add_argument("--chunk-seconds", type=positive_float, default=5)
-    p.add_argument("--video-seconds", type=positive_float, help="whole video, for the RAM estimate (default: history)")
-    p.add_argument("--rate", default="4x4x2")
-    p.add_argument("--recent-frames", type=non_negative_int, default=0, metavar="R",
-                   help="latent frames of the history given uncompressed beside the memory (counted in the context)")
+    p.add_argument("--width", type=number(int, 0, limits.MAX_SIDE), default=832)
+    p.add_argument("--height", type=number(int, 0, limits.MAX_SIDE), default=480)
+    p.add_argument("--fps", type=number(float, 0, limits.MAX_FPS), default=16)
+    p.add_argument("--history-seconds", type=seconds, default=20)
+    p.add_argument("--chunk-seconds", type=seconds, default=5)
+    p.add_argument("--video-seconds", type=seconds, help="whole video, for the RAM estimate (default: history)")
+    p.add_argument("--rate", type=rate, default="4x4x2")
+    p.add_argument("--recent-frames", type=number(int, 0, limits.MAX_RECENT_FRAMES, low_allowed=True), default=0,
+                   metavar="R", help="latent frames of the history given uncompressed beside the memory (counted in the "
+                   "context)")
     p.add_argument("--training", action="store_true",
                    help="memory per GPU of a training step (chunk = the denoised part) instead of generation")
-    p.add_argument("--batch", type=positive_int,
+    p.add_argument("--batch", type=number(int, 0, 4096),
                    help="generation: samples per DiT step, 2 with CFG (default) or 1 without; --training: clips per "
                         "GPU (default 1)")
-    p.add_argument("--lora-rank", type=positive_int, default=32, help="--training: rank of the LoRA rows")
+    p.add_argument("--lora-rank", type=number(int, 0, limits.MAX_WIDTH), default=32,
+                   help="--training: rank of the LoRA rows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("eval-retrieval", help="PSNR/SSIM of past frames retrieved from memory")
     p.add_argument("--encoder")
     p.add_argument("--dit")
     p.add_argument("--no-memory-dit", help="the same DiT trained without memory, as a reference")
-    p.add_argument("--videos", type=positive_int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--history-frames", type=positive_int, default=64)
-    p.add_argument("--steps", type=positive_int, default=12)
+    p.add_argument("--videos", type=number(int, 0, 10_000), default=16)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--history-frames", type=number(int, 0, 10_000), default=64)
+    p.add_argument("--steps", type=number(int, 0, 1000), default=12)
     p.add_argument("--png", help="also write example frames: truth | retrieved | one-step | mean frame | no memory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -414,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-encoder", help="sliding-window baseline encoder (default: embedded)")
     p.add_argument("--baseline-dit", help="sliding-window baseline DiT (default: embedded)")
     p.add_argument("--videos", type=positive_int, default=8, help="videos per scene")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="held-out videos from seeds SEED..SEED+VIDEOS-1")
+    p.add_argument("--seed", type=seed, default=0, help="held-out videos from seeds SEED..SEED+VIDEOS-1")
     p.add_argument("--steps", type=positive_int, default=12, help="sampling steps per chunk")
     p.add_argument("--no-projection", action="store_true",
                    help="append generated chunks to the history as sampled (drift-defence ablation)")
@@ -452,14 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                        help="one job per seed; sets every seed and noise_seed input")
-    seeds.add_argument("--count", type=positive_int, metavar="N", help="this many seeds, counting up from --seed-start")
+    seeds.add_argument("--count", type=number(int, 0, 100_000), metavar="N", help="this many seeds, counting up from --seed-start")
     p.add_argument("--seed-start", type=int, metavar="S", help="first seed for --count (default 0)")
     p.add_argument("--storyboard", nargs="+", action="extend", default=[], metavar="FILE_OR_TEXT",
                    help="storyboard files or texts; one job per seed and storyboard")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="NODE_ID.INPUT=VALUE",
                    help="fixed inputs for every job, VALUE as JSON or plain text, e.g. 12.steps=8")
     p.add_argument("--out", default="pfp_queue", metavar="DIR", help="outputs go to OUT/<job>_<seed>/")
-    p.add_argument("--timeout", type=positive_float, default=600.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=number(float, 0, 7 * 86400), default=600.0, metavar="SECONDS",
                    help="fail a job after this many silent seconds")
     p.set_defaults(func=cmd_queue)
     p = sub.add_parser("bench", help="measure on this machine (speed, planner) or reproduce the paper's tables")
@@ -473,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, help="table1/2: (pre)training steps per run (default 600)")
     p.add_argument("--seeds", type=positive_int, help="table1: training seeds per row (default 3)")
     p.add_argument("--all-rates", action="store_true", help="table1: every variant at every rate, not the paper's rows")
-    p.add_argument("--workers", type=positive_int, default=2, help="table1/2: training processes in parallel")
+    p.add_argument("--workers", type=number(int, 0, 64), default=2, help="table1/2: training processes in parallel")
     p.add_argument("--work", default="pfp_bench_runs", help="table1/2: folder for checkpoints (resumes from it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
@@ -490,7 +535,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished chunks are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: memory: this run needs more memory than the machine has; ask for fewer seconds, smaller "
+              "frames or a smaller model", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def one_line(error: Exception) -> str:
+    """The first line of a message, printable; an OSError that carries only an errno gets its file and what to
+    check."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL and error.filename:
+        return printable(f"cannot write {error.filename} ({error.strerror}); free space or choose another folder")
+    if isinstance(error, OSError) and error.strerror and error.filename and str(error).startswith("[Errno"):
+        return printable(f"{error.filename}: {error.strerror}; check the path")
+    return printable(str(error).split("\n")[0] or type(error).__name__)

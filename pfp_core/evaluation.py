@@ -31,6 +31,11 @@ class RetrievalSettings:
     shift: float = 1.0
     size: int = 32
 
+    def __post_init__(self) -> None:
+        if self.history_frames < self.targets:  # the targets are distinct past frames
+            raise ValueError(f"history-frames: {self.history_frames} is fewer than the {self.targets} past frames "
+                             f"retrieved per video; use at least {self.targets}")
+
 
 def retrieve(dit: WanDiT, memory: Memory | None, frame_times: torch.Tensor, latent_shape: tuple[int, ...],
              settings: RetrievalSettings, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -163,6 +163,14 @@ class AutoregressiveGenerator:
         self.store, self.callbacks = store, callbacks or Callbacks()
 
     def run(self, request: GenerationRequest) -> GenerationResult:
+        """Generate (or resume) every chunk; the store's folder lock is released at the end, even on an error."""
+        try:
+            return self._run(request)
+        finally:
+            if self.store is not None:
+                self.store.close()
+
+    def _run(self, request: GenerationRequest) -> GenerationResult:
         factor = self.vae.config.temporal_factor
         spans = chunk_spans(request.total_frames, request.start_pixels.shape[2], request.chunk_frames, factor)
         if request.window_frames < factor:
@@ -176,7 +184,7 @@ class AutoregressiveGenerator:
         total_steps, resumed, token_counts = len(spans) * request.steps_per_chunk, 0, []
         for n, span in enumerate(spans):
             if self.store is not None and self.store.has(span.index):
-                latents, chunk_frames = self.store.load(span.index)
+                latents, chunk_frames = self.store.load(span.index, *self._stored_shapes(span, history, request))
                 latents = latents[None]
                 resumed += 1
             else:
@@ -196,6 +204,13 @@ class AutoregressiveGenerator:
                 frames.append(chunk_frames)
         kept = torch.cat(frames) if frames else torch.empty(0, dtype=torch.uint8)
         return GenerationResult(kept, history.all(), resumed, token_counts)
+
+    def _stored_shapes(self, span: ChunkSpan, history: LatentHistory,
+                       request: GenerationRequest) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes a stored chunk must have: latents [C, t, h, w], frames [T, H, W, 3]."""
+        start = history.parts[0]
+        latents = (start.shape[1], span.frames // self.vae.config.temporal_factor, *start.shape[3:])
+        return latents, (span.frames, *request.start_pixels.shape[3:], 3)
 
     def decode_continuation(self, history: LatentHistory, latents: torch.Tensor) -> torch.Tensor:
         """Decode a chunk after its history. A causal VAE decodes a lone first latent as a single image frame, so

@@ -130,6 +130,14 @@ def load_memory(path: str | Path) -> Memory:
     tensors, metadata = read_safetensors(path, "memory")
     if metadata.get("pfp_kind") != "memory" or {"tokens", "positions"} - set(tensors):
         raise CheckpointError(f"memory: {Path(path).name} is not a saved PFP memory; save one with PFP Save Memory")
-    return Memory(tensors["tokens"], tensors["positions"], int(metadata["latent_frames"]), float(metadata["seconds"]),
-                  tensors.get("recent_latents"), int(metadata.get("recent_start", 0)),
-                  tuple(json.loads(metadata.get("patch_size", "[1, 2, 2]"))))
+    tokens, positions = tensors["tokens"], tensors["positions"]
+    try:
+        latent_frames, seconds = int(metadata["latent_frames"]), float(metadata["seconds"])
+    except (KeyError, ValueError):  # refused below with the values it holds
+        latent_frames, seconds = -1, math.nan
+    if tokens.dim() != 3 or positions.shape != (tokens.shape[1], 3) or latent_frames < 0 or not math.isfinite(seconds):
+        raise CheckpointError(f"memory: {Path(path).name} is damaged (tokens {list(tokens.shape)}, positions "
+                              f"{list(positions.shape)}, latent_frames {metadata.get('latent_frames')!r}, seconds "
+                              f"{metadata.get('seconds')!r}); save the memory again with PFP Save Memory")
+    return Memory(tokens, positions, latent_frames, seconds, tensors.get("recent_latents"),
+                  int(metadata.get("recent_start", 0)), tuple(json.loads(metadata.get("patch_size", "[1, 2, 2]"))))

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import limits
 from .checkpoint import check_compatible, load_dit, load_encoder
 from .chunk_store import ChunkStore
 from .dit import WanDiT
@@ -126,9 +127,8 @@ class VideoSettings:
 
     def __post_init__(self) -> None:
         for name in ("seconds", "chunk_seconds", "history_seconds"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-                raise ValueError(f"{name.replace('_', '-')}: must be a positive number of seconds, got {value}")
+            limits.check_range(name.replace("_", "-"), getattr(self, name), 0, limits.MAX_VIDEO_SECONDS, " seconds")
+        limits.check_seed("seed", self.seed)
 
 
 def generate(engine: Engine, start_image: np.ndarray, storyboard_text: str, video: VideoSettings,
@@ -137,6 +137,9 @@ def generate(engine: Engine, start_image: np.ndarray, storyboard_text: str, vide
     """Generate (or resume) a video in `out_folder`: chunks land there one by one."""
     fps = engine.fps
     total_frames, chunk_frames = frame_grid(video.seconds, video.chunk_seconds, fps)
+    if total_frames < 2:  # the start image is frame 0
+        raise ValueError(f"seconds: {video.seconds:g} s is {total_frames} frames at {fps} fps; ask for at least "
+                         f"{2 / fps:g} s")
     plan = plan_chunks(parse_storyboard(storyboard_text, global_prompt), total_frames / fps, chunk_frames / fps)
     pixels = image_to_pixels(start_image, video.size)
     fingerprint = {"weights": engine.identity(), "sampler": asdict(sampler), "video": asdict(video),

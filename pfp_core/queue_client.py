@@ -22,6 +22,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import limits
+
 Workflow = dict[str, dict]
 
 SEED_INPUTS = ("seed", "noise_seed")
@@ -64,9 +66,12 @@ class JobPlan:
 
 def load_workflow(path: Path) -> Workflow:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = limits.read_capped(path, "--workflow", limits.MAX_JSON_BYTES, "give the API-format workflow file")
+        data = limits.parse_json(text.decode("utf-8"), f"--workflow {path}")
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise QueueError(f"--workflow {path}: not JSON ({error})") from None
+    except ValueError as error:
+        raise QueueError(str(error)) from None
     if isinstance(data, dict) and "nodes" in data and "links" in data:
         raise QueueError(f"--workflow {path}: this is a UI workflow; save it in API format (Export (API))")
     if not isinstance(data, dict) or not data or not all(
@@ -89,9 +94,11 @@ def parse_override(text: str) -> Override:
     if not (equals and dot and node_id and input_name):
         raise QueueError(f"--set {text}: expected NODE_ID.INPUT=VALUE, e.g. 12.steps=8")
     try:
-        value = json.loads(raw)
+        value = limits.parse_json(raw, f"--set {target}")
     except json.JSONDecodeError:
         value = raw  # plain text such as a prompt or a sampler name needs no JSON quotes
+    except ValueError as error:
+        raise QueueError(str(error)) from None
     return Override(node_id, input_name, value)
 
 
@@ -122,9 +129,19 @@ def apply_overrides(workflow: Workflow, overrides: Sequence[Override]) -> list[s
     return [describe(workflow, o.node_id, o.input_name) for o in overrides]
 
 
+def check_batch_size(workflow: Workflow, jobs: int) -> None:
+    """Each job holds its own copy of the workflow: refuse a batch whose copies would not fit, before making any."""
+    size = len(json.dumps(workflow))
+    if jobs > limits.MAX_JOBS or jobs * size > limits.MAX_QUEUE_BYTES:
+        raise QueueError(f"--seeds/--storyboard: {jobs:,} jobs of a {size / 1e3:,.0f} kB workflow is more than one "
+                         f"queue command plans (limits {limits.MAX_JOBS:,} jobs, {limits.MAX_QUEUE_BYTES >> 20:,} MiB "
+                         "of workflows); split the batch")
+
+
 def plan_jobs(workflow: Workflow, seeds: Sequence[int], storyboards: Sequence[str],
               overrides: Sequence[Override]) -> JobPlan:
     """One job per (seed, storyboard) pair; --set applies to all of them. The given workflow is left unchanged."""
+    check_batch_size(workflow, max(1, len(seeds)) * max(1, len(storyboards)))
     base = copy.deepcopy(workflow)
     changed = {"--set": apply_overrides(base, overrides)}
     targets: dict[str, list[tuple[str, str]]] = {}
@@ -322,9 +339,18 @@ class Server:
 def parse_server(text: str) -> Server:
     host, colon, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
-        raise QueueError(f"--server {text}: expected HOST:PORT, e.g. 127.0.0.1:8188")
+    if not (colon and host and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536 and valid_host(host)):
+        raise QueueError(f"--server {text[:80]}: expected HOST:PORT, e.g. 127.0.0.1:8188")
     return Server(host, int(port))
+
+
+def valid_host(host: str) -> bool:
+    """A name a socket can be asked to connect to: IDNA-encodable (labels of at most 63 characters)."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def first_line(text: str) -> str:
@@ -361,6 +387,17 @@ def output_files(history_entry: dict) -> list[dict]:
             if isinstance(items, list) for item in items if isinstance(item, dict) and "filename" in item]
 
 
+def distinct_names(refs: Sequence[dict]) -> list[str]:
+    """The outputs' file names without their folders (a server's name stays inside the job folder), made distinct
+    within one job: outputs of two nodes (or subfolders) both named NAME.EXT become NAME.EXT and NAME_2.EXT."""
+    names: list[str] = []
+    for ref in refs:
+        base = Path(str(ref["filename"])).name or "output"
+        candidates = (base if n == 1 else f"{Path(base).stem}_{n}{Path(base).suffix}" for n in itertools.count(1))
+        names.append(next(name for name in candidates if name not in names))
+    return names
+
+
 class ComfyClient:
     """The HTTP side of one ComfyUI server: POST /prompt, GET /history/P, GET /view."""
 
@@ -374,10 +411,14 @@ class ComfyClient:
         """{"prompt_id", "number", "node_errors"}; a rejected prompt raises QueueError naming the first bad node."""
         try:
             with self._open("/prompt", json.dumps({"prompt": prompt, "client_id": client_id}).encode()) as response:
-                return json.load(response)
+                answer = json.load(response)
         except urllib.error.HTTPError as error:
             with error:
                 raise QueueError(prompt_error_message(error.code, error.read())) from None
+        if not (isinstance(answer, dict) and isinstance(answer.get("prompt_id"), str)):
+            raise QueueError(f"unexpected answer from {self.server} (POST /prompt gave no prompt_id: "
+                             f"{json.dumps(answer)[:80]})")
+        return answer
 
     def history(self, prompt_id: str) -> dict:
         with self._open(f"/history/{urllib.parse.quote(prompt_id)}") as response:
@@ -386,9 +427,8 @@ class ComfyClient:
             raise QueueError(f"{self.server} has no history for prompt {prompt_id}")
         return entry
 
-    def download(self, ref: dict, folder: Path) -> Path:
+    def download(self, ref: dict, target: Path) -> Path:
         query = urllib.parse.urlencode({key: ref.get(key, "") for key in ("filename", "subfolder", "type")})
-        target = folder / Path(ref["filename"]).name  # the name comes from the server; keep it inside the folder
         with self._open(f"/view?{query}") as response, target.open("wb") as file:
             shutil.copyfileobj(response, file)
         return target
@@ -464,7 +504,8 @@ def run_job(job: Job, client: ComfyClient, out: Path, report: Report) -> list[Pa
         raise QueueError(f"prompt {prompt_id} ended with status {status!r}")
     folder = out / job.name
     folder.mkdir(parents=True, exist_ok=True)
-    return [client.download(ref, folder) for ref in output_files(entry)]
+    refs = output_files(entry)
+    return [client.download(ref, folder / name) for ref, name in zip(refs, distinct_names(refs))]
 
 
 def run_one(job: Job, client: ComfyClient, out: Path, report: Report) -> JobResult:
@@ -476,6 +517,8 @@ def run_one(job: Job, client: ComfyClient, out: Path, report: Report) -> JobResu
         error = f"no message from {client.server} for {client.timeout:g} s"
     except (ValueError, OSError) as failure:
         error = first_line(str(failure)) or type(failure).__name__
+    except Exception as failure:  # well-formed JSON of an unexpected shape from the server: the job fails, not the worker
+        error = f"unexpected answer from {client.server} ({type(failure).__name__}: {first_line(str(failure))})"
     else:
         report(f"done: {len(files)} files in {out / job.name}")
         return JobResult(job, client.server, "ok", time.monotonic() - started, files)

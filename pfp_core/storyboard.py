@@ -12,7 +12,11 @@ Syntax, one segment per line or several on one line separated by " / ":
 Times are seconds with an "s" suffix, or m:ss (two second digits, no suffix). Since a seconds time always ends
 in "s", "1:05: x" can only be 65s then the separator; "1:5: x" and "90: x" are not times. " / " splits a line
 only where a timestamp (or "global:") follows, so "black / white cat" stays one prompt. Text with no timestamp
-at all is one prompt from 0s, so a plain prompt works wherever a storyboard is expected.
+at all is one prompt from 0s, so a plain prompt works wherever a storyboard is expected; but a piece that starts
+like a time and is not one ("0: x", "5sec: x", "1:5: x", "[[0s-1s: x]]") is an error naming its line, never a
+prompt. Times above pfp_core.limits.MAX_VIDEO_SECONDS are refused, and a leading UTF-8 byte-order mark is dropped.
+A value that names a file (or looks like a file name: one word ending in .txt or holding a '/') is read as one; a
+missing file, a folder or a pipe is an error, not the prompt.
 
 Planning: times snap to the nearest chunk boundary, ties to the later one (12.5s with 5s chunks -> 15s), so a
 beat is never shown early. A start snapping to the video's end is pulled back to the last chunk and a range
@@ -31,6 +35,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import limits
+
 MAX_CHARS = 100_000
 _QUOTE_CHARS = 60
 _PROMPT_CHARS = 70
@@ -40,6 +46,8 @@ _TIME = r"-?(?:\d+:[0-5]\d(?:\.\d+)?|\d+(?:\.\d+)?s)"  # '-' is matched only to 
 _POINT = re.compile(rf"({_TIME})\s*:\s*(.*)", re.I)
 _RANGE = re.compile(rf"\[\s*({_TIME})\s*-\s*({_TIME})\s*(?::\s*([^\]]*)\]|\]\s*(?::\s*(.*))?)", re.I)
 _GLOBAL = re.compile(r"(?:global|\*)\s*:\s*(.*)", re.I)
+_TIMELIKE = re.compile(r"\[+\s*[-+]?\d|[-+]?\d\S*?\s*:")  # how a time (or a range) starts
+_PATHLIKE = re.compile(r"\S*(?:[/\\]\S*|\.(?:txt|text|md|storyboard))", re.I)
 _SPLIT = re.compile(rf"\s+/\s+(?={_TIME}\s*:|\[\s*{_TIME}\s*-|(?:global|\*)\s*:)", re.I)
 
 
@@ -71,11 +79,15 @@ class ChunkPrompt:
 
 
 def read_storyboard(value: str) -> str:
-    """A storyboard file's text, or the value itself. os.path.isfile, unlike Path.is_file, does not raise on text
-    longer than a file name may be."""
-    if not os.path.isfile(value):
+    """A storyboard file's text, or the value itself when it neither names a file nor looks like a file name.
+    os.path.lexists, unlike Path.exists, does not raise on text longer than a file name may be."""
+    if not (os.path.lexists(value) or (_PATHLIKE.fullmatch(value) and not _TIMELIKE.match(value))):
         return value
-    data = Path(value).read_bytes()
+    try:
+        data = limits.read_capped(value, "storyboard", limits.MAX_TEXT_BYTES, "give a UTF-8 text file, or the "
+                                  "storyboard text itself such as '0s: a cat / 2s: a dog'")
+    except ValueError as error:
+        raise StoryboardError(str(error)) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -87,6 +99,7 @@ def parse_storyboard(text: str, global_prompt: str = "") -> Storyboard:
     """Parse storyboard text (syntax in the module docstring); global_prompt comes before any 'global:' lines."""
     check_text("storyboard", text)
     check_text("global prompt", global_prompt)
+    text = text.removeprefix("\ufeff")  # a byte-order mark from an editor is not part of line 1
     if "\0" in global_prompt:
         raise StoryboardError("global prompt: contains a NUL character; remove it")
     # Whitespace is collapsed so a multi-line widget value cannot break the one-line-per-chunk table.
@@ -107,6 +120,10 @@ def parse_storyboard(text: str, global_prompt: str = "") -> Storyboard:
             elif segment := _timed_segment(number, piece):
                 _check_after(segments[-1] if segments else None, segment, piece)
                 segments.append(segment)
+            elif _TIMELIKE.match(piece):
+                raise _line_error(number, piece, "does not start with a time this storyboard understands; write "
+                                                 "seconds with an 's' (12s, 12.5s), m:ss (1:05) or a range "
+                                                 "[20s-25s: ...]")
             else:
                 untimed.append((number, piece))
     if segments and untimed:
@@ -135,6 +152,9 @@ def plan_chunks(storyboard: Storyboard, total_seconds: float, chunk_seconds: flo
     validate_duration(storyboard, total_seconds)
     _check_positive("chunk_seconds", chunk_seconds)
     total, step = float(total_seconds), float(chunk_seconds)
+    if total / step > limits.MAX_CHUNKS:  # checked before the plan is built: its size is the chunk count
+        raise StoryboardError(f"chunk_seconds: {total:g} s in chunks of {step:g} s is more than {limits.MAX_CHUNKS:,} "
+                              "chunks; use longer chunks or a shorter video")
     count = max(1, math.ceil(total / step - _EPS))
     starts = [min(_snap(seg.start, step), count - 1) for seg in storyboard.segments]
     chunks = []
@@ -175,8 +195,9 @@ def _timed_segment(number: int, piece: str) -> Segment | None:
     times = [t for t in (start, end) if t is not None]
     if min(times) < 0:
         raise _line_error(number, piece, f"time {_fmt(min(times))} is negative; times start at 0s")
-    if not all(math.isfinite(t) for t in times):
-        raise _line_error(number, piece, "time is too large; use a time inside the video")
+    if max(times) > limits.MAX_VIDEO_SECONDS:
+        raise _line_error(number, piece, f"time is after {_fmt(limits.MAX_VIDEO_SECONDS)}, the longest video; "
+                                         "use a time inside the video")
     if end is not None and end <= start:
         raise _line_error(number, piece, f"range ends at {_fmt(end)}, not after its start {_fmt(start)}; "
                                          "make the end later than the start")

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic import save_tensors
+from . import limits
 from .checkpoint import CheckpointError, read_safetensors
 from .text import TextEncoder
 
@@ -121,7 +122,7 @@ def load_text_embeddings(path: str | Path) -> TextEmbeddings:
         raise CheckpointError(f"{FIELD}: {path.name} is not a text-embedding file (no pfp_kind={KIND} metadata); "
                               "build one with `python -m pfp_core embed-texts`")
     try:
-        texts = json.loads(metadata["texts"])
+        texts = limits.parse_json(metadata["texts"], "texts")
         text_dim, max_length = int(metadata["text_dim"]), int(metadata["max_length"])
         table = {text: tensors[f"text.{i}"] for i, text in enumerate(texts)}
     except (KeyError, ValueError, TypeError) as error:

@@ -18,7 +18,9 @@ blocks and the encoder's full-resolution convolutions, LoRA on a frozen DiT load
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,15 +29,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed, procedural, storyworld
+from . import distributed, limits, procedural, storyworld
 from .atomic import save_tensors
 from .checkpoint import (
+    CheckpointError,
     load_dit,
     load_encoder,
     read_dit_config,
     read_safetensors,
     save_model,
 )
+from .chunk_store import FolderLock
 from .config import DIT_CONFIGS, DiTConfig, dit_config, encoder_config_for
 from .distributed import Process
 from .dit import WanDiT
@@ -375,11 +379,16 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> N
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> int:
     tensors, metadata = read_safetensors(path, "resume")
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-    return int(metadata["step"])
+    try:
+        for name, value in tensors.items():
+            index, key = name.split(".", 1)
+            state.setdefault(int(index), {})[key] = value
+        groups = limits.parse_json(metadata["param_groups"], "param_groups")  # capped: hostile metadata would recurse
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        return int(metadata["step"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"out: {path} holds unreadable optimizer state ({error}); delete it to start the "
+                              "training over, or choose another --out") from None
 
 
 def resume_step(models: Models, optimizer: torch.optim.Optimizer, settings: TrainSettings) -> int:
@@ -387,13 +396,29 @@ def resume_step(models: Models, optimizer: torch.optim.Optimizer, settings: Trai
     out = Path(settings.out)
     if not (out / "optimizer.safetensors").exists():
         return 0
+    saved_encoder = (out / "encoder.safetensors").exists()
+    if saved_encoder != (models.encoder is not None):
+        raise CheckpointError(f"out: {out} holds a training {'with' if saved_encoder else 'without'} memory; "
+                              f"{'drop' if saved_encoder else 'add'} --no-memory to resume it, or choose another --out")
     if models.lora is not None:
         load_lora_into(models.lora, out / "lora.safetensors", "out")
     else:
-        models.dit.load_state_dict(load_dit(out / "dit.safetensors", "out").state_dict())
+        models.dit.load_state_dict(same_config(load_dit(out / "dit.safetensors", "out"), models.dit, out).state_dict())
     if models.encoder is not None:
-        models.encoder.load_state_dict(load_encoder(out / "encoder.safetensors").state_dict())
+        saved = same_config(load_encoder(out / "encoder.safetensors"), models.encoder, out)
+        models.encoder.load_state_dict(saved.state_dict())
     return load_optimizer(optimizer, out / "optimizer.safetensors") + 1
+
+
+def same_config(saved: torch.nn.Module, current: torch.nn.Module, out: Path) -> torch.nn.Module:
+    """`saved` if it was trained with the config being trained now, else a one-line CheckpointError naming what
+    differs (another --rate, --variant or --model on the same --out)."""
+    changed = [f"{name} {value} there, {getattr(current.config, name)} now"
+               for name, value in asdict(saved.config).items() if value != asdict(current.config)[name]]
+    if changed:
+        raise CheckpointError(f"out: {out} holds a training of another configuration ({'; '.join(changed)}); resume "
+                              "it with the flags it started with, or choose another --out")
+    return saved
 
 
 @dataclass
@@ -404,10 +429,10 @@ class Run:
     data: TrainingData
 
 
-def prepare(settings: TrainSettings, process: Process) -> Run:
+def prepare(settings: TrainSettings, process: Process, progress: bool = True) -> Run:
     """Models on this process's device, AdamW over the trainable parameters only (LoRA + encoder with LoRA),
     and the state of the checkpoint in `out` if there is one."""
-    data = load_training_data(settings, progress=process.is_main)  # before the models: a bad folder fails fast
+    data = load_training_data(settings, progress=progress and process.is_main)  # before the models: a bad folder fails fast
     models = build_models(settings).to(process.device)
     if isinstance(data.texts, TextEmbeddings):
         data.texts.check_text_dim(models.dit.config.text_dim, models.dit.config.name)
@@ -440,7 +465,9 @@ def run_steps(run: Run, settings: TrainSettings, process: Process, progress: boo
         losses.append(loss)
         pending.append({"step": step, "loss": loss})
         bar.set_postfix(loss=f"{loss:.4f}")
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+        saving = (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps
+        stop_if_diverged(run.models, loss, step, settings, check_weights=saving)
+        if saving:
             if process.is_main:
                 append_log(out / "loss.jsonl", pending)
                 save_checkpoint(run.models, run.optimizer, settings, step)
@@ -448,10 +475,29 @@ def run_steps(run: Run, settings: TrainSettings, process: Process, progress: boo
     return losses
 
 
+def stop_if_diverged(models: Models, loss: float, step: int, settings: TrainSettings, check_weights: bool) -> None:
+    """A non-finite loss (or, before a checkpoint, non-finite weights) stops the run before anything is written:
+    the last good checkpoint in `out` stays as it was."""
+    weights_ok = not check_weights or all(bool(torch.isfinite(p).all()) for p in models.trainable())
+    if not (math.isfinite(loss) and weights_ok):
+        cause = f"loss {loss:.4g}" if not math.isfinite(loss) else "NaN or infinite weights"
+        raise ValueError(f"lr: training diverged at step {step} ({cause}); the last checkpoint in {settings.out} is "
+                         f"kept; lower --lr (now {settings.lr:g}) and run again")
+
+
 def train(settings: TrainSettings, progress: bool = True) -> list[float]:
     """Run (or resume) a training stage, in one process or under torchrun; returns the losses of the steps run now."""
     process = distributed.start(settings.device)
     try:
-        return run_steps(prepare(settings, process), settings, process, progress)
+        with out_folder_lock(settings, process):
+            return run_steps(prepare(settings, process, progress), settings, process, progress)
     finally:
         distributed.stop(process)
+
+
+def out_folder_lock(settings: TrainSettings, process: Process) -> contextlib.AbstractContextManager:
+    """Rank 0 locks `out` for the whole run: a second training on the same folder is refused, not interleaved."""
+    if not process.is_main:
+        return contextlib.nullcontext()
+    Path(settings.out).mkdir(parents=True, exist_ok=True)
+    return FolderLock(Path(settings.out), "out")

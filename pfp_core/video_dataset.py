@@ -22,6 +22,7 @@ random.Random: the same (seed, step) gives the same clips, so a resumed run sees
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 from collections import Counter
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import limits
 from .procedural import to_pixels
 from .storyboard import Storyboard, StoryboardError, parse_storyboard, plan_chunks
 from .video_io import VideoReadError, open_capture, resize_frames
@@ -184,13 +186,15 @@ def caption_file(video: Path) -> Path:
 def read_storyboard(video: Path) -> Storyboard | None:
     """The video's caption storyboard, or None without a caption file."""
     path = caption_file(video)
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # a FIFO or a huge file is refused, not waited for or read whole
+        text = limits.read_capped(path, "caption", limits.MAX_TEXT_BYTES, "save the caption as a UTF-8 text file")
+        return parse_storyboard(text.decode("utf-8"))
     except (OSError, UnicodeDecodeError) as error:
         raise StoryboardError(f"cannot read it as UTF-8 text ({error})") from None
-    return parse_storyboard(text)
+    except ValueError as error:
+        raise StoryboardError(str(error)) from None
 
 
 def with_captions(video: VideoFile, fps: float) -> VideoFile:

@@ -6,7 +6,10 @@ mp4v cannot encode odd sizes (the encoder silently drops the last row/column), s
 heights/widths by repeating the last row/column; reading such a video back gives the padded, even size.
 Images go through imencode/imdecode plus Python file I/O because cv2.imread/imwrite fail on non-ASCII
 paths on Windows. FFmpeg's own log lines ("moov atom not found") are silenced unless OPENCV_FFMPEG_LOGLEVEL is
-set: every read failure is reported as one VideoReadError line instead.
+set, and OpenCV's own `[ WARN ]` lines unless OPENCV_LOG_LEVEL is set: every failure is reported as one error
+line instead. A written video is read back (its frame count) before it replaces the target, because OpenCV's
+writer reports no write error (a full disk leaves a few kB that no player opens).
+Start images are refused by file size and by the size in their header (pfp_core.limits) before decoding.
 """
 from __future__ import annotations
 
@@ -18,9 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import limits
 from .atomic import replacing, write_bytes
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")  # OpenCV reads it when it first opens a video
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 class VideoReadError(ValueError):
@@ -33,18 +39,29 @@ def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
     if fps <= 0:
         raise ValueError(f"fps: expected a positive number, got {fps}")
     frames = _pad_to_even(frames)
-    path = Path(path)
-    with replacing(path, keep_suffix=True) as temporary:  # OpenCV picks the container from the suffix
+    path = limits.check_utf8_path(path, "out")
+    check = lambda written: _check_frame_count(written, len(frames), path)
+    with replacing(path, keep_suffix=True, check=check) as temporary:  # OpenCV picks the container from the suffix
         height, width = frames.shape[1:3]
         writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
         if not writer.isOpened():
-            raise OSError(f"video: cannot open an mp4v writer for '{path}'")
+            raise OSError(f"out: cannot open an mp4v writer for {path}; choose a writable folder")
         for frame in frames:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         writer.release()
-        if temporary.stat().st_size == 0:
-            raise OSError(f"video: the mp4v encoder wrote nothing for '{path}'")
     return path
+
+
+def _check_frame_count(written: Path, frames: int, path: Path) -> None:
+    """OSError unless `written` opens as a video of `frames` frames."""
+    try:
+        with open_capture(written) as capture:
+            found = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    except VideoReadError:
+        found = 0
+    if found != frames:
+        raise OSError(f"out: cannot write {path} (the mp4 holds {found} of {frames} frames: the disk is full or a file "
+                      f"size limit was reached); free space or choose another folder; any earlier {path.name} is kept")
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
@@ -71,17 +88,50 @@ def open_capture(path: str | Path) -> Iterator[cv2.VideoCapture]:
         capture.release()
 
 
+IMAGE_FIX = "give a PNG or JPEG file"
+
+
 def load_image(path: str | Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; grayscale is replicated to three channels and alpha is dropped."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as error:
-        raise ValueError(f"image: cannot read '{path}' ({error.strerror or type(error).__name__}); give a PNG or "
-                         "JPEG file") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    """uint8 RGB [H, W, 3]; grayscale is replicated to three channels and alpha is dropped. The file must be a
+    regular file within limits.MAX_IMAGE_BYTES whose header (PNG or JPEG) claims at most MAX_SIDE per side."""
+    data = np.frombuffer(limits.read_capped(path, "image", limits.MAX_IMAGE_BYTES, IMAGE_FIX), dtype=np.uint8)
+    size = image_size(data.tobytes()[:2**16])
+    if size is None:
+        raise ValueError(f"image: '{path}' is not a readable image; {IMAGE_FIX}")
+    if max(size) > limits.MAX_SIDE:
+        raise ValueError(f"image: '{path}' is {size[0]}x{size[1]} pixels, more than the limit of {limits.MAX_SIDE} per "
+                         "side; scale it down first")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"image: '{path}' is not a readable image; give a PNG or JPEG file")
+        raise ValueError(f"image: '{path}' is not a readable image; {IMAGE_FIX}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's frame header, or None when `head` is neither."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(head)
+    return None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    """Walks the JPEG markers up to the first start-of-frame (SOF0-SOF15 except DHT, JPG and DAC)."""
+    offset = 2
+    while offset + 9 <= len(head):
+        if head[offset] != 0xFF:
+            return None
+        marker = head[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            offset += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(head[offset + 7:offset + 9], "big"), int.from_bytes(head[offset + 5:offset + 7], "big")
+        else:
+            offset += 2 + int.from_bytes(head[offset + 2:offset + 4], "big")
+    return None
 
 
 def save_image(array: np.ndarray, path: str | Path) -> Path:

@@ -98,6 +98,18 @@ def test_memory_round_trips_through_a_file_and_foreign_files_are_named(tmp_path,
         load_memory(tmp_path / "dit.safetensors")
 
 
+@pytest.mark.parametrize("metadata, tokens", [({"latent_frames": "6"}, (1, 4, 8)), ({"latent_frames": "x", "seconds": "1"},
+                                              (1, 4, 8)), ({"latent_frames": "6", "seconds": "nan"}, (1, 4, 8)),
+                                              ({"latent_frames": "6", "seconds": "1"}, (4, 8))])
+def test_a_memory_file_with_broken_metadata_or_shapes_is_refused_in_one_line(metadata, tokens, tmp_path):
+    from pfp_core.memory import load_memory
+
+    save_file({"tokens": torch.zeros(tokens), "positions": torch.zeros(4, 3)}, str(tmp_path / "m.safetensors"),
+              {"pfp_kind": "memory", **metadata})
+    with pytest.raises(CheckpointError, match=r"^memory: m.safetensors is damaged \(tokens"):
+        load_memory(tmp_path / "m.safetensors")
+
+
 @pytest.mark.parametrize("name", ["tiny", "wan2.1-1.3b", "wan2.1-14b", "wan2.2-5b"])
 def test_a_known_size_without_metadata_is_recognised_by_its_shapes(name):
     from pfp_core.checkpoint import infer_dit_config

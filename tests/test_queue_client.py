@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from pfp_core.cli import main
-from pfp_core.queue_client import (ComfyClient, Job, JobResult, QueueError, Server, WebSocket, follow, format_summary,
-                                   load_workflow, output_files, parse_override, parse_server, plan_jobs,
+from pfp_core.queue_client import (ComfyClient, Job, JobResult, QueueError, Server, WebSocket, distinct_names, follow,
+                                   format_summary, load_workflow, output_files, parse_override, parse_server, plan_jobs,
                                    prompt_error_message, run_jobs, seed_list, websocket_accept)
 from pfp_core.storyboard import read_storyboard
 
@@ -361,6 +361,12 @@ def test_prompt_error_message_survives_a_body_that_is_not_json():
         "HTTP 500: 500 Internal Server Error"
 
 
+def test_outputs_of_the_same_name_get_distinct_files():
+    refs = [{"filename": "v.mp4", "subfolder": "a"}, {"filename": "v.mp4", "subfolder": "b"},
+            {"filename": "x/v.mp4"}, {"filename": "v_2.mp4"}, {"filename": ""}]
+    assert distinct_names(refs) == ["v.mp4", "v_2.mp4", "v_3.mp4", "v_2_2.mp4", "output"]
+
+
 def test_history_outputs_are_downloaded_into_the_job_folder(recorded_server, tmp_path):
     entry = {"outputs": {"7": {"images": [{"filename": "a.png", "subfolder": "run 1", "type": "output"},
                                           {"filename": "../b.png", "subfolder": "", "type": "temp"}],
@@ -369,7 +375,7 @@ def test_history_outputs_are_downloaded_into_the_job_folder(recorded_server, tmp
     RecordedComfy.routes = {"/history/P1": (200, json.dumps({"P1": entry}).encode()), "/view": (200, b"PNG bytes")}
     client = ComfyClient(Server("127.0.0.1", recorded_server.server_port), timeout=10)
     refs = output_files(client.history("P1"))
-    files = [client.download(ref, tmp_path) for ref in refs]
+    files = [client.download(ref, tmp_path / name) for ref, name in zip(refs, distinct_names(refs))]
     assert files == [tmp_path / "a.png", tmp_path / "b.png"] and files[1].read_bytes() == b"PNG bytes"
     queries = [urllib.parse.parse_qs(urllib.parse.urlsplit(path).query) for path in RecordedComfy.seen[1:]]
     assert queries[0] == {"filename": ["a.png"], "subfolder": ["run 1"], "type": ["output"]}
@@ -413,6 +419,8 @@ class FakeComfyHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt_id = f"{fake.name}{len(fake.prompts)}"
         fake.prompts.append(body["prompt"])
+        if fake.prompt_answer is not None:
+            return self.answer(fake.prompt_answer)
         if not fake.silent:
             for message in (event("executing", node="2", prompt_id=prompt_id),
                             event("progress", value=1, max=1, node="2", prompt_id=prompt_id),
@@ -434,9 +442,9 @@ class FakeComfyHandler(BaseHTTPRequestHandler):
 class FakeComfy(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, name: str, silent: bool = False):
+    def __init__(self, name: str, silent: bool = False, prompt_answer: bytes | None = None):
         super().__init__(("127.0.0.1", 0), FakeComfyHandler)
-        self.name, self.silent = name, silent
+        self.name, self.silent, self.prompt_answer = name, silent, prompt_answer  # prompt_answer: POST /prompt's body
         self.sockets: dict[str, queue.Queue] = {}
         self.prompts: list[dict] = []
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -478,6 +486,17 @@ def test_a_silent_server_fails_its_job_after_the_timeout_in_one_line(tmp_path):
     finally:
         server.stop()
     assert result.status == "failed" and result.error == f"no message from {server.address} for 0.5 s"
+
+
+@pytest.mark.parametrize("answer", [b"{}", b'["queued"]', b'{"prompt_id": {"id": 1}}', b"null"])
+def test_well_formed_but_unexpected_json_fails_each_job_and_the_worker_goes_on(answer, tmp_path):
+    server = FakeComfy("odd", prompt_answer=answer)
+    try:
+        results = run_jobs(plan_jobs(WORKFLOW, [1, 2], [], []).jobs, [server.address], tmp_path, 5, lambda line: None)
+    finally:
+        server.stop()
+    assert [r.status for r in results] == ["failed", "failed"] and len(server.prompts) == 2
+    assert all(r.error.startswith(f"unexpected answer from {server.address} (") for r in results), results[0].error
 
 
 def test_summary_table_has_one_row_per_job():

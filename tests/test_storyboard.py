@@ -170,7 +170,7 @@ def test_untimed_line_among_timed_ones_is_rejected() -> None:
 
 
 def test_time_without_s_suffix_is_not_a_timestamp() -> None:
-    assert error_of("0s: a\n12: b").startswith("storyboard line 2 ('12: b'): has no timestamp")
+    assert error_of("0s: a\n12: b").startswith("storyboard line 2 ('12: b'): does not start with a time")
 
 
 def test_empty_storyboard_is_rejected() -> None:

@@ -1,6 +1,10 @@
 """The video-folder dataset on real files written here with OpenCV: timing, sizes, damage, captions, determinism."""
+import os
 import random
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -262,3 +266,25 @@ def test_resuming_a_run_on_a_video_folder_continues_the_same_loss_curve(tmp_path
     resumed = run("b", 2) + run("b", 3)
     assert resumed == pytest.approx(straight, abs=1e-5)
     assert "caption files but no --text-embeddings" in capsys.readouterr().err
+
+
+def test_a_fifo_or_oversized_caption_file_is_skipped_with_a_warning_not_waited_for(tmp_path, capsys):
+    procedural_video(tmp_path / "piped.mp4", frames=32)
+    os.mkfifo(tmp_path / "piped.txt")
+    procedural_video(tmp_path / "huge.mp4", frames=32)
+    with open(tmp_path / "huge.txt", "wb") as file:
+        file.truncate(2**30)  # sparse
+    procedural_video(tmp_path / "plain.mp4", frames=32)
+    videos = folder(tmp_path)
+    assert [v.path.name for v in videos.videos] == ["plain.mp4"]
+    err = capsys.readouterr().err
+    assert "piped.txt" in err and "not a regular file" in err and "huge.txt" in err and "more than the limit" in err
+
+
+def test_quiet_training_shows_no_scan_videos_bar(tmp_path):
+    procedural_video(tmp_path / "data" / "clip.mp4", frames=40)
+    done = subprocess.run([sys.executable, "-m", "pfp_core", "pretrain", "--data", str(tmp_path / "data"), "--out",
+                           str(tmp_path / "run"), "--steps", "1", "--batch", "1", "--history-frames", "8", "--quiet"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "scan videos" not in done.stderr and "--data: 1 videos usable" in done.stderr, done.stderr
