@@ -3,7 +3,6 @@ ComfyUI, and the summary shown on the node."""
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,14 +63,11 @@ class RunFolder:
         return best, counts.get(best, 0)
 
     def link_chunks(self, source: Path | None, count: int) -> str | None:
-        """Hard-link (no extra disk) chunks 0..count-1 of `source` that this run lacks; the source's name if any."""
-        linked = 0
-        for index in range(count if source is not None else 0):
-            origin, target = source / self.store.chunk_path(index).name, self.store.chunk_path(index)
-            if origin.exists() and not target.exists():
-                os.link(origin, target)
-                linked += 1
-        return source.name if linked else None
+        """Chunks 0..count-1 of `source` that this run lacks, verified and re-stamped as this run's (a chunk
+        proves which run it belongs to, so a shared chunk is copied, not linked); the source's name if any."""
+        adopted = sum(self.store.adopt(index, source) for index in range(count if source is not None else 0)
+                      if not self.store.has(index))
+        return source.name if adopted else None
 
     def summary(self, result: GenerationResult, frames: int, fps: float) -> str:
         generated = len(result.memory_tokens)

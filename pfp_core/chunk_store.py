@@ -153,6 +153,21 @@ class ChunkStore:
         with self._writing(f"chunk {index}"):
             save_tensors({"latents": latents, "frames": frames}, self.chunk_path(index), metadata)
 
+    def adopt(self, index: int, source: Path) -> bool:
+        """Take chunk `index` of the finished run in `source` (verified against that run's own digest and hash)
+        as this run's, re-stamped with this run's digest: how a continued run shares its leading chunks. False if
+        the source has no such chunk or no readable manifest."""
+        try:
+            fingerprint = json.loads((Path(source) / "manifest.json").read_bytes())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(fingerprint, dict) or not os.path.lexists(Path(source) / self.chunk_path(index).name):
+            return False
+        with ChunkStore(source, fingerprint, self.field) as origin:
+            latents, frames = origin.load(index)
+        self.save(index, latents, frames)
+        return True
+
     def load(self, index: int, latent_shape: tuple[int, ...] | None = None,
              frame_shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A finished chunk of this run, unchanged since it was written and of the expected shapes (when given).

@@ -489,8 +489,9 @@ def train(settings: TrainSettings, progress: bool = True) -> list[float]:
     """Run (or resume) a training stage, in one process or under torchrun; returns the losses of the steps run now."""
     process = distributed.start(settings.device)
     try:
+        run = prepare(settings, process, progress)  # first: bad data or models fail before `out` is made
         with out_folder_lock(settings, process):
-            return run_steps(prepare(settings, process, progress), settings, process, progress)
+            return run_steps(run, settings, process, progress)
     finally:
         distributed.stop(process)
 

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from comfy_env import API_WORKFLOWS, comfy_path, comfy_server, run_folders, saved_video, tiny_workflow
 
@@ -82,7 +83,7 @@ def test_a_finished_run_continues_for_more_seconds_and_keeps_chunks_before_an_ed
     edited["6"]["inputs"]["storyboard"] = "0s: a textured world with moving objects\n2s: a storm rolls in"
     assert "(2 resumed, 1 generated)" in summary(run(server, edited))  # chunks 0-1 had the same prompts
     newest = max(run_folders(server, "continued"), key=lambda p: p.stat().st_mtime)
-    assert (newest / "chunk_0001.safetensors").samefile(first / "chunk_0001.safetensors")  # linked, not copied
+    assert same_frames(newest / "chunk_0001.safetensors", first / "chunk_0001.safetensors")  # taken, not regenerated
 
 
 def test_keep_chunks_regenerates_from_chunk_k_with_another_seed(server):
@@ -93,7 +94,7 @@ def test_keep_chunks_regenerates_from_chunk_k_with_another_seed(server):
     text = summary(run(server, reseeded))
     assert f"continuing {first.name}: 3 chunks (2 resumed, 1 generated)" in text, text
     (second,) = [p for p in run_folders(server, "regen") if p != first]
-    assert (second / "chunk_0001.safetensors").samefile(first / "chunk_0001.safetensors")
+    assert same_frames(second / "chunk_0001.safetensors", first / "chunk_0001.safetensors")
     assert (second / "chunk_0002.safetensors").read_bytes() != (first / "chunk_0002.safetensors").read_bytes()
     run(server, tiny_workflow("regen_other", seconds=3.0))  # ComfyUI's cache now holds another prompt
     assert "(3 resumed, 0 generated)" in summary(run(server, reseeded))  # the same keep_chunks run resumes
@@ -165,3 +166,10 @@ def test_memory_nodes_compose_with_stock_nodes(server):
     start = load_image(server.output / "compose" / entry["outputs"]["16"]["images"][0]["filename"]).astype(float)
     truth = make_video(heldout_seed(3), 1).frames[0].astype(float)
     assert np.mean((start - truth) ** 2) < 0.5 * np.mean((127.5 - truth) ** 2)
+
+
+def same_frames(a, b) -> bool:
+    """Two chunk files hold the same frames (a shared chunk is re-stamped with its new run's digest)."""
+    from safetensors.torch import load_file
+
+    return torch.equal(load_file(str(a))["frames"], load_file(str(b))["frames"])
