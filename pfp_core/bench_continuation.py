@@ -76,8 +76,8 @@ def example_frames(generators: dict[str, Generate], bench: ContinuationBench) ->
 
 def run_bench(bench: ContinuationBench, progress: Callable[[str], None] = lambda text: None) -> tuple[dict, np.ndarray]:
     settings = ContinuationSettings(videos=bench.videos, seed=bench.seed, steps=bench.steps)
-    model = load_engine()
-    window = cached(engine_generator(load_engine(BASELINE_ENCODER, BASELINE_DIT), settings))
+    model, baseline = load_engine(), load_engine(BASELINE_ENCODER, BASELINE_DIT)
+    window = cached(engine_generator(baseline, settings))
     main = cached(engine_generator(model, settings))
     report = {"bench": vars(bench).copy(), "model": evaluate_continuation(main, window, settings, progress)}
     unprojected = replace(settings, project_chunks=False)
@@ -85,7 +85,7 @@ def run_bench(bench: ContinuationBench, progress: Callable[[str], None] = lambda
     report["ablations"] = {"no_projection": {scene: ablation["scenes"][scene]["model"] for scene in storyworld.SCENES}}
     long_settings = replace(settings, total_frames=bench.rollout_seconds * 8)
     long_runs = {"model": engine_generator(model, long_settings),
-                 "sliding_window": engine_generator(load_engine(BASELINE_ENCODER, BASELINE_DIT), long_settings)}
+                 "sliding_window": engine_generator(baseline, long_settings)}
     progress("rollouts")
     report["rollout"] = rollout_drift(long_runs, bench, settings)
     return report, example_frames({"model": main, "sliding_window": window}, bench)

@@ -2,7 +2,7 @@
 with the server's resident memory sampled every 50 ms; plus what the planner says a 2-minute 480p Wan run needs.
 Writes docs/results/comfy_ram.md and comfy_ram.json. Figures are recorded, not asserted.
 
-    COMFYUI_PATH=/work/comfyui OMP_NUM_THREADS=1 nice -n 19 /work/comfy-venv/bin/python \\
+    COMFYUI_PATH=/path/to/ComfyUI OMP_NUM_THREADS=1 nice -n 19 /path/to/comfyui-venv/bin/python \\
         tests/integration/memory_bench.py
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@ SIGKILLs of `python -m pfp_core generate` and 20 ComfyUI /interrupts at random m
 resume that must give the frames of an uninterrupted run, and a 50-prompt batch soak. Writes
 docs/results/reliability.md and reliability.json.
 
-    COMFYUI_PATH=/work/comfyui OMP_NUM_THREADS=1 nice -n 10 /work/comfy-venv/bin/python \\
+    COMFYUI_PATH=/path/to/ComfyUI OMP_NUM_THREADS=1 nice -n 10 /path/to/comfyui-venv/bin/python \\
         tests/integration/reliability_bench.py
 
 Without COMFYUI_PATH only the command-line parts run, and the report says so. The tests run the same functions
@@ -187,11 +187,11 @@ def report(data: dict) -> str:
         "## Commands",
         "",
         "```bash",
-        "COMFYUI_PATH=/work/comfyui OMP_NUM_THREADS=1 nice -n 10 /work/comfy-venv/bin/python \\",
+        "COMFYUI_PATH=/path/to/ComfyUI OMP_NUM_THREADS=1 nice -n 10 /path/to/comfyui-venv/bin/python \\",
         (f"    tests/integration/reliability_bench.py --interruptions {data['interruptions_per_kind']} "
          f"--prompts {data['prompts']} --out docs/results"),
         "python -m pytest -q tests/test_bad_inputs.py tests/test_interruptions.py          # CI: the CLI catalog, 2+2 stops",
-        "COMFYUI_PATH=/work/comfyui /work/comfy-venv/bin/python -m pytest -q tests/integration/test_reliability.py",
+        "COMFYUI_PATH=/path/to/ComfyUI /path/to/comfyui-venv/bin/python -m pytest -q tests/integration/test_reliability.py",
         "```",
         "",
         "## Bad-input catalog",
