@@ -192,3 +192,9 @@ def _paste(video: np.ndarray, masks: np.ndarray, sprite: np.ndarray, shape: np.n
     t, y, x = np.nonzero(covered)
     video[t, y, x] = sprite[y - top[t], x - left[t]]
     masks |= covered
+
+
+def returned_frames(camera: np.ndarray) -> np.ndarray:
+    """bool [T]: the camera (positions [T] or [T, axes]) is back on its start view after having left it."""
+    at_start = (camera == camera[0]).reshape(len(camera), -1).all(axis=1)
+    return at_start & np.maximum.accumulate(~at_start)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .procedural import HELDOUT_SEED_BASE, _apply_lighting, _background, _crop_views, _lighting, _paste
+from .procedural import (HELDOUT_SEED_BASE, _apply_lighting, _background, _crop_views, _lighting, _paste,
+                         returned_frames)
 
 SCENES = ("static", "panning")
 COLOURS = {"red": (215, 45, 40), "green": (50, 175, 60), "blue": (45, 75, 215), "yellow": (230, 205, 45),
@@ -59,8 +60,7 @@ class StoryVideo:
 
     def camera_returned(self) -> np.ndarray:
         """bool [T]: the camera is back on its start view after having left it."""
-        at_start = self.camera == self.camera[0]
-        return at_start & np.maximum.accumulate(~at_start)
+        return returned_frames(self.camera)
 
 
 def story_seed(seed: int) -> int:

@@ -118,14 +118,7 @@ def frame_scores(generated: np.ndarray, video: procedural.ProceduralVideo, prefi
     drift = (pred.mean(dim=(2, 3)) - true.mean(dim=(2, 3))).norm(dim=1) * 127.5
     return {"psnr": psnr(pred, true).tolist(), "psnr_background": masked_psnr(pred, true, ~masks).tolist(),
             "psnr_object": masked_psnr(pred, true, masks).tolist(), "colour_drift": drift.tolist(),
-            "returned": returned_frames(video.camera)[prefix:].tolist()}
-
-
-def returned_frames(camera: np.ndarray) -> np.ndarray:
-    """bool [T]: the camera is back on its start view after having left it."""
-    at_start = (camera == camera[0]).all(axis=1)
-    has_left = np.maximum.accumulate(~at_start)
-    return at_start & has_left
+            "returned": procedural.returned_frames(video.camera)[prefix:].tolist()}
 
 
 def score_variant(job: Table2Job) -> dict:

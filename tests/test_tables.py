@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 from pfp_core import procedural
+from pfp_core.procedural import returned_frames
 from pfp_core.table1 import PAPER_ROWS, Table1Settings, jobs_for, run_table1
 from pfp_core.table1 import quick as quick_table1
-from pfp_core.table2 import SCENES, VARIANTS, Table2Settings, frame_scores, returned_frames, run_table2, still_frames
+from pfp_core.table2 import SCENES, VARIANTS, Table2Settings, frame_scores, run_table2, still_frames
 from pfp_core.table2 import quick as quick_table2
 
 
