@@ -110,12 +110,13 @@ def generate(folder: Path, video: procedural.ProceduralVideo, settings: Table2Se
 
 def frame_scores(generated: np.ndarray, video: procedural.ProceduralVideo, prefix: int) -> dict[str, list[float]]:
     """Per generated frame (after the prefix): PSNR whole / background / objects, and colour drift."""
+    from .continuation import colour_drift
     from .metrics import masked_psnr, psnr
 
     to_tensor = lambda frames: torch.from_numpy(frames[prefix:]).permute(0, 3, 1, 2).float() / 127.5 - 1
     pred, true = to_tensor(generated), to_tensor(video.frames)
     masks = torch.from_numpy(video.object_masks[prefix:])
-    drift = (pred.mean(dim=(2, 3)) - true.mean(dim=(2, 3))).norm(dim=1) * 127.5
+    drift = colour_drift(generated[prefix:], video.frames[prefix:])
     return {"psnr": psnr(pred, true).tolist(), "psnr_background": masked_psnr(pred, true, ~masks).tolist(),
             "psnr_object": masked_psnr(pred, true, masks).tolist(), "colour_drift": drift.tolist(),
             "returned": procedural.returned_frames(video.camera)[prefix:].tolist()}
