@@ -164,7 +164,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                              lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                              grad_checkpointing=args.grad_checkpointing, device=args.device,
                              data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
-                             world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise)
+                             world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise,
+                             shift=args.shift, clean_context=args.clean_context)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -375,6 +376,12 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    metavar="R", help="the last R history latents join the context uncompressed beside the memory")
     p.add_argument("--context-noise", type=float, default=0.0, metavar="LEVEL",
                    help="finetune: corrupt the history with noise of a random level up to LEVEL (drift defence)")
+    p.add_argument("--shift", type=number(float, 0, 100), default=1.0,
+                   help="noise-level shift of the training schedule (> 1: more high-noise steps, where the context "
+                        "decides the content)")
+    p.add_argument("--clean-context", action="store_true",
+                   help="the DiT reads the context as a clean stream of its own, so generation computes its keys "
+                        "and values once per chunk (the encoder file records it)")
     p.add_argument("--world", choices=("story", "texture"), default="texture",
                    help="procedural data: the captioned story world or Table 1's fine-texture world")
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")
