@@ -137,7 +137,7 @@ def cmd_eval_continuation(args: argparse.Namespace) -> None:
     from .continuation import ContinuationSettings, engine_generator, evaluate_continuation, format_report
     from .pipeline import BASELINE_DIT, BASELINE_ENCODER, load_engine
 
-    settings = ContinuationSettings(videos=args.videos, seed=args.seed, steps=args.steps,
+    settings = ContinuationSettings(videos=args.videos, seed=args.seed, steps=args.steps, shift=args.shift,
                                     project_chunks=not args.no_projection)
     model = engine_generator(load_engine(args.encoder, args.dit), settings)
     window = engine_generator(load_engine(args.baseline_encoder or BASELINE_ENCODER, args.baseline_dit or BASELINE_DIT),
@@ -468,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=positive_int, default=8, help="videos per scene")
     p.add_argument("--seed", type=seed, default=0, help="held-out videos from seeds SEED..SEED+VIDEOS-1")
     p.add_argument("--steps", type=positive_int, default=12, help="sampling steps per chunk")
+    p.add_argument("--shift", type=number(float, 0, 100), default=1.0, help="sampling schedule shift")
     p.add_argument("--no-projection", action="store_true",
                    help="append generated chunks to the history as sampled (drift-defence ablation)")
     p.add_argument("--json", action="store_true", help="only the JSON line")
