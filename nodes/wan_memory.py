@@ -6,7 +6,8 @@ optimized_attention. Without a memory in the model options the wrapper steps asi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import weakref
+from dataclasses import dataclass, field, replace
 
 import torch
 import comfy.ldm.common_dit
@@ -14,16 +15,34 @@ import comfy.patcher_extension
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..pfp_core.attention import use_attention
-from ..pfp_core.dit import wan_forward
+from ..pfp_core.dit import ContextCache, wan_forward
 from ..pfp_core.memory import Memory
 
 WRAPPER_KEY = "pfp_memory"
+
+
+class RunCaches:
+    """One ContextCache per sampling run: a run is known by its sigmas tensor (ComfyUI puts it in the
+    transformer options), so a second KSampler on the same model, maybe with other weights patched in, starts
+    afresh."""
+
+    def __init__(self) -> None:
+        self._sigmas: weakref.ref | None = None
+        self._cache = ContextCache()
+
+    def for_run(self, sigmas: torch.Tensor | None) -> ContextCache:
+        if sigmas is None:
+            return ContextCache()  # not inside a sampling run: nothing to share
+        if self._sigmas is None or self._sigmas() is not sigmas:
+            self._sigmas, self._cache = weakref.ref(sigmas), ContextCache()
+        return self._cache
 
 
 @dataclass
 class MemoryInjection:
     memory: Memory
     first_frame_time: int  # time position of the sampled latents' first frame, after the history
+    runs: RunCaches = field(default_factory=RunCaches)
 
 
 def comfy_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -44,7 +63,8 @@ def memory_forward_wrapper(executor, x, timestep, context, clip_fea=None, time_d
         memory = replace(memory, recent_latents=comfy.ldm.common_dit.pad_to_patch_size(memory.recent_latents,
                                                                                         model.patch_size))
     with use_attention(comfy_attention):
-        out = wan_forward(model, padded, timestep, context, memory, frame_times, clip_fea)
+        cache = injection.runs.for_run(transformer_options.get("sample_sigmas"))
+        out = wan_forward(model, padded, timestep, context, memory, frame_times, clip_fea, cache)
     return out[:, :, :t, :h, :w]
 
 

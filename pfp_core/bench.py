@@ -32,6 +32,7 @@ from .encoder import MemoryEncoder
 from .generator import LatentHistory
 from .incremental import IncrementalMemory
 from .memory import Memory
+from .bench_chunk import format_sampling, sampling_costs, sampling_verdicts
 from .planner import dit_flops, encoder_flops, plan
 from .memory import empty_memory, with_recent
 
@@ -42,7 +43,7 @@ WINDOW_FRAMES = 160  # 20 s
 HISTORY_SECONDS = (2.5, 5.0, 10.0, 20.0)
 TARGETS = {"memory_vs_no_history_max": 1.3, "full_vs_memory_min": 10.0, "encoder_peak_fraction_min": 0.3}
 FIGURE_SIZE = (1000, 1500)  # height, width of speed.png
-STAGES = ("machine", "matmul peak", "per-chunk cost", "memory updates", "encoder throughput", "demo", "report")
+STAGES = ("machine", "matmul peak", "per-chunk cost", "per-chunk sampling", "memory updates", "encoder throughput", "demo", "report")
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,22 @@ def chunk_costs(name: str, dit: WanDiT, encoders: dict[str, MemoryEncoder], s: B
     return result
 
 
+def sampling_cases(engine, large: WanDiT, large_encoder: MemoryEncoder, s: BenchSettings) -> dict:
+    """Whole chunks (8 steps, CFG) per context path: tiny with its embedded pair, where the raw 20 s history
+    also runs; the large config timed once per case (a chunk there takes about a minute), full history left out."""
+    history, chunk_shape = random_latents(WINDOW_FRAMES, 2), (1, LATENT[0], CHUNK_FRAMES, LATENT[1], LATENT[2])
+    repeated = lambda fn: median_seconds(fn, s.repeats, s.case_seconds)[0]
+    return {"tiny": sampling_costs(engine.dit.eval(), engine.encoder.eval(), history, chunk_shape, FPS, repeated, True),
+            s.large.name: sampling_costs(large, large_encoder, history, chunk_shape, FPS, time_once, False)}
+
+
+def time_once(fn: Callable[[], object]) -> float:
+    with torch.no_grad():
+        started = time.perf_counter()
+        fn()
+        return time.perf_counter() - started
+
+
 # ---------------------------------------------------------------------------------------------- 2. updates
 
 
@@ -310,6 +327,8 @@ def run_speed(out: Path, quick: bool = False, on_stage: Callable[[str], None] = 
     results["embedded_rate"] = tiny_cfg.rate
     results["per_chunk"] = {"tiny": chunk_costs("tiny", engine.dit.eval(), tiny_encoders, s),
                             "large": chunk_costs(s.large.name, large, large_encoders, s)}
+    on_stage("per-chunk sampling")
+    results["sampling"] = sampling_cases(engine, large, large_encoders[tiny_cfg.rate], s)
     on_stage("memory updates")
     results["updates"] = update_costs(engine.encoder, s)
     on_stage("encoder throughput")
@@ -329,7 +348,12 @@ def run_speed(out: Path, quick: bool = False, on_stage: Callable[[str], None] = 
     p = results["planner_wan2.1-1.3b"]
     p["flops_full_vs_memory"] = p["dit_flops_per_step_full_history"] / p["dit_flops_per_step_memory"]
     p["flops_memory_vs_no_history"] = p["dit_flops_per_step_memory"] / p["dit_flops_per_step_no_history"]
-    results["verdicts"] = verdicts(results)
+    results["planner_cached_context"] = {
+        f"{seconds:g}s_chunk": {k: v / plan_row["dit_flops_per_chunk"]["no_history"]
+                                for k, v in plan_row["dit_flops_per_chunk"].items()}
+        for seconds in (5.0, 1.0)
+        for plan_row in [plan("wan2.1-1.3b", 832, 480, 16, 20.0, chunk_seconds=seconds, recent_frames=1)]}
+    results["verdicts"] = verdicts(results) + sampling_verdicts(results["sampling"]) + planner_cache_verdicts(results)
     results["bench_seconds"] = time.perf_counter() - started
     write_report(Path(out), "speed", results, format_markdown(results), draw_figure(results))
     return results
@@ -379,6 +403,17 @@ def verdicts(r: dict) -> list[dict]:
     return out
 
 
+PLANNER_CACHED_MAX = {"5s_chunk": 1.15, "1s_chunk": 1.5}  # context / no history per chunk, Wan 2.1 1.3B 480p
+
+
+def planner_cache_verdicts(r: dict) -> list[dict]:
+    return [{"target": f"per-chunk cost with the cached 20 s context <= {limit:g}x no history",
+             "case": f"planner, wan2.1-1.3b 832x480 16 fps {chunk.replace('_', ' ')}, 4x4x2 + 1 recent frame, 8 steps "
+                     "with CFG, DiT FLOPs (not measured)",
+             "measured": r["planner_cached_context"][chunk]["cached"],
+             "met": r["planner_cached_context"][chunk]["cached"] <= limit} for chunk, limit in PLANNER_CACHED_MAX.items()]
+
+
 def _f(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
@@ -395,6 +430,7 @@ def format_markdown(r: dict) -> str:
              "", "![speed](speed.png)", "", "## Targets", "", "| target | case | measured | met |", "| --- | --- | --- | --- |"]
     for v in r["verdicts"]:
         lines.append(f"| {v['target']} | {v['case']} | {_f(v['measured'])} | {'yes' if v['met'] else '**no**'} |")
+    lines += [""] + format_sampling(r["sampling"])
     lines += ["", "## 1. Per-chunk generation cost (one DiT forward)", ""]
     for name, case in r["per_chunk"].items():
         c = case["config"]

@@ -137,7 +137,7 @@ def cmd_eval_continuation(args: argparse.Namespace) -> None:
     from .continuation import ContinuationSettings, engine_generator, evaluate_continuation, format_report
     from .pipeline import BASELINE_DIT, BASELINE_ENCODER, load_engine
 
-    settings = ContinuationSettings(videos=args.videos, seed=args.seed, steps=args.steps,
+    settings = ContinuationSettings(videos=args.videos, seed=args.seed, steps=args.steps, shift=args.shift,
                                     project_chunks=not args.no_projection)
     model = engine_generator(load_engine(args.encoder, args.dit), settings)
     window = engine_generator(load_engine(args.baseline_encoder or BASELINE_ENCODER, args.baseline_dit or BASELINE_DIT),
@@ -164,7 +164,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                              lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                              grad_checkpointing=args.grad_checkpointing, device=args.device,
                              data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
-                             world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise)
+                             world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise,
+                             shift=args.shift, clean_context=args.clean_context)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -375,6 +376,12 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    metavar="R", help="the last R history latents join the context uncompressed beside the memory")
     p.add_argument("--context-noise", type=float, default=0.0, metavar="LEVEL",
                    help="finetune: corrupt the history with noise of a random level up to LEVEL (drift defence)")
+    p.add_argument("--shift", type=number(float, 0, 100), default=1.0,
+                   help="noise-level shift of the training schedule (> 1: more high-noise steps, where the context "
+                        "decides the content)")
+    p.add_argument("--clean-context", action="store_true",
+                   help="the DiT reads the context as a clean stream of its own, so generation computes its keys "
+                        "and values once per chunk (the encoder file records it)")
     p.add_argument("--world", choices=("story", "texture"), default="texture",
                    help="procedural data: the captioned story world or Table 1's fine-texture world")
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")
@@ -461,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=positive_int, default=8, help="videos per scene")
     p.add_argument("--seed", type=seed, default=0, help="held-out videos from seeds SEED..SEED+VIDEOS-1")
     p.add_argument("--steps", type=positive_int, default=12, help="sampling steps per chunk")
+    p.add_argument("--shift", type=number(float, 0, 100), default=1.0, help="sampling schedule shift")
     p.add_argument("--no-projection", action="store_true",
                    help="append generated chunks to the history as sampled (drift-defence ablation)")
     p.add_argument("--json", action="store_true", help="only the JSON line")

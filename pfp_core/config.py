@@ -108,6 +108,9 @@ class EncoderConfig(JsonConfig):
     base_model: str = "tiny"
     fps: int = 8
     recent_frames: int = 0  # the last R history latents join the context uncompressed (pfp_core.context)
+    # the DiT reads this encoder's context as a clean stream of its own (timestep 0, attending among itself), so
+    # its keys and values are computed once per chunk (pfp_core.dit.context_stream); False: joint attention
+    clean_context: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in ENCODER_VARIANTS:
@@ -169,8 +172,8 @@ def known_dit_config(cfg: DiTConfig) -> DiTConfig | None:
 
 
 def encoder_config_for(model: str, rate: str = "4x4x2", variant: str = "proposed",
-                       recent_frames: int = 0) -> EncoderConfig:
+                       recent_frames: int = 0, clean_context: bool = False) -> EncoderConfig:
     dit = dit_config(model)
     return EncoderConfig(dim=dit.dim, in_channels=dit.in_dim, patch_size=dit.patch_size, rate=rate, variant=variant,
                          width=ENCODER_WIDTHS[model], attn_heads=max(1, ENCODER_WIDTHS[model] // 32),
-                         base_model=model, fps=dit.fps, recent_frames=recent_frames)
+                         base_model=model, fps=dit.fps, recent_frames=recent_frames, clean_context=clean_context)

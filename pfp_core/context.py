@@ -8,6 +8,7 @@ baseline (recent frames only). Recent frames are handed to the DiT as latents an
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -28,7 +29,7 @@ def build_context(config: EncoderConfig, memory_of: OlderMemory | None, window: 
         memory = memory_of(older)
     else:
         memory = empty_memory(window.shape[0], config.dim, older.shape[2], older.shape[2] * time_factor / fps)
-    return with_recent(memory, window, recent, config.patch_size)
+    return replace(with_recent(memory, window, recent, config.patch_size), clean_context=config.clean_context)
 
 
 class ContextCompressor:

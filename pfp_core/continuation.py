@@ -44,6 +44,7 @@ class ContinuationSettings:
     given_frames: int = 8
     total_frames: int = 64
     steps: int = 12
+    shift: float = 1.0  # sampling schedule shift
     history_seconds: float = 20.0
     project_chunks: bool = True
 
@@ -62,7 +63,8 @@ def continue_video(engine: Engine, video: storyworld.StoryVideo, settings: Conti
     request = GenerationRequest(to_pixels(video.frames[None, :settings.given_frames]), [c.prompt for c in plan],
                                 settings.total_frames, fps, round(settings.history_seconds * fps), seed, settings.steps,
                                 engine.encoder.config.latent_stride[0], settings.project_chunks)
-    sampler = FlowChunkSampler(engine.dit, engine.text_encoder, SamplerSettings(steps=settings.steps))
+    sampler = FlowChunkSampler(engine.dit, engine.text_encoder,
+                               SamplerSettings(steps=settings.steps, shift=settings.shift))
     with torch.no_grad():
         return AutoregressiveGenerator(engine.memory_updater(), sampler, engine.vae).run(request).frames.numpy()
 

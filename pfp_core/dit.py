@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 from .config import DiTConfig
-from .memory import Memory, drop_memory, join_memory
+from .memory import Memory, context_tokens, drop_memory, join_memory
 from .rope import apply_rope, grid_positions, rope_angles
 
 
@@ -106,8 +106,8 @@ class WanDiT(nn.Module):
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 memory: Memory | None = None, frame_times: torch.Tensor | None = None,
-                clip_fea: torch.Tensor | None = None) -> torch.Tensor:
-        return wan_forward(self, latents, timestep, context, memory, frame_times, clip_fea)
+                clip_fea: torch.Tensor | None = None, context_cache: "ContextCache | None" = None) -> torch.Tensor:
+        return wan_forward(self, latents, timestep, context, memory, frame_times, clip_fea, context_cache)
 
 
 def sinusoidal_embedding(dim: int, timestep: torch.Tensor) -> torch.Tensor:
@@ -124,10 +124,20 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-def self_attention(attn: nn.Module, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+def project_qkv(attn: nn.Module, x: torch.Tensor, angles: torch.Tensor) -> tuple[torch.Tensor, ...]:
     q = apply_rope(attn.norm_q(attn.q(x)), angles, attn.num_heads)
     k = apply_rope(attn.norm_k(attn.k(x)), angles, attn.num_heads)
-    return attn.o(attention(q, k, attn.v(x), attn.num_heads))
+    return q, k, attn.v(x)
+
+
+def self_attention(attn: nn.Module, x: torch.Tensor, angles: torch.Tensor,
+                   context_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Attention over x itself and, under the clean-context pattern, over the context's keys and values too."""
+    q, k, v = project_qkv(attn, x, angles)
+    if context_kv is not None:
+        context_k, context_v = (t.to(x.dtype).expand(x.shape[0], -1, -1) for t in context_kv)
+        k, v = torch.cat((k, context_k), dim=1), torch.cat((v, context_v), dim=1)
+    return attn.o(attention(q, k, v, attn.num_heads))
 
 
 def cross_attention(attn: nn.Module, x: torch.Tensor, context: torch.Tensor, image_tokens: int) -> torch.Tensor:
@@ -140,12 +150,57 @@ def cross_attention(attn: nn.Module, x: torch.Tensor, context: torch.Tensor, ima
 
 
 def block_forward(block: nn.Module, x: torch.Tensor, time_mod: torch.Tensor, angles: torch.Tensor,
-                  context: torch.Tensor, image_tokens: int) -> torch.Tensor:
+                  context: torch.Tensor, image_tokens: int,
+                  context_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One Wan block. time_mod [B, 6, dim]: shift/scale/gate for attention, then for the FFN."""
     shift1, scale1, gate1, shift2, scale2, gate2 = (_param(block.modulation, x) + time_mod).chunk(6, dim=1)
-    x = x + gate1 * self_attention(block.self_attn, modulate(block.norm1(x), shift1, scale1), angles)
+    x = x + gate1 * self_attention(block.self_attn, modulate(block.norm1(x), shift1, scale1), angles, context_kv)
     x = x + cross_attention(block.cross_attn, block.norm3(x), context, image_tokens)
     return x + gate2 * block.ffn(modulate(block.norm2(x), shift2, scale2))
+
+
+def context_block_forward(block: nn.Module, x: torch.Tensor, time_mod: torch.Tensor,
+                          angles: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One block of the clean context stream: the context attends among itself only and skips the text, so
+    its keys and values depend on nothing that changes within a chunk (noise level, CFG half)."""
+    shift1, scale1, gate1, shift2, scale2, gate2 = (_param(block.modulation, x) + time_mod).chunk(6, dim=1)
+    q, k, v = project_qkv(block.self_attn, modulate(block.norm1(x), shift1, scale1), angles)
+    x = x + gate1 * block.self_attn.o(attention(q, k, v, block.self_attn.num_heads))
+    return x + gate2 * block.ffn(modulate(block.norm2(x), shift2, scale2)), (k, v)
+
+
+def time_modulation(model: nn.Module, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(time embedding [B, dim], per-block modulation [B, 6, dim]) for timesteps [B] in 0..1000."""
+    time_emb = model.time_embedding(sinusoidal_embedding(model.freq_dim, timestep).to(dtype))
+    return time_emb, model.time_projection(time_emb).unflatten(1, (6, -1))
+
+
+def context_stream(model: nn.Module, memory: Memory, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-block keys and values of the context at timestep 0 (clean), for the memory's own batch."""
+    tokens, positions = context_tokens(model, memory, memory.batch)
+    tokens = tokens.to(dtype)
+    angles = rope_angles(positions, tokens.shape[-1] // model.num_heads)
+    _, time_mod = time_modulation(model, torch.zeros(memory.batch, device=tokens.device), dtype)
+    layers = []
+    for block in model.blocks:
+        tokens, keys_values = context_block_forward(block, tokens, time_mod, angles)
+        layers.append(keys_values)
+    return layers
+
+
+class ContextCache:
+    """The clean context's keys and values for one chunk: computed by the first DiT call, reused by every later
+    denoising step and both CFG halves. Make a new one for each chunk (a new memory)."""
+
+    def __init__(self) -> None:
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def get(self, model: nn.Module, memory: Memory, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if torch.is_grad_enabled():  # training: gradients flow through the context every step
+            return context_stream(model, memory, dtype)
+        if self.layers is None:
+            self.layers = context_stream(model, memory, dtype)
+        return self.layers
 
 
 def head_forward(head: nn.Module, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
@@ -163,11 +218,13 @@ def unpatchify(x: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, in
 
 def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 memory: Memory | None = None, frame_times: torch.Tensor | None = None,
-                clip_fea: torch.Tensor | None = None) -> torch.Tensor:
+                clip_fea: torch.Tensor | None = None, context_cache: ContextCache | None = None) -> torch.Tensor:
     """Velocity prediction for latents [B, C, T, H, W] at timestep [B] (0..1000) with text context [B, L, text_dim].
 
     frame_times [T] or [B, T]: the time position (in latent frames) of each input frame; default 0..T-1.
     Retrieval puts the noised frames at their place inside the history; generation puts a chunk right after it.
+    Memory joins the video tokens (the joint pattern), or, when memory.clean_context, runs as its own clean stream
+    whose keys and values every block's video tokens also attend to (`context_cache` keeps them for a chunk).
     """
     patch = tuple(model.patch_size)
     x = model.patch_embedding(latents.float()).to(latents.dtype)
@@ -177,11 +234,14 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
         frame_times = torch.arange(grid[0], device=x.device)
     positions = grid_positions(frame_times.to(x.device).expand(x.shape[0], -1), grid[1], grid[2])
     video_tokens = x.shape[1]
-    x, positions = join_memory(model, x, positions, memory)
+    context_layers = [None] * len(model.blocks)
+    if memory is not None and memory.clean_context and memory.token_count:
+        context_layers = (context_cache or ContextCache()).get(model, memory, x.dtype)
+    else:
+        x, positions = join_memory(model, x, positions, memory)
     angles = rope_angles(positions, x.shape[-1] // model.num_heads)
 
-    time_emb = model.time_embedding(sinusoidal_embedding(model.freq_dim, timestep).to(x.dtype))
-    time_mod = model.time_projection(time_emb).unflatten(1, (6, -1))
+    time_emb, time_mod = time_modulation(model, timestep, x.dtype)
     context = model.text_embedding(context.to(x.dtype))
     image_tokens = 0
     if clip_fea is not None and getattr(model, "img_emb", None) is not None:
@@ -190,10 +250,11 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
 
     # ComfyUI's WanModel runs this function too and has no grad_checkpointing attribute
     recompute = getattr(model, "grad_checkpointing", False) and torch.is_grad_enabled()
-    for block in model.blocks:
+    for block, context_kv in zip(model.blocks, context_layers):
         if recompute:
-            x = checkpoint(block_forward, block, x, time_mod, angles, context, image_tokens, use_reentrant=False)
+            x = checkpoint(block_forward, block, x, time_mod, angles, context, image_tokens, context_kv,
+                           use_reentrant=False)
         else:
-            x = block_forward(block, x, time_mod, angles, context, image_tokens)
+            x = block_forward(block, x, time_mod, angles, context, image_tokens, context_kv)
     x = head_forward(model.head, drop_memory(x, video_tokens), time_emb)
     return unpatchify(x, grid, patch)

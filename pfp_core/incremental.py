@@ -44,7 +44,8 @@ class IncrementalMemory:
         grid = torch.cat([self.complete_slabs[first_slab + i] for i in range(cached)] + ([fresh] if fresh.numel() else []),
                          dim=2)
         positions = cell_centres(tuple(window.shape[2:]), self.config.latent_stride, grid.device)
-        return Memory(grid.flatten(2).transpose(1, 2), positions, frames, frames * self.time_factor / self.fps)
+        return Memory(grid.flatten(2).transpose(1, 2), positions, frames, frames * self.time_factor / self.fps,
+                      clean_context=self.config.clean_context)
 
     def _remember(self, fresh: torch.Tensor, first: int, complete: int) -> None:
         for i in range(complete):

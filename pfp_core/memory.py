@@ -35,6 +35,11 @@ class Memory:
     recent_latents: torch.Tensor | None = None  # [B, C, R, h, w]: the last R latent frames, clean, uncompressed
     recent_start: int = 0  # time position of the first recent frame, in latent frames from the window start
     patch_size: tuple[int, int, int] = (1, 2, 2)  # the DiT's patch, which turns recent latents into tokens
+    clean_context: bool = False  # the clean-context pattern (pfp_core.dit.context_stream), set by the encoder config
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
 
     @property
     def recent_token_count(self) -> int:
@@ -90,23 +95,29 @@ def embed_recent(model: torch.nn.Module, memory: Memory, batch: int) -> tuple[to
     return tokens.flatten(2).transpose(1, 2), positions
 
 
-def join_memory(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
-                memory: Memory | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Append the context to the video tokens: recent-frame tokens, then memory tokens ([B, M, dim]), each with
-    its token-grid positions ([B, M, 3])."""
-    if memory is None or memory.token_count == 0:
-        return tokens, positions
-    batch = tokens.shape[0]
-    parts, where = [tokens], [positions]
+def context_tokens(model: torch.nn.Module, memory: Memory, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context as tokens: recent-frame tokens, then memory tokens ([B, M, dim]), each with its token-grid
+    positions ([B, M, 3])."""
+    parts, where = [], []
     if memory.recent_latents is not None:
         recent_tokens, recent_positions = embed_recent(model, memory, batch)
-        parts.append(recent_tokens.to(tokens.dtype))
-        where.append(recent_positions.to(positions))
+        parts.append(recent_tokens)
+        where.append(recent_positions)
     if memory.tokens.shape[1]:
-        parts.append(memory.repeat(batch).tokens.to(device=tokens.device, dtype=tokens.dtype))
-        where.append(latent_to_token_positions(memory.positions.to(positions), tuple(model.patch_size))
-                     .expand(batch, -1, -1))
-    return torch.cat(parts, dim=1), torch.cat(where, dim=1)
+        parts.append(memory.repeat(batch).tokens)
+        where.append(latent_to_token_positions(memory.positions.float(), tuple(model.patch_size)).expand(batch, -1, -1))
+    device = parts[0].device  # float32 here; the caller casts to its own dtype
+    return (torch.cat([part.to(device, torch.float32) for part in parts], dim=1),
+            torch.cat([w.to(device, torch.float32) for w in where], dim=1))
+
+
+def join_memory(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
+                memory: Memory | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append the context to the video tokens, so both take part in every self-attention (the joint pattern)."""
+    if memory is None or memory.token_count == 0:
+        return tokens, positions
+    context, where = context_tokens(model, memory, tokens.shape[0])
+    return torch.cat((tokens, context.to(tokens)), dim=1), torch.cat((positions, where.to(positions)), dim=1)
 
 
 def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:
@@ -121,7 +132,8 @@ def save_memory(memory: Memory, path: str | Path) -> Path:
         tensors["recent_latents"] = memory.recent_latents.float()
     return save_tensors(tensors, path, {"pfp_kind": "memory", "latent_frames": str(memory.latent_frames),
                                         "seconds": str(memory.seconds), "recent_start": str(memory.recent_start),
-                                        "patch_size": json.dumps(list(memory.patch_size))})
+                                        "patch_size": json.dumps(list(memory.patch_size)),
+                                        "clean_context": json.dumps(memory.clean_context)})
 
 
 def load_memory(path: str | Path) -> Memory:
@@ -140,4 +152,5 @@ def load_memory(path: str | Path) -> Memory:
                               f"{list(positions.shape)}, latent_frames {metadata.get('latent_frames')!r}, seconds "
                               f"{metadata.get('seconds')!r}); save the memory again with PFP Save Memory")
     return Memory(tokens, positions, latent_frames, seconds, tensors.get("recent_latents"),
-                  int(metadata.get("recent_start", 0)), tuple(json.loads(metadata.get("patch_size", "[1, 2, 2]"))))
+                  int(metadata.get("recent_start", 0)), tuple(json.loads(metadata.get("patch_size", "[1, 2, 2]"))),
+                  metadata.get("clean_context") == "true")

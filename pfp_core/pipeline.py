@@ -13,7 +13,7 @@ import torch
 from . import limits
 from .checkpoint import check_compatible, load_dit, load_encoder
 from .chunk_store import ChunkStore
-from .dit import WanDiT
+from .dit import ContextCache, WanDiT
 from .encoder import MemoryEncoder
 from .flow import guided, sample, sampling_sigmas
 from .generator import AutoregressiveGenerator, Callbacks, GenerationRequest, GenerationResult, frame_grid
@@ -58,14 +58,15 @@ class FlowChunkSampler:
     def __call__(self, memory: Memory, frame_times: torch.Tensor, prompt: str, latent_shape: tuple[int, ...],
                  seed: int, on_step: Callable[[int, int, torch.Tensor], None]) -> torch.Tensor:
         s = self.settings
-        cond = self._velocity(self.text_encoder.encode([prompt]), memory, frame_times)
-        uncond = self._velocity(self.text_encoder.encode([s.negative_prompt]), memory, frame_times)
+        cache = ContextCache()  # one chunk: the clean context's keys and values serve every step and both halves
+        cond = self._velocity(self.text_encoder.encode([prompt]), memory, frame_times, cache)
+        uncond = self._velocity(self.text_encoder.encode([s.negative_prompt]), memory, frame_times, cache)
         noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             return sample(guided(cond, uncond, s.cfg), noise, sampling_sigmas(s.steps, s.shift), s.solver, on_step)
 
-    def _velocity(self, context: torch.Tensor, memory: Memory, frame_times: torch.Tensor):
-        return lambda x, sigma: self.dit(x, sigma * 1000, context, memory, frame_times)
+    def _velocity(self, context: torch.Tensor, memory: Memory, frame_times: torch.Tensor, cache: ContextCache):
+        return lambda x, sigma: self.dit(x, sigma * 1000, context, memory, frame_times, context_cache=cache)
 
 
 @dataclass

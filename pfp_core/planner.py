@@ -139,6 +139,30 @@ def dit_flops(cfg: DiTConfig, video_tokens: int, context_tokens: int, text_token
     return cfg.num_layers * block + embed + time
 
 
+def context_stream_flops(cfg: DiTConfig, context_tokens: int) -> int:
+    """FLOPs of the clean context stream, once per chunk: per block the context's own q k v o and FFN, and its
+    attention among itself (no text cross-attention)."""
+    d, m = cfg.dim, context_tokens
+    return cfg.num_layers * (2 * m * (4 * d * d + 2 * d * cfg.ffn_dim) + 4 * m * m * d)
+
+
+def cached_step_flops(cfg: DiTConfig, video_tokens: int, context_tokens: int, text_tokens: int) -> int:
+    """One forward of the chunk's tokens over the cached context: the video tokens' own work (dit_flops with no
+    context) plus their attention to the context's keys and values."""
+    return dit_flops(cfg, video_tokens, 0, text_tokens) + cfg.num_layers * 4 * video_tokens * context_tokens * cfg.dim
+
+
+def chunk_flops(cfg: DiTConfig, video_tokens: int, context_tokens: int, text_tokens: int, steps: int,
+                cfg_halves: int, cached: bool) -> int:
+    """DiT FLOPs of sampling one chunk: `steps` steps of `cfg_halves` forwards (2 with guidance), the context
+    either cached (its stream once) or joined to every forward."""
+    forwards = steps * cfg_halves
+    if cached and context_tokens:
+        return context_stream_flops(cfg, context_tokens) + forwards * cached_step_flops(cfg, video_tokens,
+                                                                                       context_tokens, text_tokens)
+    return forwards * dit_flops(cfg, video_tokens, context_tokens, text_tokens)
+
+
 def encoder_flops(enc: EncoderConfig, latent_shape: tuple[int, int, int]) -> int:
     """FLOPs (2 x MACs) of MemoryEncoder on history latents (T, H, W), padded up to whole cells first.
 
@@ -377,6 +401,9 @@ def ram_bytes(cfg: DiTConfig, vae: VAEConfig, width: int, height: int, video_fra
     return weights + 2 * latents + held_frames * height * width * 3 * (4 + 1)
 
 
+CHUNK_STEPS = 8  # per-chunk FLOPs: 8 sampling steps with CFG (two forwards a step)
+
+
 def plan(model: str, width: int, height: int, fps: float, history_seconds: float, rate: str = "4x4x2",
          chunk_seconds: float = 5.0, dtype_bytes: int = 2, text_tokens: int = 512,
          video_seconds: float | None = None, batch: int = 2, recent_frames: int = 0) -> dict:
@@ -424,6 +451,9 @@ def plan(model: str, width: int, height: int, fps: float, history_seconds: float
         "dit_flops_per_step_memory": dit_flops(cfg, chunk, memory, text_tokens),
         "dit_flops_per_step_full_history": dit_flops(cfg, chunk, full, text_tokens),
         "dit_flops_per_step_no_history": dit_flops(cfg, chunk, 0, text_tokens),
+        "dit_flops_per_chunk": {path: chunk_flops(cfg, chunk, tokens, text_tokens, CHUNK_STEPS, 2, cached)
+                                for path, tokens, cached in (("cached", memory, True), ("per_step", memory, False),
+                                                             ("no_history", 0, False))},
         "encoder_flops": encoder_flops(enc, history_shape),
         "dit_params": dit_params, "encoder_params": encoder_params,
         "weights_gb": _gb(weights), "activation_gb": _gb(activations),

@@ -101,6 +101,7 @@ class TrainSettings:
     world: str = "texture"  # procedural data without --data: "story" (captioned) or "texture" (Table 1)
     recent_frames: int = 0  # history latents given uncompressed beside the memory (pfp_core.context)
     context_noise: float = 0.0  # finetune: history corrupted with noise of level U(0, context_noise)
+    clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.dit.context_stream)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -196,10 +197,11 @@ def build_models(settings: TrainSettings) -> Models:
     encoder = None
     if settings.use_memory and settings.init_from is not None and settings.variant != "none":
         encoder = load_encoder(Path(settings.init_from) / "encoder.safetensors")
-        encoder.config = replace(encoder.config, recent_frames=settings.recent_frames)
+        encoder.config = replace(encoder.config, recent_frames=settings.recent_frames,
+                                 clean_context=settings.clean_context)
     elif settings.use_memory:
         encoder = MemoryEncoder(encoder_config_for(settings.model, settings.rate, settings.variant,
-                                                   settings.recent_frames))
+                                                   settings.recent_frames, settings.clean_context))
     models = Models(dit, encoder, build_lora(settings, dit, saved_lora))
     set_grad_checkpointing(models, settings.grad_checkpointing)
     return models.train()

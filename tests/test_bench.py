@@ -59,6 +59,22 @@ def test_per_chunk_cost_figures(bench):
         assert case["dtypes"]["bf16"]["full_history"].keys() == case["dtypes"]["fp32"]["full_history"].keys()
 
 
+def test_per_chunk_sampling_paths(bench):
+    """All steps with CFG through the sampler for each context path; timings positive, structure fixed."""
+    _, r, _ = bench
+    tiny, large = r["sampling"]["tiny"], r["sampling"][r["per_chunk"]["large"]["config"]["name"]]
+    assert tiny["full_history_measured"] and not large["full_history_measured"]
+    for case in (tiny, large):
+        assert case["steps"] == 8 and case["cfg"] > 1 and case["context_tokens"] > 0
+        assert case["flop_model"]["per_step_vs_cached"] > 1 and case["flop_model"]["full_history_vs_cached"] > 1
+        for row in case["dtypes"].values():
+            assert min(row[f"{path}_s"] for path in ("cached", "per_step", "no_history")) > 0
+            assert "full_history_s" in row if case is tiny else "full_history_s" not in row
+    assert sum("cached context" in v["target"] for v in r["verdicts"]) == 4
+    assert {"5s_chunk", "1s_chunk"} <= set(r["planner_cached_context"])
+    assert "## Per-chunk sampling cost" in (bench[0] / "speed.md").read_text()
+
+
 def test_incremental_update_cost_is_flat_in_frames(bench):
     _, r, _ = bench
     u = r["updates"]

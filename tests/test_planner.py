@@ -134,6 +134,29 @@ def test_counted_flops_match_flop_counter():
     assert 0.8 < encoder_count.get_total_flops() / planned["encoder_flops"] < 1.25
 
 
+def test_cached_chunk_flops_match_flop_counter():
+    """The FLOP model of the clean-context path: one context stream plus every forward over the cached keys and
+    values, counted on a real sampler run (2 steps with CFG)."""
+    from dataclasses import replace
+
+    from pfp_core.pipeline import FlowChunkSampler, SamplerSettings
+    from pfp_core.planner import chunk_flops
+    from pfp_core.text import HashTextEncoder
+
+    torch.manual_seed(0)
+    dit = WanDiT(dit_config("tiny")).eval()
+    encoder = MemoryEncoder(replace(encoder_config_for("tiny", "2x2x2"), clean_context=True)).eval()
+    sampler = FlowChunkSampler(dit, HashTextEncoder(4096, 32), SamplerSettings(steps=2, cfg=2.0))
+    chunk_shape = (1, 16, 4, 16, 16)
+    with torch.no_grad(), use_attention(matmul_attention):
+        memory = encoder.encode(torch.randn(1, 16, 16, 16, 16), fps=8)
+        with FlopCounterMode(display=False) as count:
+            sampler(memory, torch.arange(16, 20), "camera holds", chunk_shape, 0, lambda *progress: None)
+    planned = chunk_flops(dit.config, 4 * 64, memory.token_count, 32, 2, 2, cached=True)
+    assert 0.8 < count.get_total_flops() / planned < 1.25
+    assert planned < chunk_flops(dit.config, 4 * 64, memory.token_count, 32, 2, 2, cached=False)
+
+
 def test_unknown_model_is_one_line():
     with pytest.raises(ValueError) as error:
         plan("wan3-huge", 832, 480, 16, 20)

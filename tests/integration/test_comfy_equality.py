@@ -46,16 +46,18 @@ def test_comfy_detects_the_tiny_dit_as_wan(models):
     assert type(net).__name__ == "WanModel" and net.dim == 128 and net.num_heads == 1
 
 
-@pytest.mark.parametrize("with_memory,recent_frames", [(False, 0), (True, 0), (True, 2)])
-def test_pfp_core_and_comfy_wan_agree(pack, models, with_memory, recent_frames):
-    """recent_frames > 0: the context of the next chunk, recent latents embedded inside each forward."""
+@pytest.mark.parametrize("with_memory,recent_frames,clean", [(False, 0, False), (True, 0, False), (True, 2, False),
+                                                               (True, 2, True)])
+def test_pfp_core_and_comfy_wan_agree(pack, models, with_memory, recent_frames, clean):
+    """recent_frames > 0: the context of the next chunk, recent latents embedded inside each forward; clean: the
+    context as its own clean stream (keys and values computed once per chunk)."""
     wan_memory = importlib.import_module(pack.__name__ + ".nodes.wan_memory")
     dit, comfy_model, encoder = models
     torch.manual_seed(1)
     x, sigma, context = torch.randn(1, 16, 3, 16, 16), torch.tensor([0.6]), torch.randn(1, 8, 4096)
     with torch.no_grad():
         if with_memory:
-            config = replace(encoder.config, recent_frames=recent_frames)
+            config = replace(encoder.config, recent_frames=recent_frames, clean_context=clean)
             memory = build_context(config, lambda older: encoder.encode(older, 8), torch.randn(1, 16, 6, 16, 16), 8)
             ours = dit(x, sigma * 1000, context, memory, torch.arange(6, 9))
             patched = wan_memory.with_memory(comfy_model, wan_memory.MemoryInjection(memory, first_frame_time=6))
@@ -66,3 +68,27 @@ def test_pfp_core_and_comfy_wan_agree(pack, models, with_memory, recent_frames):
             ours = dit(x, sigma * 1000, context)
             theirs = comfy_forward(comfy_model, x, sigma, context)  # ComfyUI's own Wan code, no wrapper
     assert (ours - theirs).abs().max() <= 1e-4
+
+
+def test_comfy_reuses_the_clean_context_within_a_sampling_run_only(pack, models):
+    """One sampling run (one sigmas tensor in the transformer options) computes the context stream once; its
+    steps match the standalone DiT; a new run starts a new cache."""
+    wan_memory = importlib.import_module(pack.__name__ + ".nodes.wan_memory")
+    dit, comfy_model, encoder = models
+    torch.manual_seed(3)
+    config = replace(encoder.config, recent_frames=2, clean_context=True)
+    x, context = torch.randn(1, 16, 3, 16, 16), torch.randn(1, 8, 4096)
+    with torch.no_grad():
+        memory = build_context(config, lambda older: encoder.encode(older, 8), torch.randn(1, 16, 6, 16, 16), 8)
+        injection = wan_memory.MemoryInjection(memory, first_frame_time=6)
+        patched = wan_memory.with_memory(comfy_model, injection)
+        patched.model_options["transformer_options"]["sample_sigmas"] = run_sigmas = torch.tensor([1.0, 0.5, 0.0])
+        first_cache = None
+        for sigma in run_sigmas[:2]:
+            theirs = comfy_forward(patched, x, sigma[None], context)
+            ours = dit(x, sigma[None] * 1000, context, memory, torch.arange(6, 9))
+            assert (ours - theirs).abs().max() <= 1e-4
+            cache = injection.runs.for_run(run_sigmas)
+            assert cache.layers is not None and (first_cache is None or cache is first_cache)
+            first_cache = cache
+        assert injection.runs.for_run(torch.tensor([1.0, 0.0])) is not first_cache
