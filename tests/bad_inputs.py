@@ -315,6 +315,19 @@ def workflow_file(folder: Path, text: str) -> list[str]:
     return ["queue", "--workflow", str(write(folder / "api.json", text.encode())), "--server", "127.0.0.1:9"]
 
 
+def video_of_frames(folder: Path, width: int, height: int) -> Path:
+    """folder/videos/wide.mov: 4 real Motion-JPEG frames of width x height (mp4v cannot encode past 8191 pixels)."""
+    import cv2
+
+    path = folder / "videos" / "wide.mov"
+    path.parent.mkdir()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"jpeg"), 8.0, (width, height))
+    for level in range(4):
+        writer.write(np.full((height, width, 3), 60 * level, np.uint8))
+    writer.release()
+    return path.parent
+
+
 # -------------------------------------------------------------------------------------------------- the cases
 
 def gen(*extra: str) -> Setup:
@@ -440,6 +453,8 @@ CASES = [
             with_file("--encoder", lambda d: encoder_with(d, "dimtext.safetensors", {"dim": "128"}))),
     CliCase("encoder metadata: rate 99999x4x2", "encoder",
             with_file("--encoder", lambda d: encoder_with(d, "rate_huge.safetensors", {"rate": "99999x4x2"}))),
+    CliCase("pretrain --data holding a video of 8208x16 frames (the cap is 8192 per side)", "--data",
+            lambda d, s: ["pretrain", "--data", str(video_of_frames(d, 8208, 16)), "--out", str(d / "run"), "--quiet"]),
     CliCase("pretrain --rate with 5000 digits", "--rate",
             lambda d, s: ["pretrain", "--out", str(d / "run"), "--rate", "9" * 5000 + "x1x1"]),
     CliCase("a 300 MiB file that is not an image (sparse; 3 GiB were read whole before)", "image",
