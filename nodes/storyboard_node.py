@@ -5,9 +5,8 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ..pfp_core.generator import frame_grid
-from ..pfp_core.storyboard import (ChunkPrompt, StoryboardError, check_text, format_plan, parse_storyboard,
-                                   plan_chunks)
+from ..pfp_core.plan_request import is_number, plan
+from ..pfp_core.storyboard import ChunkPrompt, StoryboardError, check_text, format_plan
 from .prompt_context import node_inputs
 from .types import StoryboardType
 
@@ -23,34 +22,8 @@ class StoryboardPlan:
     chunk_seconds: float
 
 
-# The widgets allow at most 3600 s in 0.1 s chunks (36,000 chunks); this stops absurd API values, which would
-# plan (and hold) millions of chunks.
-MAX_CHUNKS = 50_000
 TEXT_INPUTS, NUMBER_INPUTS = ("storyboard", "global_prompt"), ("seconds", "fps", "chunk_seconds")
 PLAN_INPUTS = TEXT_INPUTS + NUMBER_INPUTS
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def chunk_grid(seconds: float, fps: float, chunk_seconds: float) -> tuple[int, int]:
-    """frame_grid within MAX_CHUNKS; every problem is a StoryboardError, reported like a storyboard mistake."""
-    try:
-        total_frames, chunk_frames = frame_grid(seconds, chunk_seconds, fps)
-    except OverflowError:
-        raise StoryboardError("seconds: too large; use at most 3600") from None
-    except ValueError as error:
-        raise StoryboardError(str(error)) from None
-    if total_frames / chunk_frames > MAX_CHUNKS:
-        raise StoryboardError(f"seconds: {total_frames // chunk_frames:,} chunks is too many (limit {MAX_CHUNKS:,}); "
-                              "use longer chunks or a shorter video")
-    return total_frames, chunk_frames
-
-
-def plan(storyboard: str, global_prompt: str, seconds: float, fps: float, chunk_seconds: float) -> list[ChunkPrompt]:
-    total_frames, chunk_frames = chunk_grid(seconds, fps, chunk_seconds)
-    return plan_chunks(parse_storyboard(storyboard, global_prompt), total_frames / fps, chunk_frames / fps)
 
 
 def encode(clip, text: str) -> list:

@@ -4,8 +4,8 @@ One safetensors file per chunk (latents in fp32, frames as uint8), written to a 
 file under its final name is always whole. A manifest holds the run's fingerprint, and every chunk carries the
 digest of that fingerprint and a hash of its own tensors: a chunk only resumes the run that made it, unchanged,
 even when the manifest was deleted or the chunk copied in from elsewhere. While a store is open the folder is
-locked (flock on the folder itself, so nothing but the manifest and the chunks is ever left in it): a second run
-on the same folder is refused instead of mixing its chunks in.
+locked (flock on the folder itself, so nothing but the manifest and the chunks is ever left in it; a lock file
+where there is no flock): a second run on the same folder is refused instead of mixing its chunks in.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from . import limits
-from .atomic import save_tensors, write_bytes
+from .atomic import process_alive, save_tensors, write_bytes
 
 try:
     import fcntl
-except ImportError:  # Windows: no flock; the run-folder lock is not taken there
+except ImportError:  # Windows: no flock; FolderLock uses a lock file instead
     fcntl = None
 
 RUN_KEY, HASH_KEY = "pfp_run", "pfp_sha256"  # chunk metadata: the run's digest and the tensors' hash
@@ -46,14 +46,23 @@ def content_hash(latents: torch.Tensor, frames: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+LOCK_FILE = ".pfp-lock"  # without flock (Windows): created with O_EXCL, holding its owner's pid
+
+
 class FolderLock:
     """An exclusive flock on a folder itself (so no lock file is ever left), held until release(), the end of a
     `with` block or garbage collection, and by the kernel only while this process lives: a kill -9 leaves nothing
-    stale. A second lock on the same folder, from any process, is refused with a one-line error naming `field`."""
+    stale. A second lock on the same folder, from any process, is refused with a one-line error naming `field`.
+
+    Without fcntl (Windows) the lock is the file LOCK_FILE in the folder, created with O_EXCL, holding the owner's
+    pid and removed on release. One whose process is gone (kill -9, power cut) is taken over; one that holds no pid
+    or a pid that is in use again is reported as busy, and the message names the file to delete if no run is going."""
 
     def __init__(self, folder: Path, field: str):
-        descriptor = self._flock(folder, field) if fcntl is not None else None
-        self._release = (lambda: None) if descriptor is None else weakref.finalize(self, os.close, descriptor)
+        if fcntl is not None:
+            self._release = weakref.finalize(self, os.close, self._flock(folder, field))
+        else:
+            self._release = weakref.finalize(self, remove_lock_file, take_lock_file(folder, field), os.getpid())
 
     @staticmethod
     def _flock(folder: Path, field: str) -> int:
@@ -62,8 +71,7 @@ class FolderLock:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(descriptor)
-            raise ChunkStoreError(f"{field}: {folder} is in use by another run that is still going; wait for it to "
-                                  "finish or choose another folder") from None
+            raise folder_in_use(folder, field) from None
         return descriptor
 
     def __enter__(self) -> FolderLock:
@@ -74,6 +82,45 @@ class FolderLock:
 
     def release(self) -> None:
         self._release()
+
+
+def folder_in_use(folder: Path, field: str, detail: str = "") -> ChunkStoreError:
+    return ChunkStoreError(f"{field}: {folder} is in use by another run that is still going{detail}; wait for it to "
+                           "finish or choose another folder")
+
+
+def take_lock_file(folder: Path, field: str) -> Path:
+    """LOCK_FILE created in `folder` with this process's pid, or a ChunkStoreError while another process holds it."""
+    path = folder / LOCK_FILE
+    for _ in range(2):  # the second try follows the removal of a lock left by a process that is gone
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            owner = lock_owner(path)
+            if owner is None or process_alive(owner):
+                raise folder_in_use(folder, field, f" (process {owner or 'unknown'}; if none is, delete {path})") from None
+            remove_lock_file(path, owner)
+            continue
+        with os.fdopen(descriptor, "w") as file:
+            file.write(str(os.getpid()))
+        return path
+    raise folder_in_use(folder, field, f" (it took {path} over just now)")
+
+
+def lock_owner(path: Path) -> int | None:
+    """The pid in a lock file; None when it cannot be read or holds no pid (yet)."""
+    try:
+        text = path.read_text()[:20]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def remove_lock_file(path: Path, owner: int) -> None:
+    """Remove `path` if it is still the lock of `owner` (never another process's newer lock)."""
+    if lock_owner(path) == owner:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 class ChunkStore:

@@ -312,16 +312,11 @@ def number(convert: type, low: float, high: float, low_allowed: bool = False) ->
             value = math.nan
         finite = convert is int or math.isfinite(value)  # isfinite() of a huge int raises OverflowError
         if not (finite and (low <= value if low_allowed else low < value) and value <= high):
-            raise argparse.ArgumentTypeError(f"must be a {kind} {bounds}, got {shown(text)}")
+            raise argparse.ArgumentTypeError(f"must be a {kind} {bounds}, got {limits.shown(text)}")
         return value
 
     parse.__name__ = kind
     return parse
-
-
-def shown(text: str, limit: int = 40) -> str:
-    """A value as it goes into an error line: cut to `limit` characters."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def rate(text: str) -> str:
@@ -334,7 +329,7 @@ def rate(text: str) -> str:
         parsed = None
     if parsed is None or max(parsed.h, parsed.w, parsed.t) > limits.MAX_RATE:
         raise argparse.ArgumentTypeError(f"must be HxWxT with whole numbers from 1 to {limits.MAX_RATE}, e.g. 4x4x2, "
-                                         f"got {shown(text)}")
+                                         f"got {limits.shown(text)}")
     return str(parsed)
 
 

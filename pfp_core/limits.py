@@ -28,9 +28,18 @@ MAX_RECENT_FRAMES = 1024  # latent frames given uncompressed beside the memory (
 
 def check_range(field: str, value: float, low: float, high: float, unit: str = "") -> float:
     """`value` if low < value <= high and finite (low itself is refused: every capped quantity must be positive)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low < value <= high:
-        raise ValueError(f"{field}: {value!r} is out of range; use a number above {low:g} and at most {high:g}{unit}")
+    # a huge int is compared as it is: math.isfinite would raise OverflowError converting it to float
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not math.isfinite(value)) or not low < value <= high:
+        raise ValueError(f"{field}: {shown(repr(value))} is out of range; use a number above {low:g} and at most "
+                         f"{high:g}{unit}")
     return value
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A value as it goes into an error line: cut to `limit` characters (a number of thousands of digits stays
+    one short line)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def check_seed(field: str, seed: object) -> int:

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, limits, procedural, storyworld
-from .atomic import save_tensors
+from .atomic import save_tensors, write_bytes
 from .checkpoint import (
     CheckpointError,
     load_dit,
@@ -443,9 +443,30 @@ def prepare(settings: TrainSettings, process: Process, progress: bool = True) ->
 
 
 def append_log(path: Path, entries: list[dict]) -> None:
-    """Written with the checkpoint, so after a crash the log ends where the resumed run starts again."""
+    """Written just before the checkpoint; trim_log makes the two agree again when the checkpoint write failed."""
     with open(path, "a") as log:
         log.writelines(json.dumps(entry) + "\n" for entry in entries)
+
+
+def trim_log(path: Path, first_step: int) -> None:
+    """Keep only the lines of steps before `first_step`, the step the checkpoint resumes at: lines of steps
+    whose checkpoint write failed (or were cut by a crash) would otherwise be logged twice by the resumed run."""
+    if not path.exists():
+        return
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    kept = [line for line in lines if (step := logged_step(line)) is not None and step < first_step]
+    if kept != lines:
+        write_bytes(path, "".join(kept).encode())
+
+
+def logged_step(line: str) -> int | None:
+    """The step of a loss.jsonl line, None for a line that is cut or not one of ours."""
+    try:
+        entry = limits.parse_json(line, "loss.jsonl")  # capped: a damaged line costs nothing
+    except ValueError:
+        return None
+    step = entry.get("step") if isinstance(entry, dict) else None
+    return step if isinstance(step, int) and line.endswith("\n") else None
 
 
 def run_steps(run: Run, settings: TrainSettings, process: Process, progress: bool = True) -> list[float]:
@@ -458,6 +479,7 @@ def run_steps(run: Run, settings: TrainSettings, process: Process, progress: boo
     out = Path(settings.out)
     if process.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        trim_log(out / "loss.jsonl", run.first_step)
     losses: list[float] = []
     pending: list[dict] = []
     bar = tqdm(range(run.first_step, settings.steps), desc=settings.stage, disable=not (progress and process.is_main),

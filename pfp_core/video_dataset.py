@@ -4,7 +4,8 @@ Every mp4/webm/mov file under the folder (any depth, any letter case; hidden fil
 "._clip.mp4" are ignored) is probed once: its first frame is decoded and its last seconds are decoded to find
 the real end, so a file whose index claims more than its data holds is measured by its data. Unreadable,
 corrupt and too-short files are skipped with one warning each and a summary line; a folder with no usable
-video is a one-line error.
+video is a one-line error, and so is a file whose header claims frames over limits.MAX_SIDE per side (refused
+before anything is decoded).
 
 A clip is `frames` frames at the target fps starting at a whole target frame: frame k shows what is on screen at
 time start + k / fps, i.e. the last source frame whose timestamp is at or before that time. Selecting by
@@ -153,6 +154,7 @@ def find_videos(root: Path) -> list[Path]:
 def probe(path: Path, fps: float) -> VideoFile:
     """First and last frame timestamps, from the first frame and the last END_SCAN seconds."""
     with open_capture(path) as capture:
+        check_frame_size(capture, path)
         if not capture.grab():
             raise VideoReadError(f"video: no decodable frames in '{path}'")
         start = timestamp(capture)
@@ -165,6 +167,17 @@ def probe(path: Path, fps: float) -> VideoFile:
             end = last_timestamp(capture)
     frames = math.floor((max(start, end) - start + SLACK) * fps) + 1
     return VideoFile(path, start, frames, ())
+
+
+def check_frame_size(capture: cv2.VideoCapture, path: Path) -> None:
+    """Frames over limits.MAX_SIDE per side, as the container's header gives them, are refused before the first
+    one is decoded: each would be decoded at full size before fit_frame shrinks it. Refused, not skipped: the
+    folder is not what the user meant to train on."""
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if max(width, height) > limits.MAX_SIDE:
+        raise ValueError(f"--data: '{path}' has frames of {width}x{height} pixels, more than the limit of "
+                         f"{limits.MAX_SIDE} per side; scale it down (e.g. ffmpeg -vf scale=1280:-2) or move it out "
+                         "of the folder")
 
 
 def timestamp(capture: cv2.VideoCapture) -> float:

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import resource
@@ -314,6 +315,19 @@ def workflow_file(folder: Path, text: str) -> list[str]:
     return ["queue", "--workflow", str(write(folder / "api.json", text.encode())), "--server", "127.0.0.1:9"]
 
 
+def video_of_frames(folder: Path, width: int, height: int) -> Path:
+    """folder/videos/wide.mov: 4 real Motion-JPEG frames of width x height (mp4v cannot encode past 8191 pixels)."""
+    import cv2
+
+    path = folder / "videos" / "wide.mov"
+    path.parent.mkdir()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"jpeg"), 8.0, (width, height))
+    for level in range(4):
+        writer.write(np.full((height, width, 3), 60 * level, np.uint8))
+    writer.release()
+    return path.parent
+
+
 # -------------------------------------------------------------------------------------------------- the cases
 
 def gen(*extra: str) -> Setup:
@@ -439,6 +453,8 @@ CASES = [
             with_file("--encoder", lambda d: encoder_with(d, "dimtext.safetensors", {"dim": "128"}))),
     CliCase("encoder metadata: rate 99999x4x2", "encoder",
             with_file("--encoder", lambda d: encoder_with(d, "rate_huge.safetensors", {"rate": "99999x4x2"}))),
+    CliCase("pretrain --data holding a video of 8208x16 frames (the cap is 8192 per side)", "--data",
+            lambda d, s: ["pretrain", "--data", str(video_of_frames(d, 8208, 16)), "--out", str(d / "run"), "--quiet"]),
     CliCase("pretrain --rate with 5000 digits", "--rate",
             lambda d, s: ["pretrain", "--out", str(d / "run"), "--rate", "9" * 5000 + "x1x1"]),
     CliCase("a 300 MiB file that is not an image (sparse; 3 GiB were read whole before)", "image",
@@ -493,6 +509,52 @@ ACCEPTED = [
             lambda d, s: generate(d, "--storyboard", str(write(d / "bom.txt", "\ufeff0s: a cat\n1s: a dog".encode()))),
             frames=16),
     CliCase("largest seed (2^63 - 1)", None, gen("--seed", str(2**63 - 1)), frames=16),
+]
+
+
+# ------------------------------------------------- the web timeline's route (POST /pfp/storyboard/plan)
+
+def plan_body(**changes: object) -> dict:
+    """A valid plan request with `changes`."""
+    return {"storyboard": "0s: a cat", "global_prompt": "", "seconds": 20.0, "fps": 16.0, "chunk_seconds": 5.0,
+            **changes}
+
+
+def plan_bytes(**changes: object) -> bytes:
+    return json.dumps(plan_body(**changes)).encode()
+
+
+@dataclass(frozen=True)
+class RouteCase:
+    name: str
+    body: bytes
+    field: str  # the 400's one-line error starts with "FIELD:"
+
+
+ROUTE_CASES = [
+    RouteCase("not JSON", b"{not json", "body"),
+    RouteCase("a list, not an object", b"[1, 2]", "body"),
+    RouteCase("bytes that are not UTF-8", b'{"storyboard": "\xff\xfe"}', "body"),
+    RouteCase("fps missing", json.dumps({k: v for k, v in plan_body().items() if k != "fps"}).encode(), "fps"),
+    RouteCase("storyboard is a number", plan_bytes(storyboard=7), "storyboard"),
+    RouteCase("seconds is text", plan_bytes(seconds="20"), "seconds"),
+    RouteCase("chunk_seconds is true", plan_bytes(chunk_seconds=True), "chunk_seconds"),
+    RouteCase("seconds NaN", plan_bytes(seconds=math.nan), "seconds"),
+    RouteCase("fps Infinity", plan_bytes(fps=math.inf), "fps"),
+    RouteCase("fps 0", plan_bytes(fps=0), "fps"),
+    RouteCase("seconds 1e308", plan_bytes(seconds=1e308), "seconds"),
+    RouteCase("seconds 3601 (above the hour the command line allows)", plan_bytes(seconds=3601), "seconds"),
+    RouteCase("fps 241 (above the command line's 240)", plan_bytes(fps=241), "fps"),
+    RouteCase("fps 10^400 (an integer no float holds)", plan_bytes(fps=10**400), "fps"),
+    RouteCase("chunk_seconds -1", plan_bytes(chunk_seconds=-1), "chunk_seconds"),
+    RouteCase("chunk_seconds 7200", plan_bytes(chunk_seconds=7200), "chunk_seconds"),
+    RouteCase("an hour in chunks of 0.1 s (36,000 chunks)", plan_bytes(seconds=3600, chunk_seconds=0.1), "seconds"),
+    RouteCase("a number of 5000 digits", b'{"seconds": 1' + b"0" * 5000 + b"}", "body"),
+    RouteCase("nested 100,000 deep", b'{"storyboard": ' + nested(100_000).encode() + b"}", "body"),
+    RouteCase("nested 65 deep", b'{"storyboard": ' + nested(65).encode() + b"}", "body"),
+    RouteCase("storyboard of 100,001 characters", plan_bytes(storyboard="0s: " + "a" * 99_997), "storyboard"),
+    RouteCase("global prompt of 120,000 characters", plan_bytes(global_prompt="a " * 60_000), "global_prompt"),
+    RouteCase("64 MiB of spaces after the object", plan_bytes() + b" " * 2**26, "body"),
 ]
 
 

@@ -16,7 +16,8 @@ from safetensors import safe_open
 from bad_inputs import REPO, generate, run_process
 
 from pfp_core.atomic import save_tensors, temporary_owner
-from pfp_core.chunk_store import HASH_KEY, RUN_KEY, ChunkStore, ChunkStoreError, content_hash
+from pfp_core import chunk_store
+from pfp_core.chunk_store import HASH_KEY, LOCK_FILE, RUN_KEY, ChunkStore, ChunkStoreError, FolderLock, content_hash
 
 LATENTS, FRAMES = torch.arange(48.0).reshape(3, 1, 4, 4), torch.arange(48, dtype=torch.uint8).reshape(1, 4, 4, 3)
 
@@ -117,6 +118,48 @@ def test_the_lock_holds_across_processes_and_dies_with_its_holder(tmp_path):
         holder.kill()
         holder.wait()
     ChunkStore(tmp_path, {"seed": 1}).close()  # kill -9 released it: no stale lock to clean up
+
+
+@pytest.fixture
+def without_flock(monkeypatch):
+    """This platform as Windows sees it: no fcntl, so FolderLock falls back to its lock file."""
+    monkeypatch.setattr(chunk_store, "fcntl", None)
+
+
+def test_without_flock_a_lock_file_refuses_a_second_store_until_the_first_is_closed(tmp_path, without_flock):
+    first = ChunkStore(tmp_path, {"seed": 1})
+    assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
+    with pytest.raises(ChunkStoreError) as refused:
+        ChunkStore(tmp_path, {"seed": 1})
+    assert str(refused.value) == (f"out: {tmp_path} is in use by another run that is still going (process {os.getpid()}; "
+                                  f"if none is, delete {tmp_path / LOCK_FILE}); wait for it to finish or choose "
+                                  "another folder")
+    first.close()
+    ChunkStore(tmp_path, {"seed": 1}).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]  # released: the lock file is gone
+
+
+def test_without_flock_the_lock_of_a_process_that_is_gone_is_taken_over(tmp_path, without_flock):
+    """A real other process holds the lock file (as a run killed with -9 would leave it): refused while it lives,
+    taken over once it is gone."""
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / LOCK_FILE).write_text(str(holder.pid))
+        with pytest.raises(ChunkStoreError, match=f"in use by another run that is still going .process {holder.pid};"):
+            FolderLock(tmp_path, "run_name")
+    finally:
+        holder.kill()
+        holder.wait()
+    with FolderLock(tmp_path, "run_name"):
+        assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_without_flock_a_lock_file_without_a_pid_is_busy_and_names_the_file_to_delete(tmp_path, without_flock):
+    (tmp_path / LOCK_FILE).write_text("")  # a holder between creating the file and writing its pid, or damage
+    with pytest.raises(ChunkStoreError, match=f"process unknown; if none is, delete {tmp_path / LOCK_FILE}"):
+        FolderLock(tmp_path, "out")
+    assert (tmp_path / LOCK_FILE).exists()  # never removed on a guess
 
 
 def test_two_generate_runs_on_one_output_never_mix_their_chunks(tmp_path):

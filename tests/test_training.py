@@ -1,5 +1,9 @@
 
+import contextlib
+import json
 import random
+import resource
+import signal
 
 import pytest
 import torch
@@ -55,6 +59,38 @@ def test_resume_continues_the_same_loss_curve(tmp_path, wan_file, stage, lora):
     assert len(second_half) == 3
     assert first_half + second_half == pytest.approx(straight, abs=1e-5)
     assert len((tmp_path / "b" / "loss.jsonl").read_text().splitlines()) == 6
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """Every file this process writes is capped at `size` bytes (RLIMIT_FSIZE), as on a disk with that much room:
+    a write past it fails with EFBIG instead of killing the process with SIGXFSZ."""
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def logged(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "loss.jsonl").read_text().splitlines()]
+
+
+def test_steps_logged_before_a_failed_checkpoint_write_are_not_logged_twice_on_resume(tmp_path):
+    """Steps 3-5 are logged, then the checkpoint write fails (files capped at 100 kB, the DiT is 6 MB): the step-2
+    checkpoint stays, and the resumed run logs steps 3-5 once, with the losses of an uninterrupted run."""
+    straight = train(small(tmp_path / "a", steps=6), progress=False)
+    train(small(tmp_path / "b", steps=3), progress=False)
+    with file_size_limit(100_000), pytest.raises(OSError, match="File too large"):
+        train(small(tmp_path / "b", steps=6), progress=False)
+    assert [entry["step"] for entry in logged(tmp_path / "b")] == list(range(6))  # the log ran ahead of the checkpoint
+    resumed = train(small(tmp_path / "b", steps=6), progress=False)
+    assert len(resumed) == 3
+    entries = logged(tmp_path / "b")
+    assert [entry["step"] for entry in entries] == list(range(6))
+    assert [entry["loss"] for entry in entries] == pytest.approx(straight, abs=1e-5)
 
 
 def test_no_memory_baseline_trains_the_dit_alone(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pfp_core import procedural
+from pfp_core import limits, procedural
 from pfp_core.cli import main
 from pfp_core.training import TrainSettings, train
 from pfp_core.video_dataset import VideoFolder, folder_captions, read_clip
@@ -288,3 +288,22 @@ def test_quiet_training_shows_no_scan_videos_bar(tmp_path):
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "scan videos" not in done.stderr and "--data: 1 videos usable" in done.stderr, done.stderr
+
+
+def test_frames_over_the_size_cap_are_refused_from_the_header_before_decoding(tmp_path, monkeypatch, capsys):
+    """A real 64x48 video under a lowered cap of 32 pixels per side: pretrain stops with one line naming --data and
+    the file, before --out exists; the same folder under a cap of 64 trains."""
+    procedural_video(tmp_path / "data" / "small.mp4", frames=16)
+    big = tmp_path / "data" / "wide.mp4"
+    write_video(np.zeros((16, 48, 64, 3), np.uint8), big, 8)
+    monkeypatch.setattr(limits, "MAX_SIDE", 32)
+    argv = ["pretrain", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--steps", "1",
+            "--history-frames", "8", "--quiet"]
+    code = main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == (f"error: --data: '{big}' has frames of 64x48 pixels, more than the limit of 32 per side; scale "
+                        "it down (e.g. ffmpeg -vf scale=1280:-2) or move it out of the folder")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(limits, "MAX_SIDE", 64)
+    assert len(folder(tmp_path / "data").videos) == 2

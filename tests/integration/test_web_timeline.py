@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bad_inputs import ROUTE_CASES
 from comfy_env import comfy_path, comfy_server, stop
 
 from pfp_core.generator import frame_grid
@@ -91,24 +92,15 @@ def test_route_reports_the_storyboard_error_and_its_line(server):
     assert status == 200 and answer["line"] is None and answer["error"].startswith("storyboard: empty")
 
 
-@pytest.mark.parametrize("body, field", [
-    (b"{not json", "body"),
-    (b"[1, 2]", "body"),
-    (json.dumps({k: v for k, v in request("0s: x").items() if k != "fps"}).encode(), "fps"),
-    (json.dumps(request(7)).encode(), "storyboard"),
-    (json.dumps(request("0s: x", seconds="20")).encode(), "seconds"),
-    (json.dumps(request("0s: x", chunk_seconds=True)).encode(), "chunk_seconds"),
-    (b'{"storyboard": "0s: x", "global_prompt": "", "seconds": NaN, "fps": 16, "chunk_seconds": 5}', "seconds"),
-    (json.dumps(request("0s: x", fps=0)).encode(), "fps"),
-    (json.dumps(request("0s: x", seconds=1e9, chunk_seconds=0.01)).encode(), "seconds"),
-])
-def test_route_rejects_a_bad_body_naming_the_field(server, body, field):
-    req = urllib.request.Request(server.url + ROUTE, body, {"Content-Type": "application/json"})
+@pytest.mark.parametrize("case", ROUTE_CASES, ids=lambda c: c.name)
+def test_route_rejects_a_bad_body_naming_the_field(server, case):
+    """The catalog's route cases (tests/bad_inputs.py) through the real aiohttp handler."""
+    req = urllib.request.Request(server.url + ROUTE, case.body, {"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(req, timeout=30)
     assert caught.value.code == 400
     message = json.loads(caught.value.read())["error"]
-    assert message.startswith(f"{field}:") and "\n" not in message, message
+    assert message.startswith(f"{case.field}:") and "\n" not in message, message
 
 
 # --------------------------------------------------------------------- a minimal DevTools protocol client
