@@ -409,7 +409,25 @@ def resume_step(models: Models, optimizer: torch.optim.Optimizer, settings: Trai
     if models.encoder is not None:
         saved = same_config(load_encoder(out / "encoder.safetensors"), models.encoder, out)
         models.encoder.load_state_dict(saved.state_dict())
-    return load_optimizer(optimizer, out / "optimizer.safetensors") + 1
+    step = load_optimizer(optimizer, out / "optimizer.safetensors")
+    check_same_step(out, step)
+    return step + 1
+
+
+def check_same_step(out: Path, optimizer_step: int) -> None:
+    """A checkpoint is several files written one after the other: a write that failed part-way (full disk) leaves
+    newer weights beside an older optimizer. Resuming that would mix two steps, so it is refused."""
+    from safetensors import safe_open
+
+    for name in ("dit.safetensors", "lora.safetensors", "encoder.safetensors"):
+        if (out / name).is_file():
+            with safe_open(str(out / name), "pt") as f:
+                step = (f.metadata() or {}).get("step")
+            if step is not None and step != str(optimizer_step):
+                raise CheckpointError(
+                    f"out: {out} holds a checkpoint torn by a failed write ({name} at step {step}, "
+                    f"optimizer.safetensors at step {optimizer_step}); to go on from the weights, move them to a "
+                    "folder and pass it as --init-from with a new --out")
 
 
 def same_config(saved: torch.nn.Module, current: torch.nn.Module, out: Path) -> torch.nn.Module:

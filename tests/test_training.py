@@ -11,6 +11,7 @@ from conftest import write_wan_file
 from safetensors.torch import save_file
 
 from pfp_core import procedural
+from pfp_core.checkpoint import CheckpointError
 from pfp_core.config import DiTConfig
 from pfp_core.dit import WanDiT
 from pfp_core.training import (
@@ -91,6 +92,17 @@ def test_steps_logged_before_a_failed_checkpoint_write_are_not_logged_twice_on_r
     entries = logged(tmp_path / "b")
     assert [entry["step"] for entry in entries] == list(range(6))
     assert [entry["loss"] for entry in entries] == pytest.approx(straight, abs=1e-5)
+
+
+def test_a_checkpoint_torn_by_a_failed_write_is_refused_on_resume(tmp_path):
+    """Files capped at 8 MB: the new DiT (6 MB) and encoder land, the optimizer state (twice the parameters) does
+    not, so the folder holds step-5 weights beside a step-2 optimizer. Resuming would mix them: one line says so."""
+    train(small(tmp_path, steps=3), progress=False)
+    with file_size_limit(8_000_000), pytest.raises(OSError, match="File too large"):
+        train(small(tmp_path, steps=6), progress=False)
+    with pytest.raises(CheckpointError, match=r"^out: .* torn by a failed write \(dit.safetensors at step 5, "
+                                              r"optimizer.safetensors at step 2\)"):
+        train(small(tmp_path, steps=8), progress=False)
 
 
 def test_no_memory_baseline_trains_the_dit_alone(tmp_path):
