@@ -106,7 +106,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     if args.training:
         figures = training_plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate,
-                                args.chunk_seconds, batch=args.batch or 1, lora_rank=args.lora_rank)
+                                args.chunk_seconds, batch=args.batch or 1, lora_rank=args.lora_rank, gpus=args.gpus)
         print(json.dumps(figures, indent=1) if args.json else format_training_table(figures))
         return
     figures = plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate, args.chunk_seconds,
@@ -164,7 +164,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                              lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                              grad_checkpointing=args.grad_checkpointing, device=args.device,
                              data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
-                             world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise)
+                             world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise,
+                             fsdp=args.fsdp)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -395,6 +396,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute activations in backward: far less memory for ~1/3 more compute")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: this process's GPU if torch sees one")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and AdamW state over "
+                   "the processes (FSDP2) for a full finetune too large for one GPU, instead of replicating them (DDP)")
     p.add_argument("--retrieval-mix", type=number(float, 0, 1, low_allowed=True), default=0.25,
                    help="finetune: share of retrieval steps kept")
     p.add_argument("--context-window", type=number(int, 0, 10**6, low_allowed=True), default=0, metavar="LATENTS",
@@ -439,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "GPU (default 1)")
     p.add_argument("--lora-rank", type=number(int, 0, limits.MAX_WIDTH), default=32,
                    help="--training: rank of the LoRA rows")
+    p.add_argument("--gpus", type=number(int, 0, 4096), default=1,
+                   help="--training: also the memory per GPU of a full finetune sharded over this many GPUs (FSDP)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("eval-retrieval", help="PSNR/SSIM of past frames retrieved from memory")
