@@ -232,7 +232,22 @@ def cmd_queue(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     {"speed": bench_stages, "planner": bench_stages, "table1": bench_table1, "table2": bench_table2,
-     "continuation": bench_continuation}[args.what](args)
+     "continuation": bench_continuation, "gpu": bench_gpu}[args.what](args)
+
+
+def bench_gpu(args: argparse.Namespace) -> None:
+    from .bench_gpu import NO_CUDA, TINY, GpuBench, bench_device, run_gpu_bench, write
+
+    device = bench_device(args.tiny)
+    if device is None:
+        print(NO_CUDA)
+        return
+    report = run_gpu_bench(TINY if args.tiny else GpuBench(), device, Path(args.out))
+    path = write(report, Path(args.out), "python -m pfp_core bench gpu" + (" --tiny" if args.tiny else ""))
+    g, t = report["generation"], report["lora_training_step"]
+    print(f"bench gpu: chunk {g['seconds']:.1f} s, peak {g['peak_gb']:.2f} GB (planned {g['planned_gb']:.2f}); LoRA "
+          f"step {t['seconds']:.1f} s, peak {t['peak_gb']:.2f} GB (planned {t['planned_gb']:.2f}); attention "
+          f"{report['attention']['backend']} -> {path}")
 
 
 def bench_continuation(args: argparse.Namespace) -> None:
@@ -513,11 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail a job after this many silent seconds")
     p.set_defaults(func=cmd_queue)
     p = sub.add_parser("bench", help="measure on this machine (speed, planner) or reproduce the paper's tables")
-    p.add_argument("what", choices=("speed", "planner", "table1", "table2", "continuation"),
+    p.add_argument("what", choices=("speed", "planner", "table1", "table2", "continuation", "gpu"),
                    help="speed: per-chunk cost, memory updates, encoder; planner: planned vs measured tokens, FLOPs "
                         "and memory, and the ComfyUI 12 GB settings; table1: retrieval by encoder variant and rate; "
                         "table2: consistency of long generation; continuation: eval-continuation of the embedded "
-                        "pair with its ablation, a 30 s rollout and example frames")
+                        "pair with its ablation, a 30 s rollout and example frames; gpu: Wan 2.1 1.3B shapes on one "
+                        "CUDA GPU (a chunk, a LoRA step, peak VRAM against the planner, the attention kernel)")
     p.add_argument("--out", default="docs/results", help="folder for WHAT.json, WHAT.md and WHAT.png")
     p.add_argument("--quick", action="store_true", help="smaller sizes and budgets (seconds to a minute)")
     p.add_argument("--steps", type=positive_int, help="table1/2: (pre)training steps per run (default 600)")
@@ -525,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-rates", action="store_true", help="table1: every variant at every rate, not the paper's rows")
     p.add_argument("--workers", type=number(int, 0, 64), default=2, help="table1/2: training processes in parallel")
     p.add_argument("--work", default="pfp_bench_runs", help="table1/2: folder for checkpoints (resumes from it)")
+    p.add_argument("--tiny", action="store_true", help="gpu: the same check at the tiny model's shapes on the CPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -58,14 +58,16 @@ class FlowChunkSampler:
     def __call__(self, memory: Memory, frame_times: torch.Tensor, prompt: str, latent_shape: tuple[int, ...],
                  seed: int, on_step: Callable[[int, int, torch.Tensor], None]) -> torch.Tensor:
         s = self.settings
-        cond = self._velocity(self.text_encoder.encode([prompt]), memory, frame_times)
-        uncond = self._velocity(self.text_encoder.encode([s.negative_prompt]), memory, frame_times)
-        noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
+        device = next(self.dit.parameters()).device  # a DiT on a GPU samples there
+        cond = self._velocity(self.text_encoder.encode([prompt]).to(device), memory, frame_times)
+        uncond = self._velocity(self.text_encoder.encode([s.negative_prompt]).to(device), memory, frame_times)
+        # drawn on the CPU generator whatever the device, so a GPU draws the same noise as the CPU
+        noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed)).to(device)
         with torch.no_grad():
             return sample(guided(cond, uncond, s.cfg), noise, sampling_sigmas(s.steps, s.shift), s.solver, on_step)
 
     def _velocity(self, context: torch.Tensor, memory: Memory, frame_times: torch.Tensor):
-        return lambda x, sigma: self.dit(x, sigma * 1000, context, memory, frame_times)
+        return lambda x, sigma: self.dit(x, sigma.to(x.device) * 1000, context, memory, frame_times)
 
 
 @dataclass
