@@ -32,7 +32,7 @@ from .planner import plan, training_plan
 from .text import HashTextEncoder
 from .training import Models, TrainSettings, next_chunk_loss, set_grad_checkpointing
 
-NO_CUDA = "bench gpu: no CUDA GPU visible to torch here; run it on a machine with one (or pass --tiny for the CPU check)"
+NO_CUDA = "bench gpu: no CUDA GPU visible to torch here; run it on a machine with one (--tiny: the CPU check)"
 
 
 @dataclass(frozen=True)
@@ -189,13 +189,15 @@ def run_gpu_bench(bench: GpuBench, device: torch.device, out: Path) -> dict:
 def format_markdown(r: dict, command: str) -> str:
     b = r["bench"]
     g, t = r["generation"], r["lora_training_step"]
-    kernel = r["attention"]["backend"] + (f" ({r['attention']['sdpa_kernel']})" if r["attention"]["sdpa_kernel"] else "")
+    sdpa = r["attention"]["sdpa_kernel"]
+    kernel = r["attention"]["backend"] + (f" ({sdpa})" if sdpa else "")
     return "\n".join([
         "# GPU check", "",
         f"`{command}` on {r['device']}, torch {r['torch']}, {r['bench_seconds']:.0f} s in all. {b['model']} shapes "
         f"with random weights (DiT Linear/Conv in bf16, encoder fp32, bf16 autocast) at {b['width']}x{b['height']}: "
         f"a {b['chunk_seconds']:g} s chunk ({r['chunk_tokens']:,} tokens) after {b['history_seconds']:g} s of history "
-        f"({r['memory_tokens']:,} memory tokens, rate {b['rate']}). Each figure is the last of {b['repeats']} runs.", "",
+        f"({r['memory_tokens']:,} memory tokens, rate {b['rate']}). Each figure is the last of {b['repeats']} "
+        "runs.", "",
         f"Attention kernel: {kernel}. Peak memory: {r['peak_measured_by']}.", "",
         "| what | seconds | tokens/s | peak GB | planner GB |", "|---|---|---|---|---|",
         f"| one chunk, {b['steps']} steps, CFG {b['cfg']:g} ({g['dit_passes']} DiT passes) | {g['seconds']:.2f} | "

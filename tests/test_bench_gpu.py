@@ -38,6 +38,6 @@ def test_without_cuda_it_says_so_in_one_line_and_writes_nothing(tmp_path):
     if torch.cuda.is_available():
         return
     result = subprocess.run([sys.executable, "-m", "pfp_core", "bench", "gpu", "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=300, cwd=REPO)
+                            capture_output=True, text=True, timeout=900, cwd=REPO)
     assert result.returncode == 0 and result.stdout == NO_CUDA + "\n"
     assert not (tmp_path / "out").exists()

@@ -72,8 +72,12 @@ def test_fsdp_matches_ddp_writes_one_checkpoint_and_resumes(tmp_path):
     single = prepare(settings_for(tmp_path / "fsdp", 5, fsdp=False), Process(0, 1, torch.device("cpu")), False)
     assert single.first_step == 4  # one process resumes the sharded run's checkpoint, optimizer state included
     assert all(torch.equal(p, dit.state_dict()[k]) for k, p in single.models.dit.state_dict().items())
-    moments = [state["exp_avg"] for state in single.optimizer.state.values()]
-    assert len(moments) == len(single.models.trainable()) and all(m.abs().sum() > 0 for m in moments)
+    saved, _ = read_safetensors(tmp_path / "fsdp" / "optimizer.safetensors", "optimizer")
+    state = single.optimizer.state_dict()["state"]
+    assert len(state) == len(single.models.trainable())
+    for name, value in saved.items():  # "index.key", as a single process saves it
+        index, key = name.split(".", 1)
+        assert torch.equal(state[int(index)][key], value)
 
 
 def test_fsdp_flag_errors_are_one_line_and_name_the_fix(tmp_path, monkeypatch):
@@ -85,7 +89,7 @@ def test_fsdp_flag_errors_are_one_line_and_name_the_fix(tmp_path, monkeypatch):
         TrainSettings(stage="finetune", out=tmp_path, fsdp=True, lora_rank=8)
     result = subprocess.run([sys.executable, "-m", "pfp_core", "finetune", "--out", str(tmp_path / "run"), "--fsdp",
                              "--steps", "1"], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                            text=True, timeout=120, cwd=tmp_path)
+                            text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: fsdp: ") and result.stderr.count("\n") == 1
     assert not (tmp_path / "run").exists()
 
