@@ -43,11 +43,11 @@ class CheckpointError(ValueError):
     """A one-line, user-facing reason a file cannot be used."""
 
 
-def save_model(module: torch.nn.Module, config: DiTConfig | EncoderConfig, path: str | Path, kind: str,
-               extra: dict[str, str] | None = None) -> Path:
-    """Atomic write: a crash leaves the previous file intact."""
+def save_model(module: torch.nn.Module | dict[str, torch.Tensor], config: DiTConfig | EncoderConfig, path: str | Path,
+               kind: str, extra: dict[str, str] | None = None) -> Path:
+    """Atomic write: a crash leaves the previous file intact. `module`: the model, or its (gathered) state dict."""
     metadata = {"pfp_kind": kind, "config": config.to_json(), **(extra or {})}
-    return save_tensors(module.state_dict(), path, metadata)
+    return save_tensors(module.state_dict() if isinstance(module, torch.nn.Module) else module, path, metadata)
 
 
 def _sniff(path: Path, field: str) -> None:

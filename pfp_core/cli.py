@@ -106,7 +106,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     if args.training:
         figures = training_plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate,
-                                args.chunk_seconds, batch=args.batch or 1, lora_rank=args.lora_rank)
+                                args.chunk_seconds, batch=args.batch or 1, lora_rank=args.lora_rank, gpus=args.gpus)
         print(json.dumps(figures, indent=1) if args.json else format_training_table(figures))
         return
     figures = plan(args.model, args.width, args.height, args.fps, args.history_seconds, args.rate, args.chunk_seconds,
@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              grad_checkpointing=args.grad_checkpointing, device=args.device,
                              data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
                              world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise,
-                             shift=args.shift, clean_context=args.clean_context)
+                             shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -232,7 +232,22 @@ def cmd_queue(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     {"speed": bench_stages, "planner": bench_stages, "table1": bench_table1, "table2": bench_table2,
-     "continuation": bench_continuation}[args.what](args)
+     "continuation": bench_continuation, "gpu": bench_gpu}[args.what](args)
+
+
+def bench_gpu(args: argparse.Namespace) -> None:
+    from .bench_gpu import NO_CUDA, TINY, GpuBench, bench_device, run_gpu_bench, write
+
+    device = bench_device(args.tiny)
+    if device is None:
+        print(NO_CUDA)
+        return
+    report = run_gpu_bench(TINY if args.tiny else GpuBench(), device, Path(args.out))
+    path = write(report, Path(args.out), "python -m pfp_core bench gpu" + (" --tiny" if args.tiny else ""))
+    g, t = report["generation"], report["lora_training_step"]
+    print(f"bench gpu: chunk {g['seconds']:.1f} s, peak {g['peak_gb']:.2f} GB (planned {g['planned_gb']:.2f}); LoRA "
+          f"step {t['seconds']:.1f} s, peak {t['peak_gb']:.2f} GB (planned {t['planned_gb']:.2f}); attention "
+          f"{report['attention']['backend']} -> {path}")
 
 
 def bench_continuation(args: argparse.Namespace) -> None:
@@ -397,6 +412,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute activations in backward: far less memory for ~1/3 more compute")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: this process's GPU if torch sees one")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and AdamW state over "
+                   "the processes (FSDP2) for a full finetune too large for one GPU, instead of replicating them (DDP)")
     p.add_argument("--retrieval-mix", type=number(float, 0, 1, low_allowed=True), default=0.25,
                    help="finetune: share of retrieval steps kept")
     p.add_argument("--context-window", type=number(int, 0, 10**6, low_allowed=True), default=0, metavar="LATENTS",
@@ -441,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "GPU (default 1)")
     p.add_argument("--lora-rank", type=number(int, 0, limits.MAX_WIDTH), default=32,
                    help="--training: rank of the LoRA rows")
+    p.add_argument("--gpus", type=number(int, 0, 4096), default=1,
+                   help="--training: also the memory per GPU of a full finetune sharded over this many GPUs (FSDP)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("eval-retrieval", help="PSNR/SSIM of past frames retrieved from memory")
@@ -511,11 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail a job after this many silent seconds")
     p.set_defaults(func=cmd_queue)
     p = sub.add_parser("bench", help="measure on this machine (speed, planner) or reproduce the paper's tables")
-    p.add_argument("what", choices=("speed", "planner", "table1", "table2", "continuation"),
+    p.add_argument("what", choices=("speed", "planner", "table1", "table2", "continuation", "gpu"),
                    help="speed: per-chunk cost, memory updates, encoder; planner: planned vs measured tokens, FLOPs "
                         "and memory, and the ComfyUI 12 GB settings; table1: retrieval by encoder variant and rate; "
                         "table2: consistency of long generation; continuation: eval-continuation of the embedded "
-                        "pair with its ablation, a 30 s rollout and example frames")
+                        "pair with its ablation, a 30 s rollout and example frames; gpu: Wan 2.1 1.3B shapes on one "
+                        "CUDA GPU (a chunk, a LoRA step, peak VRAM against the planner, the attention kernel)")
     p.add_argument("--out", default="docs/results", help="folder for WHAT.json, WHAT.md and WHAT.png")
     p.add_argument("--quick", action="store_true", help="smaller sizes and budgets (seconds to a minute)")
     p.add_argument("--steps", type=positive_int, help="table1/2: (pre)training steps per run (default 600)")
@@ -523,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-rates", action="store_true", help="table1: every variant at every rate, not the paper's rows")
     p.add_argument("--workers", type=number(int, 0, 64), default=2, help="table1/2: training processes in parallel")
     p.add_argument("--work", default="pfp_bench_runs", help="table1/2: folder for checkpoints (resumes from it)")
+    p.add_argument("--tiny", action="store_true", help="gpu: the same check at the tiny model's shapes on the CPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
     return parser

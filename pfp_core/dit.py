@@ -1,12 +1,13 @@
 """Wan 2.1 / 2.2 diffusion transformer with the parameter names of the original Wan release.
 
-The modules below only hold parameters; the math is in the flat functions after them, which take any module
-tree with Wan's names. That is what lets ComfyUI's own WanModel (comfy.ops layers, fp8, offloading) run the exact
-same forward, memory injection included.
+The modules below only hold parameters (a Block's forward just calls block_forward); the math is in the flat
+functions after them, which take any module tree with Wan's names. That is what lets ComfyUI's own WanModel
+(comfy.ops layers, fp8, offloading) run the exact same forward, memory injection included.
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -56,6 +57,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, time_mod: torch.Tensor, angles: torch.Tensor, context: torch.Tensor,
+                image_tokens: int, context_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        return block_forward(self, x, time_mod, angles, context, image_tokens, context_kv)
 
 
 class Head(nn.Module):
@@ -251,10 +256,11 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
     # ComfyUI's WanModel runs this function too and has no grad_checkpointing attribute
     recompute = getattr(model, "grad_checkpointing", False) and torch.is_grad_enabled()
     for block, context_kv in zip(model.blocks, context_layers):
+        # our blocks are called as modules, so FSDP's hooks gather a sharded block; ComfyUI's have another forward
+        run = block if isinstance(block, Block) else partial(block_forward, block)
         if recompute:
-            x = checkpoint(block_forward, block, x, time_mod, angles, context, image_tokens, context_kv,
-                           use_reentrant=False)
+            x = checkpoint(run, x, time_mod, angles, context, image_tokens, context_kv, use_reentrant=False)
         else:
-            x = block_forward(block, x, time_mod, angles, context, image_tokens, context_kv)
+            x = run(x, time_mod, angles, context, image_tokens, context_kv)
     x = head_forward(model.head, drop_memory(x, video_tokens), time_emb)
     return unpatchify(x, grid, patch)

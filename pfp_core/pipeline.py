@@ -58,15 +58,18 @@ class FlowChunkSampler:
     def __call__(self, memory: Memory, frame_times: torch.Tensor, prompt: str, latent_shape: tuple[int, ...],
                  seed: int, on_step: Callable[[int, int, torch.Tensor], None]) -> torch.Tensor:
         s = self.settings
+        device = next(self.dit.parameters()).device  # a DiT on a GPU samples there
         cache = ContextCache()  # one chunk: the clean context's keys and values serve every step and both halves
-        cond = self._velocity(self.text_encoder.encode([prompt]), memory, frame_times, cache)
-        uncond = self._velocity(self.text_encoder.encode([s.negative_prompt]), memory, frame_times, cache)
-        noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
+        cond = self._velocity(self.text_encoder.encode([prompt]).to(device), memory, frame_times, cache)
+        uncond = self._velocity(self.text_encoder.encode([s.negative_prompt]).to(device), memory, frame_times, cache)
+        # drawn on the CPU generator whatever the device, so a GPU draws the same noise as the CPU
+        noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed)).to(device)
         with torch.no_grad():
             return sample(guided(cond, uncond, s.cfg), noise, sampling_sigmas(s.steps, s.shift), s.solver, on_step)
 
     def _velocity(self, context: torch.Tensor, memory: Memory, frame_times: torch.Tensor, cache: ContextCache):
-        return lambda x, sigma: self.dit(x, sigma * 1000, context, memory, frame_times, context_cache=cache)
+        return lambda x, sigma: self.dit(x, sigma.to(x.device) * 1000, context, memory, frame_times,
+                                         context_cache=cache)
 
 
 @dataclass

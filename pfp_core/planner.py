@@ -514,10 +514,25 @@ def training_bytes(cfg: DiTConfig, enc: EncoderConfig, tokens: int, history_shap
     activations = (max(dit_activations, encoder_activations) if checkpointing
                    else dit_activations + encoder_activations)
     return {"weights": 2 * dit * bool(lora_rank) + 4 * trained, "gradients": 4 * trained,
-            "adamw": 8 * trained, "autocast_copies": 2 * trained, "activations": activations}
+            "adamw": 8 * trained, "autocast_copies": 2 * trained, "fsdp_gathered": 0, "activations": activations}
 
 
-def _training_notes(batch: int) -> list[str]:
+def fsdp_training_bytes(cfg: DiTConfig, enc: EncoderConfig, tokens: int, history_shape: tuple[int, int, int],
+                        batch: int, checkpointing: bool, gpus: int) -> dict[str, int]:
+    """A full finetune sharded over `gpus` by FSDP2 (pfp_core.distributed.shard, training's --fsdp): fp32 weights,
+    gradients and AdamW moments divided by the GPUs; activations as without sharding (each GPU runs its own batch).
+    Gathered whole at a time: the root unit (embeddings, time projection, head) for the whole step, weights and
+    gradients, plus two block-or-encoder units (the one running and the one prefetched) in fp32 with one unit's
+    fp32 gradients before their reduce-scatter and its bf16 autocast copies (not cached when sharded)."""
+    parts = training_bytes(cfg, enc, tokens, history_shape, batch, 0, checkpointing)
+    root = dit_param_count(cfg) - cfg.num_layers * block_param_count(cfg)
+    unit = max(block_param_count(cfg), encoder_param_count(enc))
+    sharded = {kind: ceil_div(parts[kind], gpus) for kind in ("weights", "gradients", "adamw")}
+    return {**sharded, "autocast_copies": 0, "fsdp_gathered": 8 * root + (2 * 4 + 4 + 2) * unit,
+            "activations": parts["activations"]}
+
+
+def _training_notes(batch: int, gpus: int) -> list[str]:
     return [
         (f"per GPU, batch {batch} per GPU, bf16 autocast, AdamW; GB = 1e9 bytes; the CUDA context (~0.5-1 GB), "
          "allocator slack, the VAE and the text encoder (not loaded while training) are not counted"),
@@ -525,36 +540,43 @@ def _training_notes(batch: int) -> list[str]:
         ("activations: tensors autograd keeps for backward, counted per DiT block and for the encoder on this "
          "machine (pfp_core.planner.block_saved_bytes, encoder_saved_bytes); memory-efficient attention, no L^2"),
         "grad_checkpointing: each block keeps only its input and is recomputed in backward (~1/3 more compute)",
-        ("torchrun + DDP replicates everything on each GPU: N GPUs give N times the throughput, the same memory "
-         "per GPU; sharding (FSDP) for a full 14B finetune is not implemented"),
+        ("torchrun + DDP (full, lora rows) replicates everything on each GPU: N GPUs give N times the throughput, "
+         "the same memory per GPU"),
+        (f"fsdp x{gpus} rows (--fsdp under torchrun, full finetune only): weights, gradients and AdamW divided by "
+         f"{gpus} GPUs; fsdp_gathered = the root unit plus two blocks gathered whole; activations are not sharded "
+         "(tested on 2 CPU processes with gloo only)" if gpus > 1 else
+         "--gpus N adds the memory per GPU of a full finetune sharded over N GPUs by FSDP (--fsdp)"),
     ]
 
 
 def training_plan(model: str, width: int, height: int, fps: float, history_seconds: float, rate: str = "4x4x2",
-                  chunk_seconds: float = 2.0, batch: int = 1, lora_rank: int = 32) -> dict:
+                  chunk_seconds: float = 2.0, batch: int = 1, lora_rank: int = 32, gpus: int = 1) -> dict:
     """Memory per GPU of a finetuning step (chunk_seconds denoised after history_seconds of memory): the whole
-    DiT or a LoRA of `lora_rank`, each with and without gradient checkpointing."""
-    for name, value in (("batch", batch), ("lora_rank", lora_rank)):
+    DiT or a LoRA of `lora_rank`, each with and without gradient checkpointing; with gpus > 1 also the whole DiT
+    sharded over them (FSDP)."""
+    for name, value in (("batch", batch), ("lora_rank", lora_rank), ("gpus", gpus)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name}: must be a positive whole number, got {value!r}")
     shapes = plan(model, width, height, fps, history_seconds, rate, chunk_seconds)
     cfg, enc = dit_config(model), encoder_config_for(model, shapes["rate"])
     tokens = shapes["chunk_tokens"] + shapes["memory_tokens"]
     history = (shapes["history_latent_frames"], shapes["latent_height"], shapes["latent_width"])
+    modes = [("full", 0), (f"lora r{lora_rank}", lora_rank)] + ([(f"fsdp x{gpus}", 0)] if gpus > 1 else [])
     rows = []
-    for rank in (0, lora_rank):
+    for mode, rank in modes:
         for checkpointing in (False, True):
-            parts = training_bytes(cfg, enc, tokens, history, batch, rank, checkpointing)
+            parts = (fsdp_training_bytes(cfg, enc, tokens, history, batch, checkpointing, gpus) if mode.startswith("fsdp")
+                     else training_bytes(cfg, enc, tokens, history, batch, rank, checkpointing))
             total = _gb(sum(parts.values()))
-            rows.append({"mode": f"lora r{rank}" if rank else "full", "grad_checkpointing": checkpointing,
+            rows.append({"mode": mode, "grad_checkpointing": checkpointing,
                          "trained_params": encoder_param_count(enc) + (lora_param_count(cfg, rank) if rank else
                                                                        dit_param_count(cfg)),
                          **{f"{kind}_gb": _gb(n) for kind, n in parts.items()}, "total_gb": total,
                          f"fits_{TRAINING_GPU_GB:g}gb": total <= TRAINING_GPU_GB})
     keep = ("model", "width", "height", "fps", "history_seconds", "chunk_seconds", "rate", "memory_tokens",
             "chunk_tokens")
-    return {**{key: shapes[key] for key in keep}, "tokens": tokens, "batch_per_gpu": batch, "rows": rows,
-            "notes": _training_notes(batch)}
+    return {**{key: shapes[key] for key in keep}, "tokens": tokens, "batch_per_gpu": batch, "gpus": gpus,
+            "rows": rows, "notes": _training_notes(batch, gpus)}
 
 
 # ---------------------------------------------------------------------------------------------- output

@@ -14,7 +14,8 @@ of a random level per clip (0 to context_noise), so the model learns to continue
 
 Scaling up: bf16 autocast on the training device over fp32 master weights, gradient checkpointing of the DiT
 blocks and the encoder's full-resolution convolutions, LoRA on a frozen DiT loaded from a Wan file
-(pfp_core.lora), several processes through DistributedDataParallel (pfp_core.distributed).
+(pfp_core.lora), several processes through DistributedDataParallel, or with `fsdp` the whole model sharded over
+them by FSDP2 (pfp_core.distributed.shard) for full finetunes larger than one GPU; either way one checkpoint file.
 """
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ class TrainSettings:
     recent_frames: int = 0  # history latents given uncompressed beside the memory (pfp_core.context)
     context_noise: float = 0.0  # finetune: history corrupted with noise of level U(0, context_noise)
     clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.dit.context_stream)
+    fsdp: bool = False  # shard weights, gradients and AdamW state over the torchrun processes (FSDP2) instead of DDP
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -112,6 +114,15 @@ class TrainSettings:
             raise ValueError(f"lora-rank: must be 0 (off) or a positive whole number, got {self.lora_rank}")
         if self.lora_alpha is not None and not self.lora_rank:
             raise ValueError("lora-alpha: only scales a LoRA; pass --lora-rank too")
+        if self.fsdp and self.lora_rank:
+            raise ValueError("fsdp: shards a full finetune; a LoRA run is not sharded (its frozen DiT fits one GPU "
+                             "in bf16): drop --fsdp (torchrun then uses DDP) or drop --lora-rank")
+        if self.fsdp and self.clean_context:
+            raise ValueError("fsdp: the clean context stream reads block weights outside the blocks' own calls, "
+                             "where FSDP keeps them sharded; drop --clean-context or --fsdp")
+        if self.fsdp and distributed.launched_world() == 1:
+            raise ValueError("fsdp: shards the model over torchrun's processes, but this is one process; launch with "
+                             "`python -m torch.distributed.run --nproc-per-node N -m pfp_core ...` or drop --fsdp")
         base, _ = start_files(self)
         if base is None and self.lora_rank:
             raise ValueError("lora-rank: a LoRA adapts a base DiT from a file; pass --dit-init PATH (a Wan "
@@ -345,7 +356,8 @@ def step_loss(trainer: torch.nn.Module, settings: TrainSettings, step: int, rank
     latents = SpaceToDepthVAE().encode(clips.pixels).to(device)
     text_len = getattr(trainer, "module", trainer).dit.config.text_len  # DDP keeps the model as .module
     text = FrameCaptions(clips.captions, data.texts, text_len) if data.texts is not None else None
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    cache = not distributed.is_sharded(trainer)  # cached bf16 copies of gathered blocks would add up to a whole model
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=cache):
         return trainer(latents, settings, gen, retrieval, text)
 
 
@@ -358,37 +370,46 @@ def choose_bf16(trainer: torch.nn.Module, settings: TrainSettings, data: Trainin
     return bf16_is_faster(step, next(trainer.parameters()).device.type)
 
 
-def save_checkpoint(models: Models, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int) -> None:
-    """dit.safetensors, or with LoRA lora.safetensors (ComfyUI's LoRA key names) naming its base file."""
+def save_checkpoint(models: Models, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int,
+                    is_main: bool = True) -> None:
+    """dit.safetensors, or with LoRA lora.safetensors (ComfyUI's LoRA key names) naming its base file. Every process
+    calls it: sharded (FSDP) weights and optimizer state are gathered whole to rank 0, which alone writes, so the
+    files are the same as a single process's."""
     out = Path(settings.out)
     meta = {"stage": settings.stage, "step": str(step), "settings": json.dumps(asdict(settings), default=str)}
+    dit = distributed.full_state(models.dit.state_dict(), is_main) if models.lora is None else {}
+    encoder = distributed.full_state(models.encoder.state_dict(), is_main) if models.encoder is not None else {}
+    state = optimizer.state_dict()
+    tensors = distributed.full_state({f"{index}.{key}": value for index, entry in state["state"].items()
+                                      for key, value in entry.items()}, is_main)
+    if not is_main:
+        return
     if models.lora is not None:
         save_lora(models.lora, out / "lora.safetensors", {**meta, "base": str(start_files(settings)[0].resolve())})
     else:
-        save_model(models.dit, models.dit.config, out / "dit.safetensors", "dit", meta)
+        save_model(dit, models.dit.config, out / "dit.safetensors", "dit", meta)
     if models.encoder is not None:
-        save_model(models.encoder, models.encoder.config, out / "encoder.safetensors", "memory_encoder", meta)
-    save_optimizer(optimizer, out / "optimizer.safetensors", step)
-
-
-def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
-    state = optimizer.state_dict()
-    tensors = {f"{index}.{key}": value.contiguous() for index, entry in state["state"].items()
-               for key, value in entry.items()}
-    save_tensors(tensors, path, {"step": str(step), "param_groups": json.dumps(state["param_groups"])})
+        save_model(encoder, models.encoder.config, out / "encoder.safetensors", "memory_encoder", meta)
+    save_tensors(tensors, out / "optimizer.safetensors",
+                 {"step": str(step), "param_groups": json.dumps(state["param_groups"])})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> int:
     tensors, metadata = read_safetensors(path, "resume")
     state: dict[int, dict[str, torch.Tensor]] = {}
     try:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         for name, value in tensors.items():
             index, key = name.split(".", 1)
-            state.setdefault(int(index), {})[key] = value
+            if not 0 <= int(index) < len(params):
+                raise IndexError(f"state of parameter {index}, but {len(params)} are trained")
+            like = params[int(index)]  # a moment of a sharded parameter becomes this process's shard of it
+            shaped = distributed.distribute_like(value, like) if value.shape == like.shape else value
+            state.setdefault(int(index), {})[key] = shaped
         groups = limits.parse_json(metadata["param_groups"], "param_groups")  # capped: hostile metadata would recurse
         optimizer.load_state_dict({"state": state, "param_groups": groups})
         return int(metadata["step"])
-    except (KeyError, ValueError, TypeError) as error:
+    except (KeyError, ValueError, TypeError, IndexError) as error:
         raise CheckpointError(f"out: {path} holds unreadable optimizer state ({error}); delete it to start the "
                               "training over, or choose another --out") from None
 
@@ -405,10 +426,9 @@ def resume_step(models: Models, optimizer: torch.optim.Optimizer, settings: Trai
     if models.lora is not None:
         load_lora_into(models.lora, out / "lora.safetensors", "out")
     else:
-        models.dit.load_state_dict(same_config(load_dit(out / "dit.safetensors", "out"), models.dit, out).state_dict())
+        load_whole(models.dit, same_config(load_dit(out / "dit.safetensors", "out"), models.dit, out))
     if models.encoder is not None:
-        saved = same_config(load_encoder(out / "encoder.safetensors"), models.encoder, out)
-        models.encoder.load_state_dict(saved.state_dict())
+        load_whole(models.encoder, same_config(load_encoder(out / "encoder.safetensors"), models.encoder, out))
     step = load_optimizer(optimizer, out / "optimizer.safetensors")
     check_same_step(out, step)
     return step + 1
@@ -428,6 +448,13 @@ def check_same_step(out: Path, optimizer_step: int) -> None:
                     f"out: {out} holds a checkpoint torn by a failed write ({name} at step {step}, "
                     f"optimizer.safetensors at step {optimizer_step}); to go on from the weights, move them to a "
                     "folder and pass it as --init-from with a new --out")
+
+
+def load_whole(module: torch.nn.Module, saved: torch.nn.Module) -> None:
+    """`saved`'s weights into `module`, each cut to this process's shard when `module` is sharded (FSDP)."""
+    current = module.state_dict()
+    module.load_state_dict({name: distributed.distribute_like(value, current[name])
+                            for name, value in saved.state_dict().items()})
 
 
 def same_config(saved: torch.nn.Module, current: torch.nn.Module, out: Path) -> torch.nn.Module:
@@ -453,7 +480,9 @@ def prepare(settings: TrainSettings, process: Process, progress: bool = True) ->
     """Models on this process's device, AdamW over the trainable parameters only (LoRA + encoder with LoRA),
     and the state of the checkpoint in `out` if there is one."""
     data = load_training_data(settings, progress=progress and process.is_main)  # before the models: a bad folder fails fast
-    models = build_models(settings).to(process.device)
+    models = build_models(settings)
+    # FSDP before the optimizer: it replaces the parameters with their shards (and moves them to the device)
+    models = distributed.shard(models, process) if settings.fsdp else models.to(process.device)
     if isinstance(data.texts, TextEmbeddings):
         data.texts.check_text_dim(models.dit.config.text_dim, models.dit.config.name)
     optimizer = torch.optim.AdamW(models.trainable(), lr=settings.lr, weight_decay=0.0)
@@ -512,7 +541,7 @@ def run_steps(run: Run, settings: TrainSettings, process: Process, progress: boo
         if saving:
             if process.is_main:
                 append_log(out / "loss.jsonl", pending)
-                save_checkpoint(run.models, run.optimizer, settings, step)
+            save_checkpoint(run.models, run.optimizer, settings, step, process.is_main)  # gathers on every process
             pending = []
     return losses
 
@@ -520,7 +549,7 @@ def run_steps(run: Run, settings: TrainSettings, process: Process, progress: boo
 def stop_if_diverged(models: Models, loss: float, step: int, settings: TrainSettings, check_weights: bool) -> None:
     """A non-finite loss (or, before a checkpoint, non-finite weights) stops the run before anything is written:
     the last good checkpoint in `out` stays as it was."""
-    weights_ok = not check_weights or all(bool(torch.isfinite(p).all()) for p in models.trainable())
+    weights_ok = not check_weights or distributed.all_finite(models.trainable())
     if not (math.isfinite(loss) and weights_ok):
         cause = f"loss {loss:.4g}" if not math.isfinite(loss) else "NaN or infinite weights"
         raise ValueError(f"lr: training diverged at step {step} ({cause}); the last checkpoint in {settings.out} is "

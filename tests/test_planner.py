@@ -280,3 +280,18 @@ def test_training_plan_for_wan13_lora_with_checkpointing_fits_24gb():
     assert "lora r32" in format_training_table(figures)
     with pytest.raises(ValueError, match="^batch: must be a positive whole number"):
         training_plan("wan2.1-1.3b", 832, 480, 16, 20, batch=0)
+
+
+def test_fsdp_training_plan_divides_weights_gradients_and_adamw_by_the_gpus():
+    from pfp_core.planner import format_training_table, training_plan
+
+    figures = training_plan("wan2.1-14b", 832, 480, 16, 20, chunk_seconds=2, gpus=8)
+    rows = {(r["mode"], r["grad_checkpointing"]): r for r in figures["rows"]}
+    full, fsdp = rows[("full", True)], rows[("fsdp x8", True)]
+    for kind in ("weights_gb", "gradients_gb", "adamw_gb"):
+        assert fsdp[kind] == pytest.approx(full[kind] / 8, abs=2e-3)
+    assert fsdp["activations_gb"] == full["activations_gb"] and fsdp["autocast_copies_gb"] == 0
+    assert 0 < fsdp["fsdp_gathered_gb"] < full["weights_gb"] / 4
+    assert fsdp["total_gb"] < full["total_gb"] / 4 and fsdp["total_gb"] < 80 < full["total_gb"]  # one 80 GB GPU each
+    assert "fsdp x8" in format_training_table(figures)
+    assert not any(r["mode"].startswith("fsdp") for r in training_plan("tiny", 64, 64, 8, 4, chunk_seconds=1)["rows"])
