@@ -2,9 +2,11 @@
 
 The context for a chunk has two parts: the most recent latent frames at full resolution (embedded by the DiT's
 own patch embedding, as FramePack's 1x frames: the seam needs their detail) and the compressed memory of the
-older history (the encoder's tokens: what makes 20 s fit in ~5k tokens). Both are appended to the video tokens
-after patch embedding, take part in every self-attention with their own 3D rotary positions, and are dropped
-before the head. The standalone DiT and ComfyUI's WanModel both run `pfp_core.dit.wan_forward`, which calls these
+older history (the encoder's tokens: what makes 20 s fit in ~5k tokens). Both become tokens with their own 3D
+rotary positions (`context_tokens`). In the joint pattern they are appended to the video tokens after patch
+embedding, take part in every self-attention and are dropped before the head; in the clean-context pattern they
+run as a stream of their own whose keys and values the video tokens attend to (pfp_core.dit.context_stream).
+The standalone DiT and ComfyUI's WanModel both run `pfp_core.dit.wan_forward`, which calls these
 functions, so an encoder trained here works unchanged there.
 """
 from __future__ import annotations
