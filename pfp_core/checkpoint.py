@@ -62,9 +62,10 @@ def _sniff(path: Path, field: str) -> None:
         raise CheckpointError(str(error)) from None
     with path.open("rb") as f:
         head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{"
+    if looks_safetensors and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
         return
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+    if not looks_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):  # a cut safetensors is no pickle
         raise CheckpointError(f"{field}: {path.name} is a pickle/torch.save file, not safetensors; "
                               "only .safetensors files are loaded (pickles can run code)")
     if len(head) < 9:

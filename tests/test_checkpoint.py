@@ -57,6 +57,9 @@ def test_safetensors_whose_header_length_starts_with_the_pickle_byte_loads(tmp_p
     assert path.read_bytes()[0] == 0x80
     tensors, metadata = read_safetensors(path, "encoder")
     assert torch.equal(tensors["w"], torch.arange(3.0)) and metadata["pad"].startswith("x")
+    path.write_bytes(path.read_bytes()[:40])  # cut inside its header: truncated, still not a pickle
+    with pytest.raises(CheckpointError, match="^encoder: t.safetensors is not a readable safetensors"):
+        read_safetensors(path, "encoder")
 
 
 def test_truncated_and_foreign_files_are_named(tmp_path, random_engine):
