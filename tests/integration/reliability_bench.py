@@ -201,6 +201,14 @@ def report(data: dict) -> str:
     ])
 
 
+TMP_PLACEHOLDER = "/path/to/tmp"  # the report names no folder of the machine it ran on
+
+
+def without_run_folder(rows: list[dict], tmp: str) -> list[dict]:
+    """Catalog rows with the run's temporary folder in their messages replaced by TMP_PLACEHOLDER."""
+    return [{**row, "message": row["message"].replace(tmp, TMP_PLACEHOLDER)} for row in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interruptions", type=int, default=20, help="per kind: SIGINT, SIGKILL, /interrupt")
@@ -218,6 +226,7 @@ def main() -> None:
         if comfyui:
             comfy_rows, comfy_stops, soak = comfy_parts(Path(tmp), args.interruptions, args.prompts, args.seed)
             catalog, stops = catalog + comfy_rows, stops + comfy_stops
+        catalog = without_run_folder(catalog, tmp)
     data = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
             "seconds": time.time() - started, "comfyui": comfyui, "interruptions_per_kind": args.interruptions,
             "prompts": args.prompts, "catalog": catalog, "interruptions": [r.row() for r in stops], "soak": soak}
