@@ -19,10 +19,10 @@ from .dit import WanDiT
 from .encoder import MemoryEncoder
 from .memory import Memory, empty_memory, with_recent
 from .pipeline import FlowChunkSampler, SamplerSettings
-from .planner import chunk_flops
+from .planner import CHUNK_STEPS, chunk_flops_by_path
 from .text import HashTextEncoder
 
-STEPS, CFG = 8, 3.0  # the comparison point: 8 steps with guidance (two forwards a step)
+STEPS, CFG = CHUNK_STEPS, 3.0  # the comparison point: 8 steps with guidance (two forwards a step)
 TARGET_CACHED_VS_PER_STEP = 1.5  # the cached path at least this much cheaper than the per-step path
 PATHS = ("cached", "per_step", "no_history", "full_history")
 
@@ -70,11 +70,8 @@ def sampling_costs(dit: WanDiT, encoder: MemoryEncoder, history: torch.Tensor, c
         if full_history:
             row["full_history_vs_cached"] = row["full_history_s"] / row["cached_s"]
         result["dtypes"][dtype] = row
-    flops = {path: chunk_flops(dit.config, video_tokens, tokens, dit.config.text_len, STEPS, 2, cached)
-             for path, tokens, cached in (("cached", result["context_tokens"], True),
-                                          ("per_step", result["context_tokens"], False),
-                                          ("no_history", 0, False),
-                                          ("full_history", history.shape[2] * video_tokens // chunk_shape[2], False))}
+    flops = chunk_flops_by_path(dit.config, video_tokens, result["context_tokens"], dit.config.text_len,
+                                history.shape[2] * video_tokens // chunk_shape[2])
     result["flop_model"] = {**flops, "per_step_vs_cached": flops["per_step"] / flops["cached"],
                             "full_history_vs_cached": flops["full_history"] / flops["cached"]}
     return result

@@ -152,6 +152,9 @@ def cached_step_flops(cfg: DiTConfig, video_tokens: int, context_tokens: int, te
     return dit_flops(cfg, video_tokens, 0, text_tokens) + cfg.num_layers * 4 * video_tokens * context_tokens * cfg.dim
 
 
+CHUNK_STEPS = 8  # per-chunk FLOPs: 8 sampling steps with CFG (two forwards a step)
+
+
 def chunk_flops(cfg: DiTConfig, video_tokens: int, context_tokens: int, text_tokens: int, steps: int,
                 cfg_halves: int, cached: bool) -> int:
     """DiT FLOPs of sampling one chunk: `steps` steps of `cfg_halves` forwards (2 with guidance), the context
@@ -161,6 +164,17 @@ def chunk_flops(cfg: DiTConfig, video_tokens: int, context_tokens: int, text_tok
         return context_stream_flops(cfg, context_tokens) + forwards * cached_step_flops(cfg, video_tokens,
                                                                                        context_tokens, text_tokens)
     return forwards * dit_flops(cfg, video_tokens, context_tokens, text_tokens)
+
+
+def chunk_flops_by_path(cfg: DiTConfig, video_tokens: int, context_tokens: int, text_tokens: int,
+                        full_history_tokens: int | None = None) -> dict[str, int]:
+    """Per-chunk DiT FLOPs (CHUNK_STEPS steps with CFG) for each way a chunk can see its past: the cached clean
+    context, the per-step (joint) context, no history, and optionally the raw full history."""
+    paths = {"cached": (context_tokens, True), "per_step": (context_tokens, False), "no_history": (0, False)}
+    if full_history_tokens is not None:
+        paths["full_history"] = (full_history_tokens, False)
+    return {path: chunk_flops(cfg, video_tokens, tokens, text_tokens, CHUNK_STEPS, 2, cached)
+            for path, (tokens, cached) in paths.items()}
 
 
 def encoder_flops(enc: EncoderConfig, latent_shape: tuple[int, int, int]) -> int:
@@ -401,9 +415,6 @@ def ram_bytes(cfg: DiTConfig, vae: VAEConfig, width: int, height: int, video_fra
     return weights + 2 * latents + held_frames * height * width * 3 * (4 + 1)
 
 
-CHUNK_STEPS = 8  # per-chunk FLOPs: 8 sampling steps with CFG (two forwards a step)
-
-
 def plan(model: str, width: int, height: int, fps: float, history_seconds: float, rate: str = "4x4x2",
          chunk_seconds: float = 5.0, dtype_bytes: int = 2, text_tokens: int = 512,
          video_seconds: float | None = None, batch: int = 2, recent_frames: int = 0) -> dict:
@@ -451,9 +462,7 @@ def plan(model: str, width: int, height: int, fps: float, history_seconds: float
         "dit_flops_per_step_memory": dit_flops(cfg, chunk, memory, text_tokens),
         "dit_flops_per_step_full_history": dit_flops(cfg, chunk, full, text_tokens),
         "dit_flops_per_step_no_history": dit_flops(cfg, chunk, 0, text_tokens),
-        "dit_flops_per_chunk": {path: chunk_flops(cfg, chunk, tokens, text_tokens, CHUNK_STEPS, 2, cached)
-                                for path, tokens, cached in (("cached", memory, True), ("per_step", memory, False),
-                                                             ("no_history", 0, False))},
+        "dit_flops_per_chunk": chunk_flops_by_path(cfg, chunk, memory, text_tokens),
         "encoder_flops": encoder_flops(enc, history_shape),
         "dit_params": dit_params, "encoder_params": encoder_params,
         "weights_gb": _gb(weights), "activation_gb": _gb(activations),
