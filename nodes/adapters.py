@@ -109,7 +109,7 @@ class ComfyChunkSampler:
                  seed: int, on_step: Callable[[int, int, torch.Tensor], None]) -> torch.Tensor:
         patched = self._with_memory(memory, int(frame_times.flatten()[0]))
         self._load_within_budget(patched, memory, latent_shape)
-        noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
+        noise = memory.flow_start(torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed)))
         latent_format = self.model.model.latent_format
         samples = comfy.sample.sample(
             patched, noise, self.steps, self.cfg, self.sampler_name, self.scheduler, self.conditioning[prompt],

@@ -165,7 +165,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                              grad_checkpointing=args.grad_checkpointing, device=args.device,
                              data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
                              world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise,
-                             shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp)
+                             shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
+                             anchor_noise=args.anchor_noise)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -392,6 +393,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean-context", action="store_true",
                    help="the DiT reads the context as a clean stream of its own, so generation computes its keys "
                         "and values once per chunk (the encoder file records it)")
+    p.add_argument("--anchor-noise", type=number(float, 0, 10), default=None, metavar="SCALE",
+                   help="finetune: each chunk's flow starts at the last recent latent plus noise of this scale, not "
+                        "at pure noise, so the DiT learns the change from the last frame (needs --recent-frames; "
+                        "the encoder file records it)")
     p.add_argument("--world", choices=("story", "texture"), default="texture",
                    help="procedural data: the captioned story world or Table 1's fine-texture world")
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")

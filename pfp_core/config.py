@@ -111,6 +111,9 @@ class EncoderConfig(JsonConfig):
     # the DiT reads this encoder's context as a clean stream of its own (timestep 0, attending among itself), so
     # its keys and values are computed once per chunk (pfp_core.dit.context_stream); False: joint attention
     clean_context: bool = False
+    # each chunk's flow starts at the last recent latent plus noise of this scale, not at pure noise, so the DiT
+    # learns the change from the last frame (pfp_core.memory.Memory.flow_start); None: pure noise, as Wan samples
+    anchor_noise: float | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in ENCODER_VARIANTS:
@@ -121,6 +124,9 @@ class EncoderConfig(JsonConfig):
                              f"{self.recent_frames}")
         if self.variant == "none" and not self.recent_frames:
             raise ValueError("recent_frames: the 'none' variant has no memory, so it needs recent frames (> 0)")
+        if self.anchor_noise is not None and not (self.anchor_noise > 0 and self.recent_frames):
+            raise ValueError(f"anchor_noise: {self.anchor_noise} needs a positive scale and recent frames (> 0) to "
+                             "start from; leave it unset for pure noise")
 
     @property
     def compresses(self) -> bool:
@@ -172,8 +178,10 @@ def known_dit_config(cfg: DiTConfig) -> DiTConfig | None:
 
 
 def encoder_config_for(model: str, rate: str = "4x4x2", variant: str = "proposed",
-                       recent_frames: int = 0, clean_context: bool = False) -> EncoderConfig:
+                       recent_frames: int = 0, clean_context: bool = False,
+                       anchor_noise: float | None = None) -> EncoderConfig:
     dit = dit_config(model)
     return EncoderConfig(dim=dit.dim, in_channels=dit.in_dim, patch_size=dit.patch_size, rate=rate, variant=variant,
                          width=ENCODER_WIDTHS[model], attn_heads=max(1, ENCODER_WIDTHS[model] // 32),
-                         base_model=model, fps=dit.fps, recent_frames=recent_frames, clean_context=clean_context)
+                         base_model=model, fps=dit.fps, recent_frames=recent_frames, clean_context=clean_context,
+                         anchor_noise=anchor_noise)

@@ -29,7 +29,8 @@ def build_context(config: EncoderConfig, memory_of: OlderMemory | None, window: 
         memory = memory_of(older)
     else:
         memory = empty_memory(window.shape[0], config.dim, older.shape[2], older.shape[2] * time_factor / fps)
-    return replace(with_recent(memory, window, recent, config.patch_size), clean_context=config.clean_context)
+    return replace(with_recent(memory, window, recent, config.patch_size), clean_context=config.clean_context,
+                   anchor_noise=config.anchor_noise)
 
 
 class ContextCompressor:

@@ -38,6 +38,7 @@ class Memory:
     recent_start: int = 0  # time position of the first recent frame, in latent frames from the window start
     patch_size: tuple[int, int, int] = (1, 2, 2)  # the DiT's patch, which turns recent latents into tokens
     clean_context: bool = False  # the clean-context pattern (pfp_core.dit.context_stream), set by the encoder config
+    anchor_noise: float | None = None  # the chunk's flow starts at the last recent latent (EncoderConfig.anchor_noise)
 
     @property
     def batch(self) -> int:
@@ -58,6 +59,16 @@ class Memory:
         recent = None if self.recent_latents is None else self.recent_latents.to(device=device, dtype=dtype)
         return replace(self, tokens=self.tokens.to(device=device, dtype=dtype), positions=self.positions.to(device=device),
                        recent_latents=recent)
+
+    def flow_start(self, noise: torch.Tensor) -> torch.Tensor:
+        """Where the chunk's flow starts, given standard noise [B, C, T, h, w]: the noise itself, or the last recent
+        latent repeated over the chunk's frames plus the noise scaled by `anchor_noise`. A chunk mostly repeats the
+        frame before it, so the DiT then learns the change, and a tiny model no longer has to redraw a whole scene
+        from noise (the same velocity target, eps - x0, with this start as eps)."""
+        if self.anchor_noise is None:
+            return noise
+        last = self.recent_latents[:, :, -1:].to(device=noise.device, dtype=noise.dtype)
+        return last.expand(noise.shape[0], -1, noise.shape[2], -1, -1) + self.anchor_noise * noise
 
     def repeat(self, batch: int) -> "Memory":
         """The same context for `batch` samples (e.g. the conditional and unconditional halves of CFG)."""
@@ -135,7 +146,8 @@ def save_memory(memory: Memory, path: str | Path) -> Path:
     return save_tensors(tensors, path, {"pfp_kind": "memory", "latent_frames": str(memory.latent_frames),
                                         "seconds": str(memory.seconds), "recent_start": str(memory.recent_start),
                                         "patch_size": json.dumps(list(memory.patch_size)),
-                                        "clean_context": json.dumps(memory.clean_context)})
+                                        "clean_context": json.dumps(memory.clean_context),
+                                        "anchor_noise": json.dumps(memory.anchor_noise)})
 
 
 def load_memory(path: str | Path) -> Memory:
@@ -147,12 +159,14 @@ def load_memory(path: str | Path) -> Memory:
     tokens, positions = tensors["tokens"], tensors["positions"]
     try:
         latent_frames, seconds = int(metadata["latent_frames"]), float(metadata["seconds"])
-    except (KeyError, ValueError):  # refused below with the values it holds
-        latent_frames, seconds = -1, math.nan
+        anchor_noise = json.loads(metadata.get("anchor_noise", "null"))  # files saved before it existed: pure noise
+        anchor_noise = None if anchor_noise is None else float(anchor_noise)
+    except (KeyError, ValueError, TypeError):  # refused below with the values it holds
+        latent_frames, seconds, anchor_noise = -1, math.nan, None
     if tokens.dim() != 3 or positions.shape != (tokens.shape[1], 3) or latent_frames < 0 or not math.isfinite(seconds):
         raise CheckpointError(f"memory: {Path(path).name} is damaged (tokens {list(tokens.shape)}, positions "
                               f"{list(positions.shape)}, latent_frames {metadata.get('latent_frames')!r}, seconds "
                               f"{metadata.get('seconds')!r}); save the memory again with PFP Save Memory")
     return Memory(tokens, positions, latent_frames, seconds, tensors.get("recent_latents"),
                   int(metadata.get("recent_start", 0)), tuple(json.loads(metadata.get("patch_size", "[1, 2, 2]"))),
-                  metadata.get("clean_context") == "true")
+                  metadata.get("clean_context") == "true", anchor_noise)

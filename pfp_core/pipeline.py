@@ -64,6 +64,7 @@ class FlowChunkSampler:
         uncond = self._velocity(self.text_encoder.encode([s.negative_prompt]).to(device), memory, frame_times, cache)
         # drawn on the CPU generator whatever the device, so a GPU draws the same noise as the CPU
         noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed)).to(device)
+        noise = memory.flow_start(noise)
         with torch.no_grad():
             return sample(guided(cond, uncond, s.cfg), noise, sampling_sigmas(s.steps, s.shift), s.solver, on_step)
 

@@ -103,6 +103,7 @@ class TrainSettings:
     recent_frames: int = 0  # history latents given uncompressed beside the memory (pfp_core.context)
     context_noise: float = 0.0  # finetune: history corrupted with noise of level U(0, context_noise)
     clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.dit.context_stream)
+    anchor_noise: float | None = None  # finetune: chunks flow from the last recent latent plus this much noise
     fsdp: bool = False  # shard weights, gradients and AdamW state over the torchrun processes (FSDP2) instead of DDP
 
     def __post_init__(self) -> None:
@@ -133,6 +134,9 @@ class TrainSettings:
             raise ValueError(f"world: '{self.world}' is unknown; use one of {', '.join(WORLDS)}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"context-noise: must be in [0, 1), got {self.context_noise}")
+        if self.anchor_noise is not None and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
+            raise ValueError("anchor-noise: chunks start from the last recent frame in a finetune with an encoder; "
+                             "pass --recent-frames R with stage finetune, or drop --anchor-noise")
         if self.context_window and (self.use_memory or self.stage != "finetune" or self.retrieval_mix):
             raise ValueError("context-window: the sliding-window baseline is a finetune without memory or retrieval; "
                              "use it with --no-memory --retrieval-mix 0")
@@ -209,10 +213,11 @@ def build_models(settings: TrainSettings) -> Models:
     if settings.use_memory and settings.init_from is not None and settings.variant != "none":
         encoder = load_encoder(Path(settings.init_from) / "encoder.safetensors")
         encoder.config = replace(encoder.config, recent_frames=settings.recent_frames,
-                                 clean_context=settings.clean_context)
+                                 clean_context=settings.clean_context, anchor_noise=settings.anchor_noise)
     elif settings.use_memory:
         encoder = MemoryEncoder(encoder_config_for(settings.model, settings.rate, settings.variant,
-                                                   settings.recent_frames, settings.clean_context))
+                                                   settings.recent_frames, settings.clean_context,
+                                                   settings.anchor_noise))
     models = Models(dit, encoder, build_lora(settings, dit, saved_lora))
     set_grad_checkpointing(models, settings.grad_checkpointing)
     return models.train()
@@ -319,6 +324,8 @@ def denoising_loss(models: Models, x0: torch.Tensor, memory: Memory | None, fram
                    settings: TrainSettings, gen: torch.Generator, text: FrameCaptions | None = None) -> torch.Tensor:
     # drawn on the CPU generator whatever the device, so a GPU run draws the same noise as a CPU run
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    if memory is not None:  # a chunk flows from where generation starts it (Memory.flow_start); retrieval from noise
+        noise = memory.flow_start(noise)
     sigma = training_sigmas(x0.shape[0], settings.shift, gen).to(x0.device)
     if text is not None:
         context = text.context(frame_times).to(x0.device)

@@ -1,3 +1,6 @@
+from dataclasses import replace
+
+import pytest
 import torch
 
 from pfp_core.config import encoder_config_for
@@ -66,3 +69,26 @@ def test_saved_context_keeps_its_recent_frames(tmp_path):
     loaded = load_memory(save_memory(memory, tmp_path / "m.safetensors"))
     assert torch.equal(loaded.recent_latents, memory.recent_latents) and loaded.recent_start == 4
     assert loaded.token_count == memory.token_count == 128
+
+
+def test_a_chunk_flows_from_the_last_recent_latent_when_its_encoder_says_so():
+    window, noise = torch.randn(1, 16, 5, 16, 16), torch.randn(1, 16, 3, 16, 16)
+    anchored = encoder_config_for("tiny", variant="none", recent_frames=2, anchor_noise=0.5)
+    start = build_context(anchored, None, window, fps=8).flow_start(noise)
+    assert torch.allclose(start, window[:, :, -1:].expand(-1, -1, 3, -1, -1) + 0.5 * noise)
+    plain = encoder_config_for("tiny", variant="none", recent_frames=2)
+    assert build_context(plain, None, window, fps=8).flow_start(noise) is noise  # Wan's own: pure noise
+
+
+def test_anchor_noise_needs_recent_frames_to_start_from():
+    with pytest.raises(ValueError, match="^anchor_noise: 0.5 needs .* recent frames"):
+        encoder_config_for("tiny", anchor_noise=0.5)
+    with pytest.raises(ValueError, match="^anchor_noise: 0.0 needs a positive scale"):
+        encoder_config_for("tiny", recent_frames=2, anchor_noise=0.0)
+
+
+def test_saved_context_keeps_where_its_chunks_start(tmp_path):
+    memory = build_context(encoder_config_for("tiny", variant="none", recent_frames=2, anchor_noise=0.25), None,
+                           torch.randn(1, 16, 4, 16, 16), fps=8)
+    assert load_memory(save_memory(memory, tmp_path / "m.safetensors")).anchor_noise == 0.25
+    assert load_memory(save_memory(replace(memory, anchor_noise=None), tmp_path / "p.safetensors")).anchor_noise is None

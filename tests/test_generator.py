@@ -3,10 +3,14 @@ import torch
 
 from pfp_core.chunk_store import ChunkStore, ChunkStoreError
 from pfp_core.errors import GenerationCancelled
-from pfp_core.config import VAEConfig
-from pfp_core.generator import AutoregressiveGenerator, Callbacks, GenerationRequest, chunk_spans, frame_grid, to_uint8
+from pfp_core.config import VAEConfig, dit_config, encoder_config_for
+from pfp_core.dit import WanDiT
+from pfp_core.encoder import MemoryEncoder
+from pfp_core.generator import (AutoregressiveGenerator, Callbacks, GenerationRequest, chunk_seed, chunk_spans, frame_grid,
+                                to_uint8)
+from pfp_core.text import HashTextEncoder
 from pfp_core.vae import SpaceToDepthVAE
-from pfp_core.pipeline import FlowChunkSampler, SamplerSettings
+from pfp_core.pipeline import Engine, FlowChunkSampler, SamplerSettings
 
 
 @pytest.mark.parametrize("total,start,chunk", [(64, 1, 8), (61, 1, 8), (20, 8, 8), (9, 1, 8), (30, 17, 4), (5, 1, 16)])
@@ -153,3 +157,17 @@ def test_generated_chunks_join_the_history_as_the_vae_encodes_their_frames(rando
         assert torch.equal(generated, reencoded) and not generated[:, 12:].any()
     else:
         assert not torch.equal(generated, reencoded)
+
+
+def test_an_anchored_chunk_starts_from_the_last_frame_of_its_history(start_image):
+    """A DiT whose velocity is zero (the untrained head) leaves the flow where it started: with an anchored
+    encoder that is the last history latent plus the chunk's own scaled noise, not noise alone."""
+    dit = WanDiT(dit_config("tiny")).eval()
+    assert not dit.head.head.weight.any()
+    encoder = MemoryEncoder(encoder_config_for("tiny", variant="none", recent_frames=1, anchor_noise=0.5)).eval()
+    engine = Engine(dit, encoder, SpaceToDepthVAE(), HashTextEncoder(4096, 32))
+    request = make_request(start_image, total=4, chunk=4)  # one chunk: frames 1-3 after the start image
+    request.project_chunks = False
+    latents = run(engine, None, request).latents
+    noise = torch.randn((1, 16, 3, 16, 16), generator=torch.Generator().manual_seed(chunk_seed(request.seed, 0)))
+    assert torch.allclose(latents[:, :, 1:], latents[:, :, :1] + 0.5 * noise, atol=1e-6)

@@ -10,14 +10,15 @@ import torch
 from conftest import write_wan_file
 from safetensors.torch import save_file
 
-from pfp_core import procedural
-from pfp_core.checkpoint import CheckpointError
+from pfp_core import procedural, storyworld
+from pfp_core.checkpoint import CheckpointError, load_encoder
 from pfp_core.config import DiTConfig
 from pfp_core.dit import WanDiT
 from pfp_core.training import (
     TrainSettings,
     build_models,
     encode_memory,
+    next_chunk_loss,
     retrieval_loss,
     set_grad_checkpointing,
     step_rng,
@@ -232,3 +233,28 @@ def test_sliding_window_baseline_sees_only_the_recent_latents(tmp_path):
 def test_sliding_window_needs_a_memoryless_finetune(tmp_path):
     with pytest.raises(ValueError, match="^context-window:"):
         small(tmp_path, stage="finetune", context_window=2)
+
+
+def test_an_anchored_finetune_learns_the_change_from_the_last_frame_and_records_it(tmp_path):
+    """With zero velocity (the untrained head) the loss is the distance from the flow's start to the chunk: from the
+    last frame plus half-scale noise it is far smaller than from pure noise on a story-world clip."""
+    anchored = small(tmp_path / "a", stage="finetune", steps=2, world="story", recent_frames=1, anchor_noise=0.5,
+                     rate="2x2x2", retrieval_mix=0.0)
+    plain = small(tmp_path / "p", stage="finetune", steps=2, world="story", recent_frames=1, rate="2x2x2",
+                  retrieval_mix=0.0)
+    clip = storyworld.make_story_video(storyworld.story_seed(3), 2, "static").frames[:12]
+    latents = SpaceToDepthVAE().encode(procedural.to_pixels(clip[None]))
+    losses = {}
+    for name, settings in (("anchored", anchored), ("plain", plain)):
+        with torch.no_grad():
+            losses[name] = next_chunk_loss(build_models(settings), latents, settings, torch.Generator().manual_seed(0))
+    assert losses["anchored"] < 0.5 * losses["plain"]
+    train(anchored, progress=False)
+    assert load_encoder(tmp_path / "a" / "encoder.safetensors").config.anchor_noise == 0.5
+
+
+def test_anchor_noise_needs_recent_frames_in_a_finetune(tmp_path):
+    with pytest.raises(ValueError, match="^anchor-noise: .* --recent-frames"):
+        small(tmp_path, stage="finetune", anchor_noise=0.5)
+    with pytest.raises(ValueError, match="^anchor-noise:"):
+        small(tmp_path, stage="pretrain", recent_frames=2, anchor_noise=0.5)
