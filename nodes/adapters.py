@@ -14,10 +14,10 @@ import comfy.model_patcher
 import comfy.ops
 import comfy.sample
 
-from ..pfp_core.checkpoint import check_compatible, load_encoder
+from ..pfp_core.model.checkpoint import check_compatible, load_encoder
 from ..pfp_core.config import DiTConfig, EncoderConfig, VAEConfig
-from ..pfp_core.context import ContextCompressor
-from ..pfp_core.memory import Memory
+from ..pfp_core.model.context import ContextCompressor
+from ..pfp_core.model.memory import Memory
 from ..pfp_core.planner import activation_bytes, encoder_activation_bytes
 from .wan_memory import MemoryInjection, with_memory
 

@@ -7,7 +7,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pfp_core.inputs import inside
-from ..pfp_core.procedural import heldout_seed, make_video
+from ..pfp_core.training.procedural import heldout_seed, make_video
 from .adapters import EncoderHandle
 from .tiny_models import TinyTextEncoder, TinyVAE
 from .types import MemoryEncoderType

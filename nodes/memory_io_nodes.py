@@ -7,7 +7,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pfp_core.inputs import inside
-from ..pfp_core.memory import Memory, load_memory, save_memory
+from ..pfp_core.model.memory import Memory, load_memory, save_memory
 from .types import MemoryType
 
 

@@ -7,7 +7,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..pfp_core.inputs import finite
-from ..pfp_core.memory import Memory
+from ..pfp_core.model.memory import Memory
 from .adapters import ComfyChunkSampler, ComfyVAE
 from .types import MemoryEncoderType, MemoryType
 from .wan_memory import MemoryInjection, with_memory

@@ -1,6 +1,6 @@
 """HTTP route for the web timeline (web/storyboard_timeline.js): POST /pfp/storyboard/plan.
 
-The body and the answers are described in pfp_core/plan_request.py: 200 {"chunks": [...], "global_prompt": "...",
+The body and the answers are described in pfp_core/generation/plan_request.py: 200 {"chunks": [...], "global_prompt": "...",
 "plan_text": "..."} with exactly the plan the Storyboard node will use (same `plan` function), 200 {"error": ...,
 "line": N or null} when the storyboard needs fixing, and 400 {"error": ...} naming the field for a body that is not
 a plan request (bad or too deep JSON, too large, a missing or mistyped field, a number out of range, text too long).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..pfp_core.plan_request import BadRequest, check_body_size, parse_body, plan_response
+from ..pfp_core.generation.plan_request import BadRequest, check_body_size, parse_body, plan_response
 
 PATH = "/pfp/storyboard/plan"
 _registered = False

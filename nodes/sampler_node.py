@@ -8,8 +8,8 @@ from comfy_api.latest import io
 
 from ..pfp_core import limits
 from ..pfp_core.errors import GenerationCancelled
-from ..pfp_core.generator import (AutoregressiveGenerator, GenerationRequest, chunk_spans, frame_grid, lead_frames,
-                                  to_uint8)
+from ..pfp_core.generation.generator import (AutoregressiveGenerator, GenerationRequest, chunk_spans, frame_grid,
+                                             lead_frames, to_uint8)
 from ..pfp_core.inputs import finite
 from .adapters import ComfyChunkSampler, ComfyVAE, model_identity
 from .run_video import ChunkVideo

@@ -12,11 +12,11 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from ..pfp_core.chunk_store import ChunkStore
-from ..pfp_core.generator import Callbacks, GenerationResult
+from ..pfp_core.generation.chunk_store import ChunkStore
+from ..pfp_core.generation.generator import Callbacks, GenerationResult
 from ..pfp_core.inputs import inside
-from ..pfp_core.run_folders import (KEEP_RUNS, FullChunks, latest_plain_run, mark_used, prune_runs, read_manifest,
-                                    run_folders, settings_folder, shared_chunks)
+from ..pfp_core.generation.run_folders import (KEEP_RUNS, FullChunks, latest_plain_run, mark_used, prune_runs,
+                                               read_manifest, run_folders, settings_folder, shared_chunks)
 
 
 def run_parent(run_name: str) -> Path:

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ..pfp_core.plan_request import is_number, plan
-from ..pfp_core.storyboard import ChunkPrompt, StoryboardError, check_text, format_plan
+from ..pfp_core.generation.plan_request import is_number, plan
+from ..pfp_core.generation.storyboard import ChunkPrompt, StoryboardError, check_text, format_plan
 from .prompt_context import node_inputs
 from .types import StoryboardType
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import comfy.latent_formats
 
-from ..pfp_core.text import HashTextEncoder
-from ..pfp_core.vae import SpaceToDepthVAE
+from ..pfp_core.model.text import HashTextEncoder
+from ..pfp_core.model.vae import SpaceToDepthVAE
 
 
 class TinyVAE:

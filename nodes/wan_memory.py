@@ -1,6 +1,6 @@
 """Runs ComfyUI's native WanModel through pfp_core's forward, so memory injection has one implementation.
 
-A DIFFUSION_MODEL wrapper on the ModelPatcher replaces WanModel._forward with pfp_core.dit.wan_forward over the
+A DIFFUSION_MODEL wrapper on the ModelPatcher replaces WanModel._forward with pfp_core.model.dit.wan_forward over the
 same modules (comfy.ops layers keep fp8 casting and partial loading), with attention routed to ComfyUI's
 optimized_attention. Without a memory in the model options the wrapper steps aside.
 """
@@ -14,9 +14,9 @@ import comfy.ldm.common_dit
 import comfy.patcher_extension
 from comfy.ldm.modules.attention import optimized_attention
 
-from ..pfp_core.attention import use_attention
-from ..pfp_core.dit import ContextCache, wan_forward
-from ..pfp_core.memory import Memory
+from ..pfp_core.model.attention import use_attention
+from ..pfp_core.model.dit import ContextCache, wan_forward
+from ..pfp_core.model.memory import Memory
 
 WRAPPER_KEY = "pfp_memory"
 

@@ -32,7 +32,7 @@ def printable(text: str) -> str:
 
 
 def progress_callbacks(bar: tqdm):
-    from .generator import Callbacks
+    from .generation.generator import Callbacks
 
     def on_progress(done: int, total: int) -> None:
         bar.total = total
@@ -43,7 +43,7 @@ def progress_callbacks(bar: tqdm):
 
 
 def run_generation(args: argparse.Namespace, image: np.ndarray, storyboard: str, out_video: Path, chunks: Path):
-    from .pipeline import SamplerSettings, VideoSettings, generate, load_engine, write_result
+    from .generation.pipeline import SamplerSettings, VideoSettings, generate, load_engine, write_result
 
     engine = load_engine(args.encoder, args.dit)
     video = VideoSettings(seconds=args.seconds, chunk_seconds=args.chunk_seconds,
@@ -64,8 +64,8 @@ def summary(result, fps: int, seconds_taken: float, out_video: Path) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .storyworld import demo_video
-    from .video_io import save_image
+    from .training.storyworld import demo_video
+    from .video_io import contact_sheet, save_image
 
     out = limits.output_folder(args.out, "out")
     video = demo_video(max(2, int(np.ceil(args.seconds))))
@@ -79,17 +79,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print("demo: " + summary(result, engine.fps, taken, out / "demo.mp4"))
 
 
-def contact_sheet(frames: np.ndarray, columns: int = 16) -> np.ndarray:
-    """Every frame in a grid, enlarged 3x: the quickest way to look at a tiny video."""
-    rows = -(-len(frames) // columns)
-    padded = np.concatenate([frames, np.zeros((rows * columns - len(frames), *frames.shape[1:]), np.uint8)])
-    grid = padded.reshape(rows, columns, *frames.shape[1:]).transpose(0, 2, 1, 3, 4)
-    sheet = grid.reshape(rows * frames.shape[1], columns * frames.shape[2], 3)
-    return sheet.repeat(3, axis=0).repeat(3, axis=1)
-
-
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .storyboard import read_storyboard
+    from .generation.storyboard import read_storyboard
     from .video_io import load_image
 
     out = limits.output_file(args.out, "out")  # checked first: the video is written only after every chunk is made
@@ -115,9 +106,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .checkpoint import load_dit, load_encoder
-    from .evaluation import RetrievalSettings, evaluate_retrieval
-    from .pipeline import DEFAULT_DIT, DEFAULT_ENCODER
+    from .model.checkpoint import load_dit, load_encoder
+    from .bench.evaluation import RetrievalSettings, evaluate_retrieval
+    from .generation.pipeline import DEFAULT_DIT, DEFAULT_ENCODER
 
     if args.png:
         limits.output_file(args.png, "png")
@@ -134,8 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_continuation(args: argparse.Namespace) -> None:
-    from .continuation import ContinuationSettings, engine_generator, evaluate_continuation, format_report
-    from .pipeline import BASELINE_DIT, BASELINE_ENCODER, load_engine
+    from .bench.continuation import ContinuationSettings, engine_generator, evaluate_continuation, format_report
+    from .generation.pipeline import BASELINE_DIT, BASELINE_ENCODER, load_engine
 
     settings = ContinuationSettings(videos=args.videos, seed=args.seed, steps=args.steps, shift=args.shift,
                                     project_chunks=not args.no_projection)
@@ -150,8 +141,8 @@ def cmd_eval_continuation(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .distributed import launched_rank
-    from .training import TrainSettings, train
+    from .training.distributed import launched_rank
+    from .training.loop import TrainSettings, train
 
     optional_path = lambda text: Path(text) if text else None
     settings = TrainSettings(stage=args.command, out=limits.output_folder(args.out, "out"), steps=args.steps,
@@ -173,14 +164,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
-    from .recipes import train_tiny
+    from .training.recipes import train_tiny
 
     train_tiny(Path(args.out), Path(args.init_from), args.steps, progress=not args.quiet)
     print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_ft'}, sliding-window baseline in {Path(args.out) / 'sw_ft'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .export import DTYPES, export_dit, export_lora
+    from .training.export import DTYPES, export_dit, export_lora
 
     export = export_lora if args.lora else export_dit
     out = limits.output_file(args.out, "out")
@@ -193,9 +184,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_embed_texts(args: argparse.Namespace) -> None:
     from .config import dit_config
-    from .text import HashTextEncoder
-    from .text_embeddings import embed_captions
-    from .video_dataset import folder_captions
+    from .model.text import HashTextEncoder
+    from .training.text_embeddings import embed_captions
+    from .training.video_dataset import folder_captions
 
     captions = folder_captions(args.data)
     if not captions:
@@ -210,8 +201,9 @@ def cmd_embed_texts(args: argparse.Namespace) -> None:
 
 
 def cmd_queue(args: argparse.Namespace) -> None:
-    from .queue_client import format_summary, load_workflow, parse_override, parse_server, plan_jobs, run_jobs, seed_list
-    from .storyboard import read_storyboard
+    from .client.queue_client import (format_summary, load_workflow, parse_override, parse_server, plan_jobs, run_jobs,
+                                      seed_list)
+    from .generation.storyboard import read_storyboard
 
     if args.seed_start is not None and args.count is None:
         raise ValueError("--seed-start needs --count")
@@ -237,7 +229,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def bench_gpu(args: argparse.Namespace) -> None:
-    from .bench_gpu import NO_CUDA, TINY, GpuBench, bench_device, run_gpu_bench, write
+    from .bench.bench_gpu import NO_CUDA, TINY, GpuBench, bench_device, run_gpu_bench, write
 
     device = bench_device(args.tiny)
     if device is None:
@@ -252,7 +244,7 @@ def bench_gpu(args: argparse.Namespace) -> None:
 
 
 def bench_continuation(args: argparse.Namespace) -> None:
-    from .bench_continuation import ContinuationBench, run_bench, write
+    from .bench.bench_continuation import ContinuationBench, run_bench, write
 
     bench = ContinuationBench(videos=2, rollout_seconds=10, rollout_videos=1) if args.quick else ContinuationBench()
     steps = 2 * 2 * bench.videos + 1
@@ -266,8 +258,8 @@ def bench_continuation(args: argparse.Namespace) -> None:
 
 
 def bench_table2(args: argparse.Namespace) -> None:
-    from .table1 import Table1Settings
-    from .table2 import Table2Settings, quick, run_table2
+    from .bench.table1 import Table1Settings
+    from .bench.table2 import Table2Settings, quick, run_table2
 
     pretrain = Table1Settings(workers=args.workers)
     pretrain = replace(pretrain, steps=args.steps) if args.steps else pretrain
@@ -281,7 +273,7 @@ def bench_table2(args: argparse.Namespace) -> None:
 
 
 def bench_table1(args: argparse.Namespace) -> None:
-    from .table1 import Table1Settings, jobs_for, quick, run_table1
+    from .bench.table1 import Table1Settings, jobs_for, quick, run_table1
 
     settings = Table1Settings(seeds=tuple(range(args.seeds or 3)), all_rates=args.all_rates, workers=args.workers)
     settings = quick(settings) if args.quick else settings
@@ -295,11 +287,11 @@ def bench_table1(args: argparse.Namespace) -> None:
 
 def bench_stages(args: argparse.Namespace) -> None:
     if args.what == "planner":
-        from .bench_planner import STAGES
-        from .bench_planner import run_planner as run
+        from .bench.bench_planner import STAGES
+        from .bench.bench_planner import run_planner as run
     else:
-        from .bench import STAGES
-        from .bench import run_speed as run
+        from .bench.speed import STAGES
+        from .bench.speed import run_speed as run
 
     with tqdm(total=len(STAGES), desc="bench", unit="stage", disable=args.quiet) as bar:
         def on_stage(stage: str) -> None:
@@ -372,7 +364,7 @@ def add_generation_flags(p: argparse.ArgumentParser, default_seconds: float | No
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
     from .config import DIT_CONFIGS, ENCODER_VARIANTS
-    from .distributed import DEVICES
+    from .training.distributed import DEVICES
 
     p.add_argument("--out", required=True, help="folder for checkpoints (resumes if it holds one)")
     p.add_argument("--steps", type=positive_int, default=1000)

@@ -107,12 +107,12 @@ class EncoderConfig(JsonConfig):
     hr_gate_init: float = 0.1  # not 0: a zero gate barely opens in short trainings
     base_model: str = "tiny"
     fps: int = 8
-    recent_frames: int = 0  # the last R history latents join the context uncompressed (pfp_core.context)
+    recent_frames: int = 0  # the last R history latents join the context uncompressed (pfp_core.model.context)
     # the DiT reads this encoder's context as a clean stream of its own (timestep 0, attending among itself), so
-    # its keys and values are computed once per chunk (pfp_core.dit.context_stream); False: joint attention
+    # its keys and values are computed once per chunk (pfp_core.model.dit.context_stream); False: joint attention
     clean_context: bool = False
     # each chunk's flow starts at the last recent latent plus noise of this scale, not at pure noise, so the DiT
-    # learns the change from the last frame (pfp_core.memory.Memory.flow_start); None: pure noise, as Wan samples
+    # learns the change from the last frame (pfp_core.model.memory.Memory.flow_start); None: pure noise, as Wan samples
     anchor_noise: float | None = None
 
     def __post_init__(self) -> None:

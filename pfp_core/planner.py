@@ -1,9 +1,9 @@
 """Budget planner: what a history length and memory rate cost on a given Wan DiT, before anything is built.
 
 Everything here is arithmetic on the configs in `pfp_core.config`; no module is instantiated. The counts mirror
-the modules in `pfp_core.dit` and `pfp_core.encoder` one layer at a time, and the tests check them against
+the modules in `pfp_core.model.dit` and `pfp_core.model.encoder` one layer at a time, and the tests check them against
 `sum(p.numel())` of meta-built modules, against `torch.utils.flop_counter.FlopCounterMode` and, for memory,
-against peaks measured on CPU by `pfp_core.peak_memory.PeakMemory` (`bench planner`).
+against peaks measured on CPU by `pfp_core.bench.peak_memory.PeakMemory` (`bench planner`).
 
 Conventions:
 - A clip of s seconds at f fps has round(s * f) + 1 frames (Wan's 4k+1: 5 s at 16 fps = 81 frames); a causal VAE
@@ -482,7 +482,7 @@ TRAINING_GPU_GB = 24.0
 
 
 def lora_param_count(cfg: DiTConfig, rank: int) -> int:
-    """pfp_core.lora on every Linear of the blocks, rank * (in + out) each: per block 8 attention projections
+    """pfp_core.training.lora on every Linear of the blocks, rank * (in + out) each: per block 8 attention projections
     d -> d (self- and cross-attention q, k, v, o; 2 more for i2v's image k, v) and the FFN d -> ffn -> d."""
     projections = 8 + (2 if cfg.model_type == "i2v" else 0)
     return cfg.num_layers * rank * (projections * 2 * cfg.dim + 2 * (cfg.dim + cfg.ffn_dim))
@@ -528,7 +528,7 @@ def training_bytes(cfg: DiTConfig, enc: EncoderConfig, tokens: int, history_shap
 
 def fsdp_training_bytes(cfg: DiTConfig, enc: EncoderConfig, tokens: int, history_shape: tuple[int, int, int],
                         batch: int, checkpointing: bool, gpus: int) -> dict[str, int]:
-    """A full finetune sharded over `gpus` by FSDP2 (pfp_core.distributed.shard, training's --fsdp): fp32 weights,
+    """A full finetune sharded over `gpus` by FSDP2 (pfp_core.training.distributed.shard, training's --fsdp): fp32 weights,
     gradients and AdamW moments divided by the GPUs; activations as without sharding (each GPU runs its own batch).
     Gathered whole at a time: the root unit (embeddings, time projection, head) for the whole step, weights and
     gradients, plus two block-or-encoder units (the one running and the one prefetched) in fp32 with one unit's

@@ -32,11 +32,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pfp_core.checkpoint import save_model
-from pfp_core.chunk_store import ChunkStore
+from pfp_core.model.checkpoint import save_model
+from pfp_core.generation.chunk_store import ChunkStore
 from pfp_core.config import encoder_config_for
-from pfp_core.encoder import MemoryEncoder
-from pfp_core.pipeline import DEFAULT_DIT, DEFAULT_ENCODER
+from pfp_core.model.encoder import MemoryEncoder
+from pfp_core.generation.pipeline import DEFAULT_DIT, DEFAULT_ENCODER
 from pfp_core.video_io import read_video, save_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from pfp_core.config import dit_config, encoder_config_for
-from pfp_core.dit import WanDiT
-from pfp_core.encoder import MemoryEncoder
-from pfp_core.pipeline import Engine
-from pfp_core.text import HashTextEncoder
-from pfp_core.vae import SpaceToDepthVAE
+from pfp_core.model.dit import WanDiT
+from pfp_core.model.encoder import MemoryEncoder
+from pfp_core.generation.pipeline import Engine
+from pfp_core.model.text import HashTextEncoder
+from pfp_core.model.vae import SpaceToDepthVAE
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def test_lora_pretrain_then_export_through_the_cli(tmp_path, wan_file, capsys):
     assert main(["export", "--from", str(out), "--out", str(tmp_path / "dit.safetensors"), "--dtype", "fp16"]) == 0
     printed = capsys.readouterr().out
     assert "pretrain: steps 2" in printed and "export: LoRA (bf16" in printed and "export: DiT (fp16" in printed
-    from pfp_core.checkpoint import load_dit
+    from pfp_core.model.checkpoint import load_dit
 
     assert load_dit(tmp_path / "dit.safetensors").config.name == "tiny"
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pfp_core.attention import matmul_attention, use_attention
+from pfp_core.model.attention import matmul_attention, use_attention
 from pfp_core.config import DIT_CONFIGS, MEMORY_VARIANTS, DiTConfig, dit_config, encoder_config_for
-from pfp_core.dit import WanDiT
-from pfp_core.encoder import MemoryEncoder
+from pfp_core.model.dit import WanDiT
+from pfp_core.model.encoder import MemoryEncoder
 from pfp_core.planner import dit_param_count, encoder_param_count, format_plan_table, plan
 
 RATES = ("4x4x2", "2x2x2", "2x2x1")
@@ -139,9 +139,9 @@ def test_cached_chunk_flops_match_flop_counter():
     values, counted on a real sampler run (2 steps with CFG)."""
     from dataclasses import replace
 
-    from pfp_core.pipeline import FlowChunkSampler, SamplerSettings
+    from pfp_core.generation.pipeline import FlowChunkSampler, SamplerSettings
     from pfp_core.planner import chunk_flops
-    from pfp_core.text import HashTextEncoder
+    from pfp_core.model.text import HashTextEncoder
 
     torch.manual_seed(0)
     dit = WanDiT(dit_config("tiny")).eval()
@@ -222,9 +222,9 @@ def kept_for_backward(run, inputs: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("dim,ffn", [(256, 1024), (384, 768)])  # head_dim 128, as in every Wan size
 def test_block_activation_model_matches_what_autograd_keeps(dim, ffn):
-    from pfp_core.dit import block_forward
+    from pfp_core.model.dit import block_forward
     from pfp_core.planner import block_saved_bytes
-    from pfp_core.rope import rope_angles
+    from pfp_core.model.rope import rope_angles
 
     cfg = DiTConfig("probe", dim=dim, ffn_dim=ffn, num_heads=dim // 128, num_layers=1)
     block = WanDiT(cfg).blocks[0]
@@ -254,7 +254,7 @@ def test_encoder_activation_model_matches_what_autograd_keeps(rate):
 
 @pytest.mark.parametrize("name", list(DIT_CONFIGS))
 def test_lora_param_count_matches_the_adapters(name):
-    from pfp_core.lora import lora_for
+    from pfp_core.training.lora import lora_for
     from pfp_core.planner import lora_param_count
 
     with torch.device("meta"):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pfp_core import limits
 from pfp_core.cli import build_parser, main
-from pfp_core.storyboard import StoryboardError, parse_storyboard, plan_chunks
+from pfp_core.generation.storyboard import StoryboardError, parse_storyboard, plan_chunks
 
 BOUNDED = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from bad_inputs import (PAYLOAD_MARK, encoder_unlike_dit, encoder_with, mount, pickle_file, read_only_folder, set_nan,
                         snapshot, write)
 from comfy_env import ComfyServer, run_folders, saved_files, saved_video, tiny_workflow
-from interruptions import (Interruption, RunResult, chunks_on_disk, generation_span, read_run, resumed_chunks,
-                           same_run, wait_for)
+from interruptions import (Interruption, RunResult, chunks_on_disk, generation_span, read_run, resumed_chunks, same_run,
+                           wait_for)
 
-from pfp_core.pipeline import DEFAULT_ENCODER
+from pfp_core.generation.pipeline import DEFAULT_ENCODER
 from pfp_core.video_io import read_video
 
 Build = Callable[[ComfyServer, contextlib.ExitStack], dict]  # (server, cleanups) -> API workflow

@@ -7,11 +7,11 @@ import torch
 
 from comfy_env import import_comfy_in_process
 
-from pfp_core.checkpoint import save_model
+from pfp_core.model.checkpoint import save_model
 from pfp_core.config import dit_config, encoder_config_for
-from pfp_core.context import build_context
-from pfp_core.dit import WanDiT
-from pfp_core.encoder import MemoryEncoder
+from pfp_core.model.context import build_context
+from pfp_core.model.dit import WanDiT
+from pfp_core.model.encoder import MemoryEncoder
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import torch
 from comfy_env import import_comfy_in_process
 from conftest import write_wan_file
 
-from pfp_core.distributed import Process
-from pfp_core.export import DTYPES, export_dit, export_lora
-from pfp_core.training import TrainSettings, prepare, run_steps
+from pfp_core.training.distributed import Process
+from pfp_core.training.export import DTYPES, export_dit, export_lora
+from pfp_core.training.loop import TrainSettings, prepare, run_steps
 
 CPU = Process(rank=0, world=1, device=torch.device("cpu"))
 

@@ -9,8 +9,8 @@ import torch
 
 from comfy_env import API_WORKFLOWS, comfy_path, comfy_server, run_folders, saved_video, tiny_workflow
 
-from pfp_core.procedural import heldout_seed, make_video
-from pfp_core.run_folders import KEEP_RUNS
+from pfp_core.training.procedural import heldout_seed, make_video
+from pfp_core.generation.run_folders import KEEP_RUNS
 from pfp_core.video_io import load_image
 
 NODES = ["PFPLoadMemoryEncoder", "PFPTinyVAE", "PFPTinyTextEncoder", "PFPProceduralImage", "PFPStoryboardPrompt",

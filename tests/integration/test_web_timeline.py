@@ -20,8 +20,8 @@ import pytest
 from bad_inputs import ROUTE_CASES
 from comfy_env import comfy_path, comfy_server, stop
 
-from pfp_core.generator import frame_grid
-from pfp_core.storyboard import parse_storyboard, plan_chunks
+from pfp_core.generation.generator import frame_grid
+from pfp_core.generation.storyboard import parse_storyboard, plan_chunks
 
 ROUTE = "/pfp/storyboard/plan"
 XSS = "<img src=x onerror=alert(1)>"

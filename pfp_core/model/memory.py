@@ -1,0 +1,172 @@
+"""Context injection: the single place where history enters a Wan DiT.
+
+The context for a chunk has two parts: the most recent latent frames at full resolution (embedded by the DiT's
+own patch embedding, as FramePack's 1x frames: the seam needs their detail) and the compressed memory of the
+older history (the encoder's tokens: what makes 20 s fit in ~5k tokens). Both become tokens with their own 3D
+rotary positions (`context_tokens`). In the joint pattern they are appended to the video tokens after patch
+embedding, take part in every self-attention and are dropped before the head; in the clean-context pattern they
+run as a stream of their own whose keys and values the video tokens attend to (pfp_core.model.dit.context_stream).
+The standalone DiT and ComfyUI's WanModel both run `pfp_core.model.dit.wan_forward`, which calls these
+functions, so an encoder trained here works unchanged there.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..atomic import save_tensors
+from .rope import grid_positions
+
+
+@dataclass
+class Memory:
+    """Compressed history phi(H).
+
+    tokens: [B, M, dim] in the DiT's inner width. positions: [M, 3] centres (t, h, w) of the regions the tokens
+    summarise, in latent cells, t counted from the first latent frame of the history window.
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    latent_frames: int  # length of the history in latent frames
+    seconds: float
+    recent_latents: torch.Tensor | None = None  # [B, C, R, h, w]: the last R latent frames, clean, uncompressed
+    recent_start: int = 0  # time position of the first recent frame, in latent frames from the window start
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # the DiT's patch, which turns recent latents into tokens
+    clean_context: bool = False  # the clean-context pattern (pfp_core.model.dit.context_stream), set by the encoder config
+    anchor_noise: float | None = None  # the chunk's flow starts at the last recent latent (EncoderConfig.anchor_noise)
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def recent_token_count(self) -> int:
+        if self.recent_latents is None:
+            return 0
+        return math.prod(n // p for n, p in zip(self.recent_latents.shape[2:], self.patch_size))
+
+    @property
+    def token_count(self) -> int:
+        """Context tokens the DiT attends to: compressed memory plus recent frames."""
+        return self.tokens.shape[1] + self.recent_token_count
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Memory":
+        recent = None if self.recent_latents is None else self.recent_latents.to(device=device, dtype=dtype)
+        return replace(self, tokens=self.tokens.to(device=device, dtype=dtype), positions=self.positions.to(device=device),
+                       recent_latents=recent)
+
+    def flow_start(self, noise: torch.Tensor) -> torch.Tensor:
+        """Where the chunk's flow starts, given standard noise [B, C, T, h, w]: the noise itself, or the last recent
+        latent repeated over the chunk's frames plus the noise scaled by `anchor_noise`. A chunk mostly repeats the
+        frame before it, so the DiT then learns the change, and a tiny model no longer has to redraw a whole scene
+        from noise (the same velocity target, eps - x0, with this start as eps)."""
+        if self.anchor_noise is None:
+            return noise
+        last = self.recent_latents[:, :, -1:].to(device=noise.device, dtype=noise.dtype)
+        return last.expand(noise.shape[0], -1, noise.shape[2], -1, -1) + self.anchor_noise * noise
+
+    def repeat(self, batch: int) -> "Memory":
+        """The same context for `batch` samples (e.g. the conditional and unconditional halves of CFG)."""
+        if self.tokens.shape[0] == batch:
+            return self
+        recent = None if self.recent_latents is None else self.recent_latents.expand(batch, -1, -1, -1, -1)
+        return replace(self, tokens=self.tokens.expand(batch, -1, -1), recent_latents=recent)
+
+
+def empty_memory(batch: int, dim: int, latent_frames: int = 0, seconds: float = 0.0) -> Memory:
+    """No compressed tokens (a history too short to compress, or the sliding-window baseline)."""
+    return Memory(torch.zeros(batch, 0, dim), torch.zeros(0, 3), latent_frames, seconds)
+
+
+def with_recent(memory: Memory, window: torch.Tensor, recent_frames: int, patch_size: tuple[int, int, int]) -> Memory:
+    """`memory` of the older part of `window` [B, C, T, h, w] plus its last `recent_frames` latents uncompressed."""
+    kept = min(recent_frames, window.shape[2])
+    if not kept:
+        return memory
+    return replace(memory, recent_latents=window[:, :, window.shape[2] - kept:], recent_start=window.shape[2] - kept,
+                   patch_size=tuple(patch_size), latent_frames=max(memory.latent_frames, window.shape[2]))
+
+
+def latent_to_token_positions(positions: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
+    """Latent-cell centres -> the DiT token grid, where token j covers cells [j*p, (j+1)*p)."""
+    patch = torch.tensor(patch_size, dtype=positions.dtype, device=positions.device)
+    return (positions - (patch - 1) / 2) / patch
+
+
+def embed_recent(model: torch.nn.Module, memory: Memory, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recent latents -> (tokens [B, R*h*w, dim], positions [B, R*h*w, 3]) through the DiT's own patch embedding,
+    at the positions the DiT gives its own frames at those times."""
+    latents = memory.repeat(batch).recent_latents
+    tokens = model.patch_embedding(latents.float())
+    times = torch.arange(tokens.shape[2], device=tokens.device) + memory.recent_start
+    positions = grid_positions(times.expand(batch, -1), tokens.shape[3], tokens.shape[4])
+    return tokens.flatten(2).transpose(1, 2), positions
+
+
+def context_tokens(model: torch.nn.Module, memory: Memory, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context as tokens: recent-frame tokens, then memory tokens ([B, M, dim]), each with its token-grid
+    positions ([B, M, 3])."""
+    parts, where = [], []
+    if memory.recent_latents is not None:
+        recent_tokens, recent_positions = embed_recent(model, memory, batch)
+        parts.append(recent_tokens)
+        where.append(recent_positions)
+    if memory.tokens.shape[1]:
+        parts.append(memory.repeat(batch).tokens)
+        where.append(latent_to_token_positions(memory.positions.float(), tuple(model.patch_size)).expand(batch, -1, -1))
+    device = parts[0].device  # float32 here; the caller casts to its own dtype
+    return (torch.cat([part.to(device, torch.float32) for part in parts], dim=1),
+            torch.cat([w.to(device, torch.float32) for w in where], dim=1))
+
+
+def join_memory(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
+                memory: Memory | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append the context to the video tokens, so both take part in every self-attention (the joint pattern)."""
+    if memory is None or memory.token_count == 0:
+        return tokens, positions
+    context, where = context_tokens(model, memory, tokens.shape[0])
+    return torch.cat((tokens, context.to(tokens)), dim=1), torch.cat((positions, where.to(positions)), dim=1)
+
+
+def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:
+    """Memory tokens only inform the video tokens: the head never sees them."""
+    return tokens[:, :video_token_count]
+
+
+def save_memory(memory: Memory, path: str | Path) -> Path:
+    """Safetensors with the history length (and where the recent frames start) in the metadata; written atomically."""
+    tensors = {"tokens": memory.tokens.float(), "positions": memory.positions.float()}
+    if memory.recent_latents is not None:
+        tensors["recent_latents"] = memory.recent_latents.float()
+    return save_tensors(tensors, path, {"pfp_kind": "memory", "latent_frames": str(memory.latent_frames),
+                                        "seconds": str(memory.seconds), "recent_start": str(memory.recent_start),
+                                        "patch_size": json.dumps(list(memory.patch_size)),
+                                        "clean_context": json.dumps(memory.clean_context),
+                                        "anchor_noise": json.dumps(memory.anchor_noise)})
+
+
+def load_memory(path: str | Path) -> Memory:
+    from ..tensor_files import CheckpointError, read_safetensors
+
+    tensors, metadata = read_safetensors(path, "memory")
+    if metadata.get("pfp_kind") != "memory" or {"tokens", "positions"} - set(tensors):
+        raise CheckpointError(f"memory: {Path(path).name} is not a saved PFP memory; save one with PFP Save Memory")
+    tokens, positions = tensors["tokens"], tensors["positions"]
+    try:
+        latent_frames, seconds = int(metadata["latent_frames"]), float(metadata["seconds"])
+        anchor_noise = json.loads(metadata.get("anchor_noise", "null"))  # files saved before it existed: pure noise
+        anchor_noise = None if anchor_noise is None else float(anchor_noise)
+    except (KeyError, ValueError, TypeError):  # refused below with the values it holds
+        latent_frames, seconds, anchor_noise = -1, math.nan, None
+    if tokens.dim() != 3 or positions.shape != (tokens.shape[1], 3) or latent_frames < 0 or not math.isfinite(seconds):
+        raise CheckpointError(f"memory: {Path(path).name} is damaged (tokens {list(tokens.shape)}, positions "
+                              f"{list(positions.shape)}, latent_frames {metadata.get('latent_frames')!r}, seconds "
+                              f"{metadata.get('seconds')!r}); save the memory again with PFP Save Memory")
+    return Memory(tokens, positions, latent_frames, seconds, tensors.get("recent_latents"),
+                  int(metadata.get("recent_start", 0)), tuple(json.loads(metadata.get("patch_size", "[1, 2, 2]"))),
+                  metadata.get("clean_context") == "true", anchor_noise)

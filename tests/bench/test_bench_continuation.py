@@ -1,0 +1,42 @@
+import json
+
+import numpy as np
+
+from pfp_core.bench.bench_continuation import ContinuationBench, cached, figure, markdown, rollout_drift
+from pfp_core.bench.continuation import ContinuationSettings, baseline_frames, evaluate_continuation
+
+
+def truth(video, seed):
+    return video.frames
+
+
+def repeat_last(video, seed):
+    return baseline_frames(video, 8)["repeat_last"]
+
+
+def test_rollout_drift_is_zero_for_the_truth_and_grows_for_a_still_frame():
+    bench = ContinuationBench(rollout_seconds=12, rollout_videos=1)
+    rollout = rollout_drift({"model": truth}, bench, ContinuationSettings())
+    for scene, curves in rollout["drift"].items():
+        assert len(curves["model"]) == 12 and max(curves["model"]) == 0
+        assert max(curves["repeat_last"]) > 1
+
+
+def test_cached_generates_each_video_once():
+    calls = []
+    generate = cached(lambda video, seed: calls.append(seed) or video.frames)
+    settings = ContinuationSettings(videos=1)
+    evaluate_continuation(truth, generate, settings)
+    evaluate_continuation(truth, generate, settings)
+    assert calls == [0, 0]  # one per scene, whatever the number of reports
+
+
+def test_report_renders_as_markdown_and_a_figure():
+    settings = ContinuationSettings(videos=1)
+    model = evaluate_continuation(truth, repeat_last, settings)
+    report = {"model": model, "ablations": {"no_projection": {s: model["scenes"][s]["model"] for s in model["scenes"]}},
+              "rollout": rollout_drift({"model": truth}, ContinuationBench(rollout_seconds=9, rollout_videos=1), settings)}
+    text = markdown(json.loads(json.dumps(report)), "python -m pfp_core bench continuation")
+    assert "| pfp (embedded) |" in text and "adherence_at_least_0.9" in text and "## Drift over a 9 s rollout" in text
+    image = figure(report)
+    assert image.dtype == np.uint8 and image.shape[2] == 3 and (image < 250).mean() > 0.01  # something is drawn

@@ -1,0 +1,251 @@
+
+import contextlib
+import json
+import random
+import resource
+import signal
+
+import pytest
+import torch
+from conftest import write_wan_file
+from safetensors.torch import save_file
+
+from pfp_core.training import procedural, storyworld
+from pfp_core.model.checkpoint import CheckpointError, load_encoder
+from pfp_core.config import DiTConfig
+from pfp_core.model.dit import WanDiT
+from pfp_core.training.loop import (TrainSettings, build_models, encode_memory, next_chunk_loss, retrieval_loss,
+                                    set_grad_checkpointing, step_rng, train, train_step)
+from pfp_core.model.vae import SpaceToDepthVAE
+
+
+def small(tmp_path, **changes) -> TrainSettings:
+    base = dict(stage="pretrain", out=tmp_path, batch=2, history_frames=(8,), targets=2, chunk_frames=4,
+                bf16=False, checkpoint_every=3, warmup=1, lr=2e-3)
+    base.update(changes)
+    return TrainSettings(**base)
+
+
+def fixed_retrieval_loss(models, settings) -> float:
+    latents = SpaceToDepthVAE().encode(procedural.video_batch([procedural.heldout_seed(i) for i in range(4)], 8))
+    with torch.no_grad():
+        return retrieval_loss(models, latents, settings, torch.Generator().manual_seed(0)).item()
+
+
+def test_retrieval_loss_decreases_on_a_tiny_run(tmp_path):
+    settings = small(tmp_path, steps=40)
+    models = build_models(settings)
+    before = fixed_retrieval_loss(models, settings)
+    optimizer = torch.optim.AdamW(models.parameters(), lr=settings.lr)
+    for step in range(settings.steps):
+        train_step(models, optimizer, settings, step)
+    after = fixed_retrieval_loss(models, settings)
+    assert after < 0.8 * before
+
+
+@pytest.mark.parametrize("stage,lora", [("pretrain", False), ("finetune", False), ("finetune", True)])
+def test_resume_continues_the_same_loss_curve(tmp_path, wan_file, stage, lora):
+    extra = dict(dit_init=wan_file, lora_rank=4, grad_checkpointing=True) if lora else {}
+    straight = train(small(tmp_path / "a", stage=stage, steps=6, **extra), progress=False)
+    first_half = train(small(tmp_path / "b", stage=stage, steps=3, **extra), progress=False)
+    second_half = train(small(tmp_path / "b", stage=stage, steps=6, **extra), progress=False)
+    assert len(second_half) == 3
+    assert first_half + second_half == pytest.approx(straight, abs=1e-5)
+    assert len((tmp_path / "b" / "loss.jsonl").read_text().splitlines()) == 6
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """Every file this process writes is capped at `size` bytes (RLIMIT_FSIZE), as on a disk with that much room:
+    a write past it fails with EFBIG instead of killing the process with SIGXFSZ."""
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def logged(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "loss.jsonl").read_text().splitlines()]
+
+
+def test_steps_logged_before_a_failed_checkpoint_write_are_not_logged_twice_on_resume(tmp_path):
+    """Steps 3-5 are logged, then the checkpoint write fails (files capped at 100 kB, the DiT is 6 MB): the step-2
+    checkpoint stays, and the resumed run logs steps 3-5 once, with the losses of an uninterrupted run."""
+    straight = train(small(tmp_path / "a", steps=6), progress=False)
+    train(small(tmp_path / "b", steps=3), progress=False)
+    with file_size_limit(100_000), pytest.raises(OSError, match="File too large"):
+        train(small(tmp_path / "b", steps=6), progress=False)
+    assert [entry["step"] for entry in logged(tmp_path / "b")] == list(range(6))  # the log ran ahead of the checkpoint
+    resumed = train(small(tmp_path / "b", steps=6), progress=False)
+    assert len(resumed) == 3
+    entries = logged(tmp_path / "b")
+    assert [entry["step"] for entry in entries] == list(range(6))
+    assert [entry["loss"] for entry in entries] == pytest.approx(straight, abs=1e-5)
+
+
+def test_a_checkpoint_torn_by_a_failed_write_is_refused_on_resume(tmp_path):
+    """Files capped at 8 MB: the new DiT (6 MB) and encoder land, the optimizer state (twice the parameters) does
+    not, so the folder holds step-5 weights beside a step-2 optimizer. Resuming would mix them: one line says so."""
+    train(small(tmp_path, steps=3), progress=False)
+    with file_size_limit(8_000_000), pytest.raises(OSError, match="File too large"):
+        train(small(tmp_path, steps=6), progress=False)
+    with pytest.raises(CheckpointError, match=r"^out: .* torn by a failed write \(dit.safetensors at step 5, "
+                                              r"optimizer.safetensors at step 2\)"):
+        train(small(tmp_path, steps=8), progress=False)
+
+
+def test_no_memory_baseline_trains_the_dit_alone(tmp_path):
+    settings = small(tmp_path, steps=2, use_memory=False)
+    losses = train(settings, progress=False)
+    assert len(losses) == 2 and all(l > 0 for l in losses)
+    assert not (tmp_path / "encoder.safetensors").exists() and (tmp_path / "dit.safetensors").exists()
+
+
+def test_unknown_stage_is_named(tmp_path):
+    with pytest.raises(ValueError, match="^stage:"):
+        TrainSettings(stage="warmup", out=tmp_path)
+
+
+def gradients_and_saved_bytes(models, settings) -> tuple[dict[str, torch.Tensor], int]:
+    """One backward of a fixed retrieval batch; also the bytes autograd kept for it."""
+    latents = SpaceToDepthVAE().encode(procedural.video_batch([procedural.heldout_seed(i) for i in range(2)], 8))
+    saved: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    models.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = retrieval_loss(models, latents, settings, torch.Generator().manual_seed(0))
+    loss.backward()
+    return {n: p.grad.clone() for n, p in models.named_parameters() if p.grad is not None}, sum(saved.values())
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_less(tmp_path, wan_file, lora):
+    settings = small(tmp_path, dit_init=wan_file, lora_rank=4 if lora else 0)
+    models = build_models(settings)
+    plain, plain_bytes = gradients_and_saved_bytes(models, settings)
+    set_grad_checkpointing(models, True)
+    recomputed, recomputed_bytes = gradients_and_saved_bytes(models, settings)
+    assert plain.keys() == recomputed.keys() and any(n.startswith("encoder.hr.") for n in plain)
+    for name, grad in plain.items():
+        assert torch.allclose(recomputed[name], grad, rtol=1e-5, atol=1e-8), name
+    assert recomputed_bytes < 0.5 * plain_bytes
+
+
+def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
+    settings = small(tmp_path, bf16=True, device="cpu")
+    models = build_models(settings)
+    seen = []
+    models.dit.blocks[0].ffn[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    before = models.dit.blocks[0].ffn[0].weight.detach().clone()
+    train_step(models, torch.optim.AdamW(models.parameters(), lr=1e-3), settings, 0)
+    assert seen == [torch.bfloat16]  # the matmuls ran in bf16 ...
+    assert {p.dtype for p in models.parameters()} == {torch.float32}  # ... the weights stay fp32 and move
+    assert not torch.equal(models.dit.blocks[0].ffn[0].weight, before)
+
+
+def test_each_rank_draws_its_own_batches_and_rank_0_those_of_a_single_process(tmp_path):
+    settings = small(tmp_path)
+    draws = lambda step, rank: [step_rng(settings, step, rank).random() for _ in range(3)]
+    assert step_rng(settings, 5).random() == random.Random(settings.seed * 1_000_003 + 5).random()
+    assert draws(5, 0) == draws(5, 0) and draws(5, 0) != draws(5, 1) != draws(6, 1)
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model.", "diffusion_model."])
+def test_dit_init_loads_the_original_and_comfyui_layouts(tmp_path, prefix):
+    path = tmp_path / "wan.safetensors"
+    written = write_wan_file(path, prefix=prefix)
+    settings = small(tmp_path / "out", dit_init=path, model="wan2.1-14b")
+    assert settings.model == "tiny"  # the file decides the size
+    models = build_models(settings)
+    assert all(torch.equal(a, b) for a, b in zip(models.dit.state_dict().values(), written.state_dict().values()))
+    assert models.encoder.config.dim == written.config.dim
+
+
+def test_dit_init_reads_a_folder_of_shards(tmp_path):
+    whole = write_wan_file(tmp_path / "whole.safetensors").state_dict()
+    names = sorted(whole)
+    (tmp_path / "shards").mkdir()
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        shard = tmp_path / "shards" / f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: whole[k] for k in part}, str(shard))
+    models = build_models(small(tmp_path / "out", dit_init=tmp_path / "shards"))
+    assert all(torch.equal(models.dit.state_dict()[k], v) for k, v in whole.items())
+
+
+def foreign_file(tmp_path, kind: str):
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "diffusers":
+        save_file({"condition_embedder.time_embedder.linear_1.weight": torch.zeros(4, 4)}, str(path))
+    elif kind == "fp8":
+        tensors = write_wan_file(tmp_path / "w.safetensors").state_dict()
+        save_file({k: v.to(torch.float8_e4m3fn) for k, v in tensors.items()}, str(path))
+    elif kind == "wide":
+        save_file(WanDiT(DiTConfig("x", dim=256, ffn_dim=256, num_heads=2, num_layers=1)).state_dict(), str(path))
+    elif kind == "pickle":
+        torch.save({"w": torch.zeros(1)}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("diffusers", r"^dit-init: diffusers is not a Wan DiT \(missing 'head.modulation'\).*not diffusers"),
+    ("fp8", r"^dit-init: fp8.safetensors holds fp8 weights.*bf16, fp16 or fp32 release"),
+    ("wide", r"^dit-init: a DiT of width 256, 1 layers, 16 input channels \(t2v\) is not a size training knows"),
+    ("pickle", r"^dit-init: pickle.safetensors is a pickle"),
+    ("missing", r"^dit-init: file not found"),
+])
+def test_wrong_dit_init_files_are_one_clear_line(tmp_path, kind, message):
+    with pytest.raises(ValueError, match=message) as error:
+        path = tmp_path / "no.safetensors" if kind == "missing" else foreign_file(tmp_path, kind)
+        small(tmp_path / "out", dit_init=path)
+    assert "\n" not in str(error.value)
+
+
+def test_sliding_window_baseline_sees_only_the_recent_latents(tmp_path):
+    settings = small(tmp_path, stage="finetune", steps=2, use_memory=False, retrieval_mix=0.0, context_window=2)
+    models = build_models(settings)
+    history = torch.randn(1, 16, 8, 16, 16)
+    memory = encode_memory(models, history, settings)
+    assert memory.token_count == 2 * 8 * 8  # two latent frames of 8x8 DiT patches
+    assert memory.recent_start == 6 and torch.equal(memory.recent_latents, history[:, :, 6:])  # true times
+    changed = history.clone()
+    changed[:, :, :6] = 0  # frames outside the window do not reach the DiT
+    assert torch.equal(encode_memory(models, changed, settings).recent_latents, memory.recent_latents)
+    losses = train(settings, progress=False)
+    assert len(losses) == 2 and not (tmp_path / "encoder.safetensors").exists()
+
+
+def test_sliding_window_needs_a_memoryless_finetune(tmp_path):
+    with pytest.raises(ValueError, match="^context-window:"):
+        small(tmp_path, stage="finetune", context_window=2)
+
+
+def test_an_anchored_finetune_learns_the_change_from_the_last_frame_and_records_it(tmp_path):
+    """With zero velocity (the untrained head) the loss is the distance from the flow's start to the chunk: from the
+    last frame plus half-scale noise it is far smaller than from pure noise on a story-world clip."""
+    anchored = small(tmp_path / "a", stage="finetune", steps=2, world="story", recent_frames=1, anchor_noise=0.5,
+                     rate="2x2x2", retrieval_mix=0.0)
+    plain = small(tmp_path / "p", stage="finetune", steps=2, world="story", recent_frames=1, rate="2x2x2",
+                  retrieval_mix=0.0)
+    clip = storyworld.make_story_video(storyworld.story_seed(3), 2, "static").frames[:12]
+    latents = SpaceToDepthVAE().encode(procedural.to_pixels(clip[None]))
+    losses = {}
+    for name, settings in (("anchored", anchored), ("plain", plain)):
+        with torch.no_grad():
+            losses[name] = next_chunk_loss(build_models(settings), latents, settings, torch.Generator().manual_seed(0))
+    assert losses["anchored"] < 0.5 * losses["plain"]
+    train(anchored, progress=False)
+    assert load_encoder(tmp_path / "a" / "encoder.safetensors").config.anchor_noise == 0.5
+
+
+def test_anchor_noise_needs_recent_frames_in_a_finetune(tmp_path):
+    with pytest.raises(ValueError, match="^anchor-noise: .* --recent-frames"):
+        small(tmp_path, stage="finetune", anchor_noise=0.5)
+    with pytest.raises(ValueError, match="^anchor-noise:"):
+        small(tmp_path, stage="pretrain", recent_frames=2, anchor_noise=0.5)
