@@ -422,9 +422,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m pfp_core", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+def add_generation_commands(sub: argparse._SubParsersAction) -> None:
+    """demo and generate: a video from the embedded or given models."""
     p = sub.add_parser("demo", help="run the embedded tiny model end to end on CPU")
     p.add_argument("--out", default="pfp_demo", help="folder for demo.mp4")
     add_generation_flags(p, default_seconds=8.0)
@@ -436,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks-dir", help="where finished chunks go (default: OUT_chunks/); rerun to resume")
     add_generation_flags(p, default_seconds=None)
     p.set_defaults(func=cmd_generate)
+
+
+def add_plan_command(sub: argparse._SubParsersAction) -> None:
+    """plan: the cost of a model and video size, nothing is run."""
     p = sub.add_parser("plan", help="tokens, FLOPs and memory for a model and video size")
     p.add_argument("--model", required=True)
     p.add_argument("--width", type=number(int, 0, limits.MAX_SIDE), default=832)
@@ -459,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--training: also the memory per GPU of a full finetune sharded over this many GPUs (FSDP)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
+
+
+def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
+    """eval-retrieval and eval-continuation: figures of trained models."""
     p = sub.add_parser("eval-retrieval", help="PSNR/SSIM of past frames retrieved from memory")
     p.add_argument("--encoder")
     p.add_argument("--dit")
@@ -485,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="only the JSON line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval_continuation)
+
+
+def add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """pretrain, finetune, train-tiny, export and embed-texts: making and shipping weights."""
     for stage, text in (("pretrain", "stage 1: frame-retrieval pretraining"), ("finetune", "stage 2: next-chunk finetuning")):
         p = sub.add_parser(stage, help=text)
         add_training_flags(p)
@@ -509,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed_texts)
+
+
+def add_queue_command(sub: argparse._SubParsersAction) -> None:
+    """queue: API workflows posted to ComfyUI servers."""
     p = sub.add_parser("queue", help="post an API-format ComfyUI workflow to servers with varied seeds/storyboards")
     p.add_argument("--workflow", required=True, metavar="API.json", help="workflow saved in API format (Export (API))")
     p.add_argument("--server", required=True, action="append", metavar="HOST:PORT",
@@ -526,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=number(float, 0, 7 * 86400), default=600.0, metavar="SECONDS",
                    help="fail a job after this many silent seconds")
     p.set_defaults(func=cmd_queue)
+
+
+def add_bench_command(sub: argparse._SubParsersAction) -> None:
+    """bench: measurements on this machine and the paper's tables."""
     p = sub.add_parser("bench", help="measure on this machine (speed, planner) or reproduce the paper's tables")
     p.add_argument("what", choices=("speed", "planner", "table1", "table2", "continuation", "gpu"),
                    help="speed: per-chunk cost, memory updates, encoder; planner: planned vs measured tokens, FLOPs "
@@ -543,6 +562,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="gpu: the same check at the tiny model's shapes on the CPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m pfp_core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    add_generation_commands(sub)
+    add_plan_command(sub)
+    add_evaluation_commands(sub)
+    add_training_commands(sub)
+    add_queue_command(sub)
+    add_bench_command(sub)
     return parser
 
 

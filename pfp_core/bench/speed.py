@@ -419,7 +419,14 @@ def _f(value: float, digits: int = 3) -> str:
 
 
 def format_markdown(r: dict) -> str:
-    m, rate = r["machine"], r["embedded_rate"]
+    """speed.md: the targets, then one section per measurement."""
+    return "\n".join(summary_section(r) + [""] + per_chunk_section(r) + updates_section(r) + [""]
+                     + encoder_section(r) + [""] + demo_section(r))
+
+
+def summary_section(r: dict) -> list[str]:
+    """Command, machine, figure, the targets and the sampling summary."""
+    m = r["machine"]
     lines = ["# Speed benchmark", "",
              "All figures come from one run of the command below on the machine described; timings are medians of "
              "repeats under `torch.no_grad()`, and every target is a ratio to a baseline measured in the same run.", "",
@@ -431,7 +438,13 @@ def format_markdown(r: dict) -> str:
     for v in r["verdicts"]:
         lines.append(f"| {v['target']} | {v['case']} | {_f(v['measured'])} | {'yes' if v['met'] else '**no**'} |")
     lines += [""] + format_sampling(r["sampling"])
-    lines += ["", "## 1. Per-chunk generation cost (one DiT forward)", ""]
+    return lines
+
+
+def per_chunk_section(r: dict) -> list[str]:
+    """1: one DiT forward per chunk with no history, memory and the full history, and the planner beside it."""
+    rate = r["embedded_rate"]
+    lines = ["## 1. Per-chunk generation cost (one DiT forward)", ""]
     for name, case in r["per_chunk"].items():
         c = case["config"]
         lines += [f"**{name}** — `{c['name']}`: dim {c['dim']}, {c['num_heads']} heads, ffn {c['ffn_dim']}, "
@@ -471,25 +484,36 @@ def format_markdown(r: dict) -> str:
               f"history, {p['chunk_seconds']:g} s chunk, rate {p['rate']}: {p['chunk_tokens']} chunk tokens, "
               f"{p['memory_tokens']} memory tokens, {p['full_history_tokens']} full-history tokens; "
               f"attention_flops_ratio {p['attention_flops_ratio']}, DiT FLOPs full/memory "
-              f"{_f(p['flops_full_vs_memory'])}, memory/no history {_f(p['flops_memory_vs_no_history'])}.", "",
-              "## 2. Memory update cost against chunk index", ""]
+              f"{_f(p['flops_full_vs_memory'])}, memory/no history {_f(p['flops_memory_vs_no_history'])}.", ""]
+    return lines
+
+
+def updates_section(r: dict) -> list[str]:
+    """2: incremental memory updates against full recomputes, chunk after chunk."""
+    rate = r["embedded_rate"]
     u = r["updates"]
-    lines += [f"Tiny encoder (rate {rate}), {u['chunk_frames']} frames a chunk at {u['fps']} fps after a start frame, "
-              f"{u['window_frames']}-frame (20 s) window, median of {u['repeats']} runs.", "",
-              "| chunk | incremental | encoded frames | full recompute | encoded frames | memory tokens |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["## 2. Memory update cost against chunk index", "",
+             f"Tiny encoder (rate {rate}), {u['chunk_frames']} frames a chunk at {u['fps']} fps after a start frame, "
+             f"{u['window_frames']}-frame (20 s) window, median of {u['repeats']} runs.", "",
+             "| chunk | incremental | encoded frames | full recompute | encoded frames | memory tokens |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for i in u["chunks"]:
         if i in (1, 2, 5, 10, 15, 19, 20, 21, len(u["chunks"]) - 1) or i == 0:
             lines.append(f"| {i} | {u['incremental_s'][i] * 1e3:.2f} ms | {u['incremental_encoded_frames'][i]} | "
                          f"{u['full_s'][i] * 1e3:.2f} ms | {u['full_encoded_frames'][i]} | {u['memory_tokens'][i]} |")
     lines += ["", f"Chunk 20 / chunk 2: incremental {_f(u['incremental_chunk20_vs_chunk2'])}x, full recompute "
               f"{_f(u['full_chunk20_vs_chunk2'])}x; at chunk 20 the full recompute costs "
-              f"{_f(u['full_vs_incremental_chunk20'])}x the incremental update.", "",
-              "## 3. Encoder throughput", "",
-              f"Matmul peak ({r['matmul_peak']['size']}^2 square matmul): fp32 {r['matmul_peak']['gflops_fp32']:.0f} "
-              f"GFLOP/s, bf16 {r['matmul_peak']['gflops_bf16']:.0f} GFLOP/s.", "",
-              "| encoder | width | FLOPs (planner) | FLOPs (FlopCounterMode) | fp32 | fp32 / peak | bf16 | bf16 / peak |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              f"{_f(u['full_vs_incremental_chunk20'])}x the incremental update."]
+    return lines
+
+
+def encoder_section(r: dict) -> list[str]:
+    """3: encoder GFLOP/s against the machine's matmul peak."""
+    lines = ["## 3. Encoder throughput", "",
+             f"Matmul peak ({r['matmul_peak']['size']}^2 square matmul): fp32 {r['matmul_peak']['gflops_fp32']:.0f} "
+             f"GFLOP/s, bf16 {r['matmul_peak']['gflops_bf16']:.0f} GFLOP/s.", "",
+             "| encoder | width | FLOPs (planner) | FLOPs (FlopCounterMode) | fp32 | fp32 / peak | bf16 | bf16 / peak |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in r["encoder"].items():
         if not isinstance(row, dict) or "fp32" not in row:
             continue
@@ -497,14 +521,18 @@ def format_markdown(r: dict) -> str:
                      f"{row['flops_counted']:.3g} | {row['fp32']['gflops']:.1f} GFLOP/s | "
                      f"{row['fp32']['peak_fraction']:.1%} | {row['bf16']['gflops']:.1f} GFLOP/s | "
                      f"{row['bf16']['peak_fraction']:.1%} |")
-    d = r["demo"]
     lines += ["", f"History: {WINDOW_FRAMES} latent frames of {LATENT[1]}x{LATENT[2]} (a full 20 s recompute). "
               "GFLOP/s use the planner's count; FlopCounterMode agrees except for the slab attention's QK^T and AV, "
-              "which it does not see inside CPU scaled_dot_product_attention (a fraction of a percent here).", "",
-              "## 4. Demo wall time", "",
-              f"`{d['command']}`: {d['seconds']:.1f} s including Python start-up and file writing, "
-              f"{_f(d['vs_one_dit_forward'])}x one tiny DiT forward with memory (fp32). Output: {d['output']}", ""]
-    return "\n".join(lines)
+              "which it does not see inside CPU scaled_dot_product_attention (a fraction of a percent here)."]
+    return lines
+
+
+def demo_section(r: dict) -> list[str]:
+    """4: the demo's wall time against one DiT forward."""
+    d = r["demo"]
+    return ["## 4. Demo wall time", "",
+            f"`{d['command']}`: {d['seconds']:.1f} s including Python start-up and file writing, "
+            f"{_f(d['vs_one_dit_forward'])}x one tiny DiT forward with memory (fp32). Output: {d['output']}", ""]
 
 
 def draw_figure(r: dict) -> np.ndarray:
