@@ -298,7 +298,7 @@ def demo_wall_time(s: BenchSettings) -> dict:
     if done.returncode:
         raise ValueError(f"bench: the demo failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
     return {"command": "python -m pfp_core demo --out <tmp> --quiet" + "".join(f" {a}" for a in s.demo_args),
-            "seconds": seconds, "output": done.stdout.strip()}
+            "seconds": seconds, "output": done.stdout.strip().replace(tmp, "<tmp>")}  # no folder of this machine
 
 
 # ---------------------------------------------------------------------------------------------- run

@@ -202,11 +202,16 @@ def report(data: dict) -> str:
 
 
 TMP_PLACEHOLDER = "/path/to/tmp"  # the report names no folder of the machine it ran on
+REPO_PLACEHOLDER = "/path/to/pfp"  # e.g. the bundled encoder's absolute path in the encoder_name case
 
 
 def without_run_folder(rows: list[dict], tmp: str) -> list[dict]:
-    """Catalog rows with the run's temporary folder in their messages replaced by TMP_PLACEHOLDER."""
-    return [{**row, "message": row["message"].replace(tmp, TMP_PLACEHOLDER)} for row in rows]
+    """Catalog rows with the run's temporary folder in their messages replaced by TMP_PLACEHOLDER, and this
+    repository's folder by REPO_PLACEHOLDER."""
+    def placeholders(message: str) -> str:
+        return message.replace(tmp, TMP_PLACEHOLDER).replace(str(HERE.parents[1]), REPO_PLACEHOLDER)
+
+    return [{**row, "message": placeholders(row["message"])} for row in rows]
 
 
 def main() -> None:
