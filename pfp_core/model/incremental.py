@@ -4,7 +4,7 @@ The paper re-encodes the whole history after every chunk: O(history) per chunk, 
 encoder is slab-local (every memory token depends only on the latents of its own temporal slab, see encoder.py),
 so the tokens of a complete slab never change once computed. After a chunk only the slabs that gained frames are
 encoded; the rest come from a cache keyed by the slab's absolute index, and slabs that left the window are
-dropped. The result equals a full recompute (tests/model/test_incremental.py keeps that reference).
+dropped. The result equals a full recompute (tests/generation/test_incremental.py keeps that reference).
 """
 from __future__ import annotations
 
