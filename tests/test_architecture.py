@@ -138,3 +138,18 @@ def test_the_checks_see_a_cycle_and_a_wrong_way_import():
     assert cycles(graph) == [["pfp_core.model.a", "pfp_core.model.b"]]
     assert (room("pfp_core.model.dit"), room("pfp_core.limits"), room("pfp_core.cli"), room("nodes.routes"),
             room("pfp_core.bench")) == ("model", "base", "cli", "nodes", "bench")
+
+
+def test_a_test_imports_other_test_modules_only_from_its_own_folder():
+    """pytest's prepend import mode puts a test's own folder (and tests/, for the shared helpers) on sys.path, so
+    `from test_x import ...` only works for a test_x beside the importer, whichever folders are run."""
+    tests = REPO / "tests"
+    wrong = []
+    for path in sorted(tests.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else (
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                if name.startswith("test_") and not (path.parent / f"{name}.py").is_file():
+                    wrong.append(f"{path.relative_to(REPO)}:{node.lineno} imports {name}")
+    assert wrong == []
