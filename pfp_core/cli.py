@@ -166,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
                              world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise,
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
-                             anchor_noise=args.anchor_noise)
+                             anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -397,6 +397,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune: each chunk's flow starts at the last recent latent plus noise of this scale, not "
                         "at pure noise, so the DiT learns the change from the last frame (needs --recent-frames; "
                         "the encoder file records it)")
+    p.add_argument("--rollout-mix", type=number(float, 0, 1, low_allowed=True), default=0.0, metavar="SHARE",
+                   help="finetune: share of next-chunk steps whose history ends in a chunk the model generated "
+                        "itself (4 Euler steps, no gradient), so it learns to continue its own output (drift defence)")
     p.add_argument("--world", choices=("story", "texture"), default="texture",
                    help="procedural data: the captioned story world or Table 1's fine-texture world")
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")

@@ -46,7 +46,7 @@ from .distributed import Process
 from .dit import WanDiT
 from .encoder import MemoryEncoder
 from .export import folder_files
-from .flow import add_noise, flow_loss, training_sigmas
+from .flow import add_noise, flow_loss, sample, sampling_sigmas, training_sigmas
 from .lora import (
     LoRA,
     attach,
@@ -79,6 +79,7 @@ class TrainSettings:
     targets: int = 4  # pretrain: frames retrieved per encoded history (encoding is the expensive part)
     chunk_frames: int = 8  # finetune: frames generated after the history
     retrieval_mix: float = 0.25  # finetune: share of steps that keep practising retrieval, so memory stays sharp
+    rollout_mix: float = 0.0  # finetune: share of next-chunk steps whose history ends in the model's own chunk
     lr: float = 1e-3
     warmup: int = 50
     shift: float = 1.0
@@ -134,6 +135,9 @@ class TrainSettings:
             raise ValueError(f"world: '{self.world}' is unknown; use one of {', '.join(WORLDS)}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"context-noise: must be in [0, 1), got {self.context_noise}")
+        if not 0.0 <= self.rollout_mix <= 1.0 or (self.rollout_mix and self.stage != "finetune"):
+            raise ValueError(f"rollout-mix: a share of finetune steps, from 0 to 1; got {self.rollout_mix} with stage "
+                             f"{self.stage}")
         if self.anchor_noise is not None and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
             raise ValueError("anchor-noise: chunks start from the last recent frame in a finetune with an encoder; "
                              "pass --recent-frames R with stage finetune, or drop --anchor-noise")
@@ -177,9 +181,10 @@ class Models(torch.nn.Module):
             attach(lora, dit)
 
     def forward(self, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
-                retrieval: bool, text: FrameCaptions | None = None) -> torch.Tensor:
-        loss_fn = retrieval_loss if retrieval else next_chunk_loss
-        return loss_fn(self, latents, settings, gen, text)
+                retrieval: bool, text: FrameCaptions | None = None, rollout: bool = False) -> torch.Tensor:
+        if retrieval:
+            return retrieval_loss(self, latents, settings, gen, text)
+        return next_chunk_loss(self, latents, settings, gen, text, rollout)
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -312,25 +317,59 @@ def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSetting
 
 
 def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
-                    text: FrameCaptions | None = None) -> torch.Tensor:
-    """Stage 2: the last chunk of the clip is generated from the memory of everything before it."""
+                    text: FrameCaptions | None = None, rollout: bool = False) -> torch.Tensor:
+    """Stage 2: the last chunk of the clip is generated from the memory of everything before it (with `rollout`,
+    a history whose own last chunk the model generated)."""
     split = latents.shape[2] - settings.chunk_frames
-    memory = encode_memory(models, corrupt(latents[:, :, :split], settings.context_noise, gen), settings)
+    history = latents[:, :, :split]
+    if rollout and split > settings.chunk_frames:
+        history = recycled_history(models, history, settings, gen, text)
+    memory = encode_memory(models, corrupt(history, settings.context_noise, gen), settings)
     frame_times = torch.arange(split, latents.shape[2]).expand(latents.shape[0], -1)
     return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen, text)
 
 
+ROLLOUT_STEPS = 4  # Euler steps of a recycled chunk: the kind of errors generation makes, at a third of its cost
+
+
+def recycled_history(models: Models, history: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
+                     text: FrameCaptions | None) -> torch.Tensor:
+    """`history` with its last chunk replaced by the model's own continuation of what precedes it, sampled from
+    its flow start and rounded to 8-bit frames as generation appends a chunk: the next chunk then learns to
+    continue self-made history, the drift defence of Self-Forcing and SVI (no gradient through the rollout)."""
+    split = history.shape[2] - settings.chunk_frames
+    frame_times = torch.arange(split, history.shape[2]).expand(history.shape[0], -1)
+    with torch.no_grad():
+        memory = encode_memory(models, history[:, :, :split], settings)
+        context = text_context(models, text, frame_times, history.device)
+        noise = chunk_noise(history[:, :, split:].shape, memory, gen, history.device)
+        velocity = lambda x, sigma: models.dit(x, sigma * 1000, context, memory, frame_times)
+        chunk = sample(velocity, noise, sampling_sigmas(ROLLOUT_STEPS, settings.shift))
+        vae = SpaceToDepthVAE()
+        rounded = ((vae.decode(chunk) + 1) * 127.5).round() / 127.5 - 1
+        return torch.cat((history[:, :, :split], vae.encode(rounded)), dim=2)
+
+
+def chunk_noise(shape: torch.Size, memory: Memory | None, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Where a chunk's flow starts (Memory.flow_start; retrieval and the no-memory baseline: pure noise), drawn on
+    the CPU generator whatever the device, so a GPU run draws the same noise as a CPU run."""
+    noise = torch.randn(shape, generator=gen).to(device)
+    return memory.flow_start(noise) if memory is not None else noise
+
+
+def text_context(models: Models, text: FrameCaptions | None, frame_times: torch.Tensor,
+                 device: torch.device) -> torch.Tensor:
+    """The captions of the frames being denoised; no embeddings: the empty prompt as a zero context."""
+    if text is not None:
+        return text.context(frame_times).to(device)
+    return torch.zeros(frame_times.shape[0], 1, models.dit.config.text_dim, device=device)
+
+
 def denoising_loss(models: Models, x0: torch.Tensor, memory: Memory | None, frame_times: torch.Tensor,
                    settings: TrainSettings, gen: torch.Generator, text: FrameCaptions | None = None) -> torch.Tensor:
-    # drawn on the CPU generator whatever the device, so a GPU run draws the same noise as a CPU run
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    if memory is not None:  # a chunk flows from where generation starts it (Memory.flow_start); retrieval from noise
-        noise = memory.flow_start(noise)
+    noise = chunk_noise(x0.shape, memory, gen, x0.device)
     sigma = training_sigmas(x0.shape[0], settings.shift, gen).to(x0.device)
-    if text is not None:
-        context = text.context(frame_times).to(x0.device)
-    else:  # no embeddings: the empty prompt as a zero context
-        context = torch.zeros(x0.shape[0], 1, models.dit.config.text_dim, device=x0.device)
+    context = text_context(models, text, frame_times, x0.device)
     velocity = models.dit(add_noise(x0, noise, sigma), sigma * 1000, context, memory, frame_times)
     return flow_loss(velocity, x0, noise)
 
@@ -358,6 +397,7 @@ def step_loss(trainer: torch.nn.Module, settings: TrainSettings, step: int, rank
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     history = rng.choice(settings.history_frames)
     retrieval = settings.stage == "pretrain" or rng.random() < settings.retrieval_mix
+    rollout = not retrieval and settings.rollout_mix > 0 and rng.random() < settings.rollout_mix
     frames = history + (0 if retrieval else settings.chunk_frames)
     clips = batch_videos(settings, data, rng, frames)
     latents = SpaceToDepthVAE().encode(clips.pixels).to(device)
@@ -365,7 +405,7 @@ def step_loss(trainer: torch.nn.Module, settings: TrainSettings, step: int, rank
     text = FrameCaptions(clips.captions, data.texts, text_len) if data.texts is not None else None
     cache = not distributed.is_sharded(trainer)  # cached bf16 copies of gathered blocks would add up to a whole model
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=cache):
-        return trainer(latents, settings, gen, retrieval, text)
+        return trainer(latents, settings, gen, retrieval, text, rollout)
 
 
 def choose_bf16(trainer: torch.nn.Module, settings: TrainSettings, data: TrainingData) -> bool:
