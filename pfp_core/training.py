@@ -223,6 +223,8 @@ def build_models(settings: TrainSettings) -> Models:
         encoder = MemoryEncoder(encoder_config_for(settings.model, settings.rate, settings.variant,
                                                    settings.recent_frames, settings.clean_context,
                                                    settings.anchor_noise))
+    if encoder is not None and settings.stage == "finetune":  # generation's default chunk length
+        encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames)
     models = Models(dit, encoder, build_lora(settings, dit, saved_lora))
     set_grad_checkpointing(models, settings.grad_checkpointing)
     return models.train()
