@@ -403,8 +403,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                         "at pure noise, so the DiT learns the change from the last frame (needs --recent-frames; "
                         "the encoder file records it)")
     p.add_argument("--rollout-mix", type=number(float, 0, 1, low_allowed=True), default=0.0, metavar="SHARE",
-                   help="finetune: share of next-chunk steps whose history ends in a chunk the model generated "
-                        "itself (4 Euler steps, no gradient), so it learns to continue its own output (drift defence)")
+                   help="finetune: share of next-chunk steps whose history ends in frames the model generated "
+                        "itself (the last 4, a chunk at a time, 4 Euler steps, no gradient), so it learns to "
+                        "continue its own output (drift defence)")
     p.add_argument("--world", choices=("story", "texture"), default="texture",
                    help="procedural data: the captioned story world or Table 1's fine-texture world")
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")

@@ -324,7 +324,7 @@ def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettin
     a history whose own last chunk the model generated)."""
     split = latents.shape[2] - settings.chunk_frames
     history = latents[:, :, :split]
-    if rollout and split > settings.chunk_frames:
+    if rollout and split > rollout_chunks(settings) * settings.chunk_frames:
         history = recycled_history(models, history, settings, gen, text)
     memory = encode_memory(models, corrupt(history, settings.context_noise, gen), settings)
     frame_times = torch.arange(split, latents.shape[2]).expand(latents.shape[0], -1)
@@ -332,24 +332,39 @@ def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettin
 
 
 ROLLOUT_STEPS = 4  # Euler steps of a recycled chunk: the kind of errors generation makes, at a third of its cost
+ROLLOUT_FRAMES = 4  # history frames a rollout regenerates, a chunk at a time: short chunks compound their errors
+
+
+def rollout_chunks(settings: TrainSettings) -> int:
+    return -(-ROLLOUT_FRAMES // settings.chunk_frames)
 
 
 def recycled_history(models: Models, history: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
                      text: FrameCaptions | None) -> torch.Tensor:
-    """`history` with its last chunk replaced by the model's own continuation of what precedes it, sampled from
-    its flow start and rounded to 8-bit frames as generation appends a chunk: the next chunk then learns to
-    continue self-made history, the drift defence of Self-Forcing and SVI (no gradient through the rollout)."""
-    split = history.shape[2] - settings.chunk_frames
-    frame_times = torch.arange(split, history.shape[2]).expand(history.shape[0], -1)
+    """`history` with its last chunks (ROLLOUT_FRAMES or more) replaced, one after the other, by the model's own
+    continuation of what precedes each: the next chunk then learns to continue self-made history, the drift
+    defence of Self-Forcing and SVI (no gradient through the rollout)."""
+    first = history.shape[2] - rollout_chunks(settings) * settings.chunk_frames
+    for start in range(first, history.shape[2], settings.chunk_frames):
+        history = with_own_chunk(models, history, start, settings, gen, text)
+    return history
+
+
+def with_own_chunk(models: Models, history: torch.Tensor, start: int, settings: TrainSettings,
+                   gen: torch.Generator, text: FrameCaptions | None) -> torch.Tensor:
+    """The chunk at `start` replaced by a sample from its flow start given the frames before it, rounded to 8-bit
+    frames as generation appends a chunk."""
+    end = start + settings.chunk_frames
+    frame_times = torch.arange(start, end).expand(history.shape[0], -1)
     with torch.no_grad():
-        memory = encode_memory(models, history[:, :, :split], settings)
+        memory = encode_memory(models, history[:, :, :start], settings)
         context = text_context(models, text, frame_times, history.device)
-        noise = chunk_noise(history[:, :, split:].shape, memory, gen, history.device)
+        noise = chunk_noise(history[:, :, start:end].shape, memory, gen, history.device)
         velocity = lambda x, sigma: models.dit(x, sigma * 1000, context, memory, frame_times)
         chunk = sample(velocity, noise, sampling_sigmas(ROLLOUT_STEPS, settings.shift))
         vae = SpaceToDepthVAE()
         rounded = ((vae.decode(chunk) + 1) * 127.5).round() / 127.5 - 1
-        return torch.cat((history[:, :, :split], vae.encode(rounded)), dim=2)
+        return torch.cat((history[:, :, :start], vae.encode(rounded), history[:, :, end:]), dim=2)
 
 
 def chunk_noise(shape: torch.Size, memory: Memory | None, gen: torch.Generator, device: torch.device) -> torch.Tensor:
