@@ -46,7 +46,7 @@ def run_generation(args: argparse.Namespace, image: np.ndarray, storyboard: str,
     from .generation.pipeline import SamplerSettings, VideoSettings, generate, load_engine, write_result
 
     engine = load_engine(args.encoder, args.dit)
-    video = VideoSettings(seconds=args.seconds, chunk_seconds=args.chunk_seconds,
+    video = VideoSettings(seconds=args.seconds, chunk_seconds=args.chunk_seconds or engine.chunk_seconds,
                           history_seconds=args.history_seconds, seed=args.seed)
     sampler = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, solver=args.solver)
     started = time.time()
@@ -157,7 +157,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                              data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
                              world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise,
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
-                             anchor_noise=args.anchor_noise)
+                             anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
+                             chunk_frames=args.chunk_frames)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -356,7 +357,8 @@ def add_generation_flags(p: argparse.ArgumentParser, default_seconds: float | No
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--shift", type=number(float, 0, 100), default=1.0, help="noise schedule shift")
     p.add_argument("--solver", choices=("euler", "heun"), default="euler")
-    p.add_argument("--chunk-seconds", type=seconds, default=1.0)
+    p.add_argument("--chunk-seconds", type=seconds, default=None,
+                   help="seconds per chunk (default: the length the encoder was finetuned for, else 1)")
     p.add_argument("--history-seconds", type=seconds, default=20.0, help="history window compressed into memory")
     p.add_argument("--global-prompt", default="", help="prompt carried into every storyboard segment")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -370,6 +372,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=1000)
     p.add_argument("--batch", type=number(int, 0, 256), default=8)
     p.add_argument("--history-frames", type=number(int, 0, 10_000), nargs="+", default=[32, 48, 64, 96])
+    p.add_argument("--chunk-frames", type=number(int, 0, 10_000), default=8, metavar="N",
+                   help="finetune: latent frames generated after the history (recorded in the encoder file as the "
+                        "chunk length generation uses by default)")
     p.add_argument("--lr", type=number(float, 0, 1e30), default=1e-3)
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--rate", type=rate, default="4x4x2")
@@ -389,6 +394,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune: each chunk's flow starts at the last recent latent plus noise of this scale, not "
                         "at pure noise, so the DiT learns the change from the last frame (needs --recent-frames; "
                         "the encoder file records it)")
+    p.add_argument("--rollout-mix", type=number(float, 0, 1, low_allowed=True), default=0.0, metavar="SHARE",
+                   help="finetune: share of next-chunk steps whose history ends in frames the model generated "
+                        "itself (the last 4, a chunk at a time, 4 Euler steps, no gradient), so it learns to "
+                        "continue its own output (drift defence)")
     p.add_argument("--world", choices=("story", "texture"), default="texture",
                    help="procedural data: the captioned story world or Table 1's fine-texture world")
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")

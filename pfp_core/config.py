@@ -114,6 +114,9 @@ class EncoderConfig(JsonConfig):
     # each chunk's flow starts at the last recent latent plus noise of this scale, not at pure noise, so the DiT
     # learns the change from the last frame (pfp_core.model.memory.Memory.flow_start); None: pure noise, as Wan samples
     anchor_noise: float | None = None
+    # latent frames per chunk the pair was finetuned to generate, the chunk length generation uses unless told
+    # otherwise; None: not recorded (1 s chunks)
+    chunk_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in ENCODER_VARIANTS:
@@ -124,6 +127,8 @@ class EncoderConfig(JsonConfig):
                              f"{self.recent_frames}")
         if self.variant == "none" and not self.recent_frames:
             raise ValueError("recent_frames: the 'none' variant has no memory, so it needs recent frames (> 0)")
+        if self.chunk_frames is not None and (not isinstance(self.chunk_frames, int) or self.chunk_frames < 1):
+            raise ValueError(f"chunk_frames: must be a positive whole number of latent frames, got {self.chunk_frames}")
         if self.anchor_noise is not None and not (self.anchor_noise > 0 and self.recent_frames):
             raise ValueError(f"anchor_noise: {self.anchor_noise} needs a positive scale and recent frames (> 0) to "
                              "start from; leave it unset for pure noise")

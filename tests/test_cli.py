@@ -101,3 +101,15 @@ def test_plan_training_shows_full_and_lora_with_and_without_checkpointing(capsys
         ("full", False), ("full", True), ("lora r32", False), ("lora r32", True)]
     assert main(["plan", "--model", "wan2.1-1.3b", "--training"]) == 0
     assert "lora r32" in capsys.readouterr().out
+
+
+def test_a_finetune_records_its_chunk_length_and_generation_uses_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["finetune", "--out", str(out), "--rate", "2x2x2", "--world", "story", "--chunk-frames", "2",
+                 "--steps", "1", "--batch", "1", "--history-frames", "8", "--quiet"]) == 0
+    image = (np.indices((32, 32)).sum(0) % 5 * 50).astype(np.uint8)[..., None].repeat(3, -1)
+    save_image(image, tmp_path / "start.png")
+    assert main(["generate", "--image", str(tmp_path / "start.png"), "--storyboard", "0s: camera holds",
+                 "--seconds", "1", "--steps", "2", "--encoder", str(out / "encoder.safetensors"),
+                 "--dit", str(out / "dit.safetensors"), "--out", str(tmp_path / "v.mp4"), "--quiet"]) == 0
+    assert "8 frames (1.00 s at 8 fps), 4 chunks" in capsys.readouterr().out  # frame 0 given, then 2 frames a chunk

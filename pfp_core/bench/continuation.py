@@ -57,12 +57,14 @@ class ContinuationSettings:
 
 def continue_video(engine: Engine, video: storyworld.StoryVideo, settings: ContinuationSettings, seed: int,
                    storyboard: str | None = None) -> np.ndarray:
-    """uint8 [T, H, W, 3]: the video's first frames, then the model's continuation of them, one chunk a second."""
+    """uint8 [T, H, W, 3]: the video's first frames, then the model's continuation of them in chunks of the length
+    the pair was finetuned for."""
     fps = video.fps
-    plan = plan_chunks(parse_storyboard(storyboard or video.storyboard), settings.total_frames / fps, 1.0)
+    chunk_frames = round(engine.chunk_seconds * fps)  # the chunk length the pair was finetuned for
+    plan = plan_chunks(parse_storyboard(storyboard or video.storyboard), settings.total_frames / fps, chunk_frames / fps)
     request = GenerationRequest(to_pixels(video.frames[None, :settings.given_frames]), [c.prompt for c in plan],
-                                settings.total_frames, fps, round(settings.history_seconds * fps), seed, settings.steps,
-                                engine.encoder.config.latent_stride[0], settings.project_chunks)
+                                settings.total_frames, chunk_frames, round(settings.history_seconds * fps), seed,
+                                settings.steps, engine.encoder.config.latent_stride[0], settings.project_chunks)
     sampler = FlowChunkSampler(engine.dit, engine.text_encoder,
                                SamplerSettings(steps=settings.steps, shift=settings.shift))
     with torch.no_grad():

@@ -84,6 +84,12 @@ class Engine:
     def fps(self) -> int:
         return self.encoder.config.fps
 
+    @property
+    def chunk_seconds(self) -> float:
+        """The chunk length the pair was finetuned for (1 s when its encoder does not record one)."""
+        frames = self.encoder.config.chunk_frames
+        return frames / self.fps if frames else 1.0
+
     def memory_updater(self) -> ContextCompressor:
         """A fresh context compressor for one run: recent frames plus incrementally updated memory."""
         return ContextCompressor(self.encoder.config, torch.no_grad()(self.encoder), self.fps,

@@ -40,7 +40,7 @@ from .distributed import Process
 from ..model.dit import WanDiT
 from ..model.encoder import MemoryEncoder
 from .export import folder_files
-from ..model.flow import add_noise, flow_loss, training_sigmas
+from ..model.flow import add_noise, flow_loss, sample, sampling_sigmas, training_sigmas
 from .lora import LoRA, attach, freeze_base, load_lora_into, lora_for, merge_into, read_lora, save_lora
 from ..model.context import build_context
 from ..model.memory import Memory, empty_memory, with_recent
@@ -64,6 +64,7 @@ class TrainSettings:
     targets: int = 4  # pretrain: frames retrieved per encoded history (encoding is the expensive part)
     chunk_frames: int = 8  # finetune: frames generated after the history
     retrieval_mix: float = 0.25  # finetune: share of steps that keep practising retrieval, so memory stays sharp
+    rollout_mix: float = 0.0  # finetune: share of next-chunk steps whose history ends in the model's own chunk
     lr: float = 1e-3
     warmup: int = 50
     shift: float = 1.0
@@ -119,6 +120,9 @@ class TrainSettings:
             raise ValueError(f"world: '{self.world}' is unknown; use one of {', '.join(WORLDS)}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"context-noise: must be in [0, 1), got {self.context_noise}")
+        if not 0.0 <= self.rollout_mix <= 1.0 or (self.rollout_mix and self.stage != "finetune"):
+            raise ValueError(f"rollout-mix: a share of finetune steps, from 0 to 1; got {self.rollout_mix} with stage "
+                             f"{self.stage}")
         if self.anchor_noise is not None and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
             raise ValueError("anchor-noise: chunks start from the last recent frame in a finetune with an encoder; "
                              "pass --recent-frames R with stage finetune, or drop --anchor-noise")
@@ -162,9 +166,10 @@ class Models(torch.nn.Module):
             attach(lora, dit)
 
     def forward(self, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
-                retrieval: bool, text: FrameCaptions | None = None) -> torch.Tensor:
-        loss_fn = retrieval_loss if retrieval else next_chunk_loss
-        return loss_fn(self, latents, settings, gen, text)
+                retrieval: bool, text: FrameCaptions | None = None, rollout: bool = False) -> torch.Tensor:
+        if retrieval:
+            return retrieval_loss(self, latents, settings, gen, text)
+        return next_chunk_loss(self, latents, settings, gen, text, rollout)
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -203,6 +208,8 @@ def build_models(settings: TrainSettings) -> Models:
         encoder = MemoryEncoder(encoder_config_for(settings.model, settings.rate, settings.variant,
                                                    settings.recent_frames, settings.clean_context,
                                                    settings.anchor_noise))
+    if encoder is not None and settings.stage == "finetune":  # generation's default chunk length
+        encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames)
     models = Models(dit, encoder, build_lora(settings, dit, saved_lora))
     set_grad_checkpointing(models, settings.grad_checkpointing)
     return models.train()
@@ -297,25 +304,74 @@ def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSetting
 
 
 def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
-                    text: FrameCaptions | None = None) -> torch.Tensor:
-    """Stage 2: the last chunk of the clip is generated from the memory of everything before it."""
+                    text: FrameCaptions | None = None, rollout: bool = False) -> torch.Tensor:
+    """Stage 2: the last chunk of the clip is generated from the memory of everything before it (with `rollout`,
+    a history whose own last chunk the model generated)."""
     split = latents.shape[2] - settings.chunk_frames
-    memory = encode_memory(models, corrupt(latents[:, :, :split], settings.context_noise, gen), settings)
+    history = latents[:, :, :split]
+    if rollout and split > rollout_chunks(settings) * settings.chunk_frames:
+        history = recycled_history(models, history, settings, gen, text)
+    memory = encode_memory(models, corrupt(history, settings.context_noise, gen), settings)
     frame_times = torch.arange(split, latents.shape[2]).expand(latents.shape[0], -1)
     return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen, text)
 
 
+ROLLOUT_STEPS = 4  # Euler steps of a recycled chunk: the kind of errors generation makes, at a third of its cost
+ROLLOUT_FRAMES = 4  # history frames a rollout regenerates, a chunk at a time: short chunks compound their errors
+
+
+def rollout_chunks(settings: TrainSettings) -> int:
+    return -(-ROLLOUT_FRAMES // settings.chunk_frames)
+
+
+def recycled_history(models: Models, history: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
+                     text: FrameCaptions | None) -> torch.Tensor:
+    """`history` with its last chunks (ROLLOUT_FRAMES or more) replaced, one after the other, by the model's own
+    continuation of what precedes each: the next chunk then learns to continue self-made history, the drift
+    defence of Self-Forcing and SVI (no gradient through the rollout)."""
+    first = history.shape[2] - rollout_chunks(settings) * settings.chunk_frames
+    for start in range(first, history.shape[2], settings.chunk_frames):
+        history = with_own_chunk(models, history, start, settings, gen, text)
+    return history
+
+
+def with_own_chunk(models: Models, history: torch.Tensor, start: int, settings: TrainSettings,
+                   gen: torch.Generator, text: FrameCaptions | None) -> torch.Tensor:
+    """The chunk at `start` replaced by a sample from its flow start given the frames before it, rounded to 8-bit
+    frames as generation appends a chunk."""
+    end = start + settings.chunk_frames
+    frame_times = torch.arange(start, end).expand(history.shape[0], -1)
+    with torch.no_grad():
+        memory = encode_memory(models, history[:, :, :start], settings)
+        context = text_context(models, text, frame_times, history.device)
+        noise = chunk_noise(history[:, :, start:end].shape, memory, gen, history.device)
+        velocity = lambda x, sigma: models.dit(x, sigma * 1000, context, memory, frame_times)
+        chunk = sample(velocity, noise, sampling_sigmas(ROLLOUT_STEPS, settings.shift))
+        vae = SpaceToDepthVAE()
+        rounded = ((vae.decode(chunk) + 1) * 127.5).round() / 127.5 - 1
+        return torch.cat((history[:, :, :start], vae.encode(rounded), history[:, :, end:]), dim=2)
+
+
+def chunk_noise(shape: torch.Size, memory: Memory | None, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Where a chunk's flow starts (Memory.flow_start; retrieval and the no-memory baseline: pure noise), drawn on
+    the CPU generator whatever the device, so a GPU run draws the same noise as a CPU run."""
+    noise = torch.randn(shape, generator=gen).to(device)
+    return memory.flow_start(noise) if memory is not None else noise
+
+
+def text_context(models: Models, text: FrameCaptions | None, frame_times: torch.Tensor,
+                 device: torch.device) -> torch.Tensor:
+    """The captions of the frames being denoised; no embeddings: the empty prompt as a zero context."""
+    if text is not None:
+        return text.context(frame_times).to(device)
+    return torch.zeros(frame_times.shape[0], 1, models.dit.config.text_dim, device=device)
+
+
 def denoising_loss(models: Models, x0: torch.Tensor, memory: Memory | None, frame_times: torch.Tensor,
                    settings: TrainSettings, gen: torch.Generator, text: FrameCaptions | None = None) -> torch.Tensor:
-    # drawn on the CPU generator whatever the device, so a GPU run draws the same noise as a CPU run
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    if memory is not None:  # a chunk flows from where generation starts it (Memory.flow_start); retrieval from noise
-        noise = memory.flow_start(noise)
+    noise = chunk_noise(x0.shape, memory, gen, x0.device)
     sigma = training_sigmas(x0.shape[0], settings.shift, gen).to(x0.device)
-    if text is not None:
-        context = text.context(frame_times).to(x0.device)
-    else:  # no embeddings: the empty prompt as a zero context
-        context = torch.zeros(x0.shape[0], 1, models.dit.config.text_dim, device=x0.device)
+    context = text_context(models, text, frame_times, x0.device)
     velocity = models.dit(add_noise(x0, noise, sigma), sigma * 1000, context, memory, frame_times)
     return flow_loss(velocity, x0, noise)
 
@@ -343,6 +399,7 @@ def step_loss(trainer: torch.nn.Module, settings: TrainSettings, step: int, rank
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     history = rng.choice(settings.history_frames)
     retrieval = settings.stage == "pretrain" or rng.random() < settings.retrieval_mix
+    rollout = not retrieval and settings.rollout_mix > 0 and rng.random() < settings.rollout_mix
     frames = history + (0 if retrieval else settings.chunk_frames)
     clips = batch_videos(settings, data, rng, frames)
     latents = SpaceToDepthVAE().encode(clips.pixels).to(device)
@@ -350,7 +407,7 @@ def step_loss(trainer: torch.nn.Module, settings: TrainSettings, step: int, rank
     text = FrameCaptions(clips.captions, data.texts, text_len) if data.texts is not None else None
     cache = not distributed.is_sharded(trainer)  # cached bf16 copies of gathered blocks would add up to a whole model
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=cache):
-        return trainer(latents, settings, gen, retrieval, text)
+        return trainer(latents, settings, gen, retrieval, text, rollout)
 
 
 def choose_bf16(trainer: torch.nn.Module, settings: TrainSettings, data: TrainingData) -> bool:

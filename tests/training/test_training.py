@@ -1,5 +1,6 @@
 
 import contextlib
+import math
 import json
 import random
 import resource
@@ -14,8 +15,8 @@ from pfp_core.training import procedural, storyworld
 from pfp_core.model.checkpoint import CheckpointError, load_encoder
 from pfp_core.config import DiTConfig
 from pfp_core.model.dit import WanDiT
-from pfp_core.training.loop import (TrainSettings, build_models, encode_memory, next_chunk_loss, retrieval_loss,
-                                    set_grad_checkpointing, step_rng, train, train_step)
+from pfp_core.training.loop import (TrainSettings, build_models, encode_memory, next_chunk_loss, recycled_history,
+                                    retrieval_loss, set_grad_checkpointing, step_rng, train, train_step)
 from pfp_core.model.vae import SpaceToDepthVAE
 
 
@@ -249,3 +250,24 @@ def test_anchor_noise_needs_recent_frames_in_a_finetune(tmp_path):
         small(tmp_path, stage="finetune", anchor_noise=0.5)
     with pytest.raises(ValueError, match="^anchor-noise:"):
         small(tmp_path, stage="pretrain", recent_frames=2, anchor_noise=0.5)
+
+
+def test_a_rollout_step_continues_a_history_that_ends_in_the_models_own_chunks(tmp_path):
+    """The recycled history keeps the real past and replaces its last frames (4, a one-frame chunk at a time) with
+    what the model samples from what precedes each, as 8-bit frames encode (generation appends chunks so); a
+    rollout finetune trains like any other."""
+    settings = small(tmp_path, stage="finetune", steps=3, world="story", recent_frames=1, anchor_noise=0.5,
+                     rate="2x2x2", retrieval_mix=0.0, rollout_mix=1.0, history_frames=(12,), chunk_frames=1)
+    models = build_models(settings)
+    torch.nn.init.normal_(models.dit.head.head.weight, std=0.02)  # a velocity that moves the chunk
+    clip = storyworld.make_story_video(storyworld.story_seed(4), 2, "panning").frames[:12]
+    history = SpaceToDepthVAE().encode(procedural.to_pixels(clip[None]))
+    recycled = recycled_history(models, history, settings, torch.Generator().manual_seed(0), None)
+    assert torch.equal(recycled[:, :, :8], history[:, :, :8])
+    assert all(not torch.equal(recycled[:, :, t], history[:, :, t]) for t in range(8, 12))
+    pixels = SpaceToDepthVAE().decode(recycled[:, :, 8:])
+    assert torch.allclose(pixels, ((pixels + 1) * 127.5).round() / 127.5 - 1, atol=1e-5) and not recycled[:, 12:].any()
+    losses = train(settings, progress=False)
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    with pytest.raises(ValueError, match="^rollout-mix:"):
+        small(tmp_path, stage="pretrain", rollout_mix=0.5)
