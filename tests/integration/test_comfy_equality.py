@@ -92,3 +92,21 @@ def test_comfy_reuses_the_clean_context_within_a_sampling_run_only(pack, models)
             assert cache.layers is not None and (first_cache is None or cache is first_cache)
             first_cache = cache
         assert injection.runs.for_run(torch.tensor([1.0, 0.0])) is not first_cache
+
+
+def test_comfy_samples_an_anchored_chunk_from_the_last_frame_of_its_history(pack, tmp_path):
+    """ComfyUI's own sampler starts an anchored encoder's chunk where pfp_core does: with Wan's zero head the
+    velocity is 0, so the chunk it returns is its flow start, the last history latent plus the scaled noise."""
+    import comfy.sd
+
+    adapters = importlib.import_module(pack.__name__ + ".nodes.adapters")
+    dit = WanDiT(dit_config("tiny")).eval()
+    comfy_model = comfy.sd.load_diffusion_model(str(save_model(dit, dit.config, tmp_path / "zero.safetensors", "dit")))
+    config = encoder_config_for("tiny", variant="none", recent_frames=2, anchor_noise=0.5)
+    history = torch.randn(1, 16, 4, 16, 16)
+    memory = build_context(config, None, history, 8)
+    text = [[torch.zeros(1, 8, 4096), {}]]
+    sampler = adapters.ComfyChunkSampler(comfy_model, {"holds": text}, text, 4, 1.0, "euler", "simple")
+    chunk = sampler(memory, torch.arange(4, 7)[None], "holds", (1, 16, 3, 16, 16), 11, lambda *_: None)
+    noise = torch.randn((1, 16, 3, 16, 16), generator=torch.Generator().manual_seed(11))
+    assert torch.allclose(chunk, history[:, :, -1:] + 0.5 * noise, atol=1e-4)
