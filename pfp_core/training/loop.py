@@ -10,7 +10,9 @@ story-world captions go through the built-in hash text encoder.
 
 Next-chunk training sees the context generation sees (pfp_core.model.context): the last `recent_frames` history latents
 uncompressed plus the memory of the older ones. Drift defence: `context_noise` corrupts that history with noise
-of a random level per clip (0 to context_noise), so the model learns to continue imperfect, self-made history.
+of a random level per clip (0 to context_noise), so the model learns to continue imperfect, self-made history;
+`rollout_mix` continues, in that share of steps, a history whose last frames the model generated itself. With
+`anchor_noise` a chunk's flow starts at the last history latent plus scaled noise (Memory.flow_start).
 
 Scaling up: bf16 autocast on the training device over fp32 master weights, gradient checkpointing of the DiT
 blocks and the encoder's full-resolution convolutions, LoRA on a frozen DiT loaded from a Wan file
@@ -64,7 +66,7 @@ class TrainSettings:
     targets: int = 4  # pretrain: frames retrieved per encoded history (encoding is the expensive part)
     chunk_frames: int = 8  # finetune: frames generated after the history
     retrieval_mix: float = 0.25  # finetune: share of steps that keep practising retrieval, so memory stays sharp
-    rollout_mix: float = 0.0  # finetune: share of next-chunk steps whose history ends in the model's own chunk
+    rollout_mix: float = 0.0  # finetune: share of next-chunk steps whose history ends in the model's own frames
     lr: float = 1e-3
     warmup: int = 50
     shift: float = 1.0
