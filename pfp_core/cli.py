@@ -46,7 +46,7 @@ def run_generation(args: argparse.Namespace, image: np.ndarray, storyboard: str,
     from .generation.pipeline import SamplerSettings, VideoSettings, generate, load_engine, write_result
 
     engine = load_engine(args.encoder, args.dit)
-    video = VideoSettings(seconds=args.seconds, chunk_seconds=args.chunk_seconds or engine.chunk_seconds,
+    video = VideoSettings(seconds=args.seconds, chunk_seconds=args.chunk_seconds or engine.chunk_frames / engine.fps,
                           history_seconds=args.history_seconds, seed=args.seed)
     sampler = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, solver=args.solver)
     started = time.time()

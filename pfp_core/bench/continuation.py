@@ -60,8 +60,9 @@ def continue_video(engine: Engine, video: storyworld.StoryVideo, settings: Conti
     """uint8 [T, H, W, 3]: the video's first frames, then the model's continuation of them in chunks of the length
     the pair was finetuned for."""
     fps = video.fps
-    chunk_frames = round(engine.chunk_seconds * fps)  # the chunk length the pair was finetuned for
-    plan = plan_chunks(parse_storyboard(storyboard or video.storyboard), settings.total_frames / fps, chunk_frames / fps)
+    chunk_frames = engine.chunk_frames
+    parsed = parse_storyboard(storyboard or video.storyboard)
+    plan = plan_chunks(parsed, settings.total_frames / fps, chunk_frames / fps)
     request = GenerationRequest(to_pixels(video.frames[None, :settings.given_frames]), [c.prompt for c in plan],
                                 settings.total_frames, chunk_frames, round(settings.history_seconds * fps), seed,
                                 settings.steps, engine.encoder.config.latent_stride[0], settings.project_chunks)

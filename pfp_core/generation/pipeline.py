@@ -85,10 +85,9 @@ class Engine:
         return self.encoder.config.fps
 
     @property
-    def chunk_seconds(self) -> float:
+    def chunk_frames(self) -> int:
         """The chunk length the pair was finetuned for (1 s when its encoder does not record one)."""
-        frames = self.encoder.config.chunk_frames
-        return frames / self.fps if frames else 1.0
+        return self.encoder.config.chunk_frames or self.fps
 
     def memory_updater(self) -> ContextCompressor:
         """A fresh context compressor for one run: recent frames plus incrementally updated memory."""
