@@ -158,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise,
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
-                             chunk_frames=args.chunk_frames)
+                             chunk_frames=args.chunk_frames, predict_change=args.predict_change)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -394,6 +394,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune: each chunk's flow starts at the last recent latent plus noise of this scale, not "
                         "at pure noise, so the DiT learns the change from the last frame (needs --recent-frames; "
                         "the encoder file records it)")
+    p.add_argument("--predict-change", action="store_true",
+                   help="finetune: the DiT predicts each chunk's change from the last history latent (its velocity "
+                        "follows), so a zero output repeats the last frame and training learns what moves (needs "
+                        "--recent-frames; the encoder file records it)")
     p.add_argument("--rollout-mix", type=number(float, 0, 1, low_allowed=True), default=0.0, metavar="SHARE",
                    help="finetune: share of next-chunk steps whose history ends in frames the model generated "
                         "itself (the last 4, a chunk at a time, 4 Euler steps, no gradient), so it learns to "

@@ -117,6 +117,10 @@ class EncoderConfig(JsonConfig):
     # latent frames per chunk the pair was finetuned to generate, the chunk length generation uses unless told
     # otherwise; None: not recorded (1 s chunks)
     chunk_frames: int | None = None
+    # the DiT's output is the chunk's change from the last recent latent, x0 - last, not a velocity: its velocity
+    # follows, (x_t - last - change) / sigma, so a zero output repeats the last frame and the DiT learns what moves
+    # (pfp_core.model.memory.velocity_of_change); False: the DiT predicts the velocity, as Wan does
+    predict_change: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in ENCODER_VARIANTS:
@@ -129,6 +133,9 @@ class EncoderConfig(JsonConfig):
             raise ValueError("recent_frames: the 'none' variant has no memory, so it needs recent frames (> 0)")
         if self.chunk_frames is not None and (not isinstance(self.chunk_frames, int) or self.chunk_frames < 1):
             raise ValueError(f"chunk_frames: must be a positive whole number of latent frames, got {self.chunk_frames}")
+        if self.predict_change and not self.recent_frames:
+            raise ValueError("predict_change: the change is counted from the last recent frame; it needs recent "
+                             "frames (> 0)")
         if self.anchor_noise is not None and not (self.anchor_noise > 0 and self.recent_frames):
             raise ValueError(f"anchor_noise: {self.anchor_noise} needs a positive scale and recent frames (> 0) to "
                              "start from; leave it unset for pure noise")
@@ -184,9 +191,9 @@ def known_dit_config(cfg: DiTConfig) -> DiTConfig | None:
 
 def encoder_config_for(model: str, rate: str = "4x4x2", variant: str = "proposed",
                        recent_frames: int = 0, clean_context: bool = False,
-                       anchor_noise: float | None = None) -> EncoderConfig:
+                       anchor_noise: float | None = None, predict_change: bool = False) -> EncoderConfig:
     dit = dit_config(model)
     return EncoderConfig(dim=dit.dim, in_channels=dit.in_dim, patch_size=dit.patch_size, rate=rate, variant=variant,
                          width=ENCODER_WIDTHS[model], attn_heads=max(1, ENCODER_WIDTHS[model] // 32),
                          base_model=model, fps=dit.fps, recent_frames=recent_frames, clean_context=clean_context,
-                         anchor_noise=anchor_noise)
+                         anchor_noise=anchor_noise, predict_change=predict_change)

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 from ..config import DiTConfig
-from .memory import Memory, context_tokens, drop_memory, join_memory
+from .memory import Memory, context_tokens, drop_memory, join_memory, velocity_of_change
 from .rope import apply_rope, grid_positions, rope_angles
 
 
@@ -263,4 +263,4 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
         else:
             x = run(x, time_mod, angles, context, image_tokens, context_kv)
     x = head_forward(model.head, drop_memory(x, video_tokens), time_emb)
-    return unpatchify(x, grid, patch)
+    return velocity_of_change(unpatchify(x, grid, patch), latents, timestep, memory)

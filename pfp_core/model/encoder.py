@@ -143,7 +143,8 @@ class MemoryEncoder(nn.Module):
         latent_frames = history_latents.shape[2]
         positions = cell_centres(tuple(history_latents.shape[2:]), self.config.latent_stride, grid.device)
         return Memory(tokens=grid.flatten(2).transpose(1, 2), positions=positions, latent_frames=latent_frames,
-                      seconds=latent_frames * time_factor / fps, clean_context=self.config.clean_context)
+                      seconds=latent_frames * time_factor / fps, clean_context=self.config.clean_context,
+                      predict_change=self.config.predict_change)
 
 
 def pad_to_cells(latents: torch.Tensor, stride: tuple[int, int, int]) -> torch.Tensor:

@@ -39,6 +39,7 @@ class Memory:
     patch_size: tuple[int, int, int] = (1, 2, 2)  # the DiT's patch, which turns recent latents into tokens
     clean_context: bool = False  # the clean-context pattern (pfp_core.model.dit.context_stream), set by the encoder config
     anchor_noise: float | None = None  # the chunk's flow starts at the last recent latent (EncoderConfig.anchor_noise)
+    predict_change: bool = False  # the DiT outputs the change from the last recent latent (velocity_of_change)
 
     @property
     def batch(self) -> int:
@@ -56,9 +57,9 @@ class Memory:
         return self.tokens.shape[1] + self.recent_token_count
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Memory":
-        recent = None if self.recent_latents is None else self.recent_latents.to(device=device, dtype=dtype)
-        return replace(self, tokens=self.tokens.to(device=device, dtype=dtype), positions=self.positions.to(device=device),
-                       recent_latents=recent)
+        moved = lambda t: None if t is None else t.to(device=device, dtype=dtype)
+        return replace(self, tokens=moved(self.tokens), positions=self.positions.to(device=device),
+                       recent_latents=moved(self.recent_latents))
 
     def flow_start(self, noise: torch.Tensor) -> torch.Tensor:
         """Where the chunk's flow starts, given standard noise [B, C, T, h, w]: the noise itself, or the last recent
@@ -67,8 +68,16 @@ class Memory:
         from noise (the same velocity target, eps - x0, with this start as eps)."""
         if self.anchor_noise is None:
             return noise
-        last = self.recent_latents[:, :, -1:].to(device=noise.device, dtype=noise.dtype)
-        return last.expand(noise.shape[0], -1, noise.shape[2], -1, -1) + self.anchor_noise * noise
+        return self.last_latent(noise).expand(-1, -1, noise.shape[2], -1, -1) + self.anchor_noise * noise
+
+    def for_retrieval(self) -> "Memory":
+        """The compressed memory alone, as retrieval is trained: recent frames (and a chunk's start on the last of
+        them) belong to the next chunk, not to a frame from the past."""
+        return replace(self, recent_latents=None, recent_start=0, anchor_noise=None)
+
+    def last_latent(self, like: torch.Tensor) -> torch.Tensor:
+        """The last recent latent [B, C, 1, h, w] on `like`'s device and dtype, for `like`'s batch."""
+        return self.repeat(like.shape[0]).recent_latents[:, :, -1:].to(like)
 
     def repeat(self, batch: int) -> "Memory":
         """The same context for `batch` samples (e.g. the conditional and unconditional halves of CFG)."""
@@ -133,6 +142,20 @@ def join_memory(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.T
     return torch.cat((tokens, context.to(tokens)), dim=1), torch.cat((positions, where.to(positions)), dim=1)
 
 
+def velocity_of_change(change: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor,
+                       memory: Memory | None) -> torch.Tensor:
+    """The DiT's output as a velocity. With memory.predict_change the output is the chunk's change from the last
+    recent latent, so the denoised chunk is last + change, and on the flow x_t = (1 - s) x0 + s x1 the velocity
+    x1 - x0 is (x_t - denoised) / s: every sampler, ComfyUI's included, then denoises to last + change. A
+    memory without recent frames (retrieval) has nothing to count from, and the output is the denoised frame."""
+    if memory is None or not memory.predict_change:
+        return change
+    sigma = (timestep.float() / 1000).clamp_min(1e-3).view(-1, 1, 1, 1, 1)  # samplers never ask at s = 0
+    # retrieval has no recent frames: the change from nothing, the frame itself
+    denoised = change if memory.recent_latents is None else memory.last_latent(change) + change
+    return ((latents.float() - denoised.float()) / sigma).to(change.dtype)
+
+
 def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:
     """Memory tokens only inform the video tokens: the head never sees them."""
     return tokens[:, :video_token_count]
@@ -147,7 +170,8 @@ def save_memory(memory: Memory, path: str | Path) -> Path:
                                         "seconds": str(memory.seconds), "recent_start": str(memory.recent_start),
                                         "patch_size": json.dumps(list(memory.patch_size)),
                                         "clean_context": json.dumps(memory.clean_context),
-                                        "anchor_noise": json.dumps(memory.anchor_noise)})
+                                        "anchor_noise": json.dumps(memory.anchor_noise),
+                                        "predict_change": json.dumps(memory.predict_change)})
 
 
 def load_memory(path: str | Path) -> Memory:
@@ -169,4 +193,5 @@ def load_memory(path: str | Path) -> Memory:
                               f"{metadata.get('seconds')!r}); save the memory again with PFP Save Memory")
     return Memory(tokens, positions, latent_frames, seconds, tensors.get("recent_latents"),
                   int(metadata.get("recent_start", 0)), tuple(json.loads(metadata.get("patch_size", "[1, 2, 2]"))),
-                  metadata.get("clean_context") == "true", anchor_noise)
+                  metadata.get("clean_context") == "true", anchor_noise,
+                  metadata.get("predict_change") == "true")

@@ -89,9 +89,10 @@ class TrainSettings:
     text_embeddings: Path | None = None  # precomputed caption embeddings; None: zero context
     world: str = "texture"  # procedural data without --data: "story" (captioned) or "texture" (Table 1)
     recent_frames: int = 0  # history latents given uncompressed beside the memory (pfp_core.model.context)
-    context_noise: float = 0.0  # finetune: history corrupted with noise of level U(0, context_noise)
+    context_noise: float = 0.0  # finetune: history plus noise of standard deviation U(0, context_noise)
     clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.model.dit.context_stream)
     anchor_noise: float | None = None  # finetune: chunks flow from the last recent latent plus this much noise
+    predict_change: bool = False  # finetune: the DiT predicts the change from the last history latent
     fsdp: bool = False  # shard weights, gradients and AdamW state over the torchrun processes (FSDP2) instead of DDP
 
     def __post_init__(self) -> None:
@@ -128,6 +129,9 @@ class TrainSettings:
         if self.anchor_noise is not None and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
             raise ValueError("anchor-noise: chunks start from the last recent frame in a finetune with an encoder; "
                              "pass --recent-frames R with stage finetune, or drop --anchor-noise")
+        if self.predict_change and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
+            raise ValueError("predict-change: the change is counted from the last recent frame in a finetune with an "
+                             "encoder; pass --recent-frames R with stage finetune, or drop --predict-change")
         if self.context_window and (self.use_memory or self.stage != "finetune" or self.retrieval_mix):
             raise ValueError("context-window: the sliding-window baseline is a finetune without memory or retrieval; "
                              "use it with --no-memory --retrieval-mix 0")
@@ -211,10 +215,21 @@ def build_models(settings: TrainSettings) -> Models:
                                                    settings.recent_frames, settings.clean_context,
                                                    settings.anchor_noise))
     if encoder is not None and settings.stage == "finetune":  # generation's default chunk length
-        encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames)
+        encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames,
+                                 predict_change=settings.predict_change)
+    if settings.predict_change and not predicted_change_before(settings):
+        # a velocity head read as a change would be noise: start from zero change, the last frame repeated
+        torch.nn.init.zeros_(dit.head.head.weight)
+        torch.nn.init.zeros_(dit.head.head.bias)
     models = Models(dit, encoder, build_lora(settings, dit, saved_lora))
     set_grad_checkpointing(models, settings.grad_checkpointing)
     return models.train()
+
+
+def predicted_change_before(settings: TrainSettings) -> bool:
+    """Whether the pair in --init-from already predicts changes (its DiT's head then means one)."""
+    saved = None if settings.init_from is None else Path(settings.init_from) / "encoder.safetensors"
+    return saved is not None and saved.exists() and load_encoder(saved).config.predict_change
 
 
 def step_rng(settings: TrainSettings, step: int, rank: int = 0) -> random.Random:
@@ -284,12 +299,14 @@ def encode_memory(models: Models, history_latents: torch.Tensor, settings: Train
 
 
 def corrupt(history_latents: torch.Tensor, max_level: float, gen: torch.Generator) -> torch.Tensor:
-    """History noised to a random level in [0, max_level) per clip: practice for continuing imperfect history."""
+    """History plus Gaussian noise of a random standard deviation in [0, max_level) per clip: practice for
+    continuing imperfect history. Added, not mixed in as the flow mixes noise: a mix would also dim the history
+    by (1 - level), and a model trained to undo that dimming brightens clean history, chunk after chunk."""
     if not max_level:
         return history_latents
     level = torch.rand(history_latents.shape[0], generator=gen).to(history_latents.device) * max_level
     noise = torch.randn(history_latents.shape, generator=gen).to(history_latents.device)
-    return add_noise(history_latents, noise, level)
+    return history_latents + level.view(-1, *([1] * (history_latents.dim() - 1))) * noise
 
 
 def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
@@ -375,7 +392,7 @@ def denoising_loss(models: Models, x0: torch.Tensor, memory: Memory | None, fram
     sigma = training_sigmas(x0.shape[0], settings.shift, gen).to(x0.device)
     context = text_context(models, text, frame_times, x0.device)
     velocity = models.dit(add_noise(x0, noise, sigma), sigma * 1000, context, memory, frame_times)
-    return flow_loss(velocity, x0, noise)
+    return flow_loss(velocity, x0, noise, sigma if memory is not None and memory.predict_change else None)
 
 
 def train_step(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int,

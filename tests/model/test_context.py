@@ -92,3 +92,60 @@ def test_saved_context_keeps_where_its_chunks_start(tmp_path):
                            torch.randn(1, 16, 4, 16, 16), fps=8)
     assert load_memory(save_memory(memory, tmp_path / "m.safetensors")).anchor_noise == 0.25
     assert load_memory(save_memory(replace(memory, anchor_noise=None), tmp_path / "p.safetensors")).anchor_noise is None
+
+
+def test_a_change_predicting_dit_denoises_to_the_last_frame_plus_its_output(random_engine):
+    """The velocity it returns makes x_t - s v = last + change at every noise level, so a zero change samples
+    the last history latent exactly, whatever the steps."""
+    from pfp_core.model.flow import sample, sampling_sigmas
+
+    dit = random_engine.dit
+    torch.nn.init.normal_(dit.head.head.weight, std=0.05)
+    config = encoder_config_for("tiny", variant="none", recent_frames=2, predict_change=True)
+    window, text, times = torch.randn(1, 16, 4, 16, 16), torch.zeros(1, 1, 4096), torch.arange(4, 7)[None]
+    memory = build_context(config, None, window, fps=8)
+    x, sigma = torch.randn(1, 16, 3, 16, 16), torch.tensor([0.4])
+    with torch.no_grad():
+        change = dit(x, sigma * 1000, text, replace(memory, predict_change=False), times)
+        velocity = dit(x, sigma * 1000, text, memory, times)
+    assert torch.allclose(x - 0.4 * velocity, window[:, :, -1:] + change, atol=1e-5)
+    torch.nn.init.zeros_(dit.head.head.weight)
+    torch.nn.init.zeros_(dit.head.head.bias)
+    with torch.no_grad():
+        chunk = sample(lambda x, s: dit(x, s * 1000, text, memory, times), torch.randn(1, 16, 3, 16, 16),
+                       sampling_sigmas(5, 3.0))
+    assert torch.allclose(chunk, window[:, :, -1:].expand(-1, -1, 3, -1, -1), atol=1e-5)
+
+
+def test_retrieval_from_a_change_predicting_encoder_denoises_to_the_output_itself(random_engine):
+    """No recent frames to count from: the output is the denoised frame, x_t - s v."""
+    dit = random_engine.dit
+    torch.nn.init.normal_(dit.head.head.weight, std=0.05)
+    encoder = MemoryEncoder(encoder_config_for("tiny", "2x2x2", recent_frames=2, predict_change=True)).eval()
+    x, text, times = torch.randn(1, 16, 1, 16, 16), torch.zeros(1, 1, 4096), torch.tensor([[3]])
+    with torch.no_grad():
+        memory = encoder.encode(torch.randn(1, 16, 8, 16, 16), 8)
+        velocity = dit(x, torch.tensor([600.0]), text, memory, times)
+        output = dit(x, torch.tensor([600.0]), text, replace(memory, predict_change=False), times)
+    assert memory.predict_change and torch.allclose(x - 0.6 * velocity, output, atol=1e-5)
+
+
+def test_predict_change_needs_recent_frames_and_is_saved_with_the_context(tmp_path):
+    with pytest.raises(ValueError, match="^predict_change: .* recent frames"):
+        encoder_config_for("tiny", predict_change=True)
+    config = encoder_config_for("tiny", variant="none", recent_frames=2, predict_change=True)
+    memory = build_context(config, None, torch.randn(1, 16, 4, 16, 16), fps=8)
+    assert load_memory(save_memory(memory, tmp_path / "m.safetensors")).predict_change
+    assert not load_memory(save_memory(replace(memory, predict_change=False), tmp_path / "v.safetensors")).predict_change
+
+
+def test_retrieval_reads_the_compressed_memory_alone():
+    encoder = MemoryEncoder(encoder_config_for("tiny", "2x2x2", recent_frames=2, anchor_noise=0.5,
+                                               predict_change=True))
+    with torch.no_grad():
+        context = build_context(encoder.config, lambda older: encoder.encode(older, 8), torch.randn(1, 16, 6, 16, 16), 8)
+    retrieval = context.for_retrieval()
+    assert retrieval.recent_latents is None and retrieval.anchor_noise is None
+    assert torch.equal(retrieval.tokens, context.tokens) and retrieval.predict_change
+    noise = torch.randn(1, 16, 1, 16, 16)
+    assert retrieval.flow_start(noise) is noise
