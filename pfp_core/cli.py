@@ -165,10 +165,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
-    from .training.recipes import train_tiny
+    from .training.recipes import CHANGE_STEPS, train_tiny
 
-    train_tiny(Path(args.out), Path(args.init_from), args.steps, progress=not args.quiet)
-    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_ft'}, sliding-window baseline in {Path(args.out) / 'sw_ft'}")
+    train_tiny(Path(args.out), Path(args.init_from), args.steps, progress=not args.quiet,
+               change_steps=args.change_steps or CHANGE_STEPS)
+    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_change'}, sliding-window baseline in "
+          f"{Path(args.out) / 'sw_change'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -395,9 +397,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                         "at pure noise, so the DiT learns the change from the last frame (needs --recent-frames; "
                         "the encoder file records it)")
     p.add_argument("--predict-change", action="store_true",
-                   help="finetune: the DiT predicts each chunk's change from the last history latent (its velocity "
-                        "follows), so a zero output repeats the last frame and training learns what moves (needs "
-                        "--recent-frames; the encoder file records it)")
+                   help="finetune: the DiT reads each noisy chunk minus the last history latent, so it denoises the "
+                        "chunk's change from that frame and an unchanged region needs no copy (needs --recent-frames "
+                        "and --anchor-noise; the encoder file records it)")
     p.add_argument("--rollout-mix", type=number(float, 0, 1, low_allowed=True), default=0.0, metavar="SHARE",
                    help="finetune: share of next-chunk steps whose history ends in frames the model generated "
                         "itself (the last 4, a chunk at a time, 4 Euler steps, no gradient), so it learns to "
@@ -514,11 +516,14 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
         add_training_flags(p)
         p.set_defaults(func=cmd_train)
     p = sub.add_parser("train-tiny", help="reproduce the embedded tiny pair and its sliding-window baseline (resumable)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the three runs (pfp_pre, pfp_ft, sw_ft)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the five runs (pfp_pre, pfp_ft, sw_ft, then the shipped pfp_change and sw_change)")
     p.add_argument("--init-from", required=True, metavar="DIR",
                    help="folder with the starting dit.safetensors and encoder.safetensors (README: which ones)")
     p.add_argument("--steps", type=positive_int, default=8000, help="finetuning steps of pfp (the baseline gets "
                    "500 more, as many as pfp's pretraining)")
+    p.add_argument("--change-steps", type=positive_int, default=None,
+                   help="steps of the change finetune that makes the shipped pair and its baseline (default: as shipped)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_tiny)
     p = sub.add_parser("export", help="a training folder -> a DiT or LoRA file for ComfyUI's stock loaders")

@@ -117,9 +117,9 @@ class EncoderConfig(JsonConfig):
     # latent frames per chunk the pair was finetuned to generate, the chunk length generation uses unless told
     # otherwise; None: not recorded (1 s chunks)
     chunk_frames: int | None = None
-    # the DiT's output is the chunk's change from the last recent latent, x0 - last, not a velocity: its velocity
-    # follows, (x_t - last - change) / sigma, so a zero output repeats the last frame and the DiT learns what moves
-    # (pfp_core.model.memory.velocity_of_change); False: the DiT predicts the velocity, as Wan does
+    # the DiT reads the noisy chunk minus the last recent latent, so with the anchored start it denoises the
+    # chunk's change from that frame, and an unchanged region needs no copy through attention
+    # (pfp_core.model.memory.change_input); False: it reads the chunk itself, as Wan does
     predict_change: bool = False
 
     def __post_init__(self) -> None:
@@ -133,9 +133,9 @@ class EncoderConfig(JsonConfig):
             raise ValueError("recent_frames: the 'none' variant has no memory, so it needs recent frames (> 0)")
         if self.chunk_frames is not None and (not isinstance(self.chunk_frames, int) or self.chunk_frames < 1):
             raise ValueError(f"chunk_frames: must be a positive whole number of latent frames, got {self.chunk_frames}")
-        if self.predict_change and not self.recent_frames:
-            raise ValueError("predict_change: the change is counted from the last recent frame; it needs recent "
-                             "frames (> 0)")
+        if self.predict_change and self.anchor_noise is None:
+            raise ValueError("predict_change: the change flows from the last recent frame; it needs anchor_noise "
+                             "(chunks that start there) and recent frames")
         if self.anchor_noise is not None and not (self.anchor_noise > 0 and self.recent_frames):
             raise ValueError(f"anchor_noise: {self.anchor_noise} needs a positive scale and recent frames (> 0) to "
                              "start from; leave it unset for pure noise")

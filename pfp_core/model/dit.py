@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 from ..config import DiTConfig
-from .memory import Memory, context_tokens, drop_memory, join_memory, velocity_of_change
+from .memory import Memory, change_input, context_tokens, drop_memory, join_memory
 from .rope import apply_rope, grid_positions, rope_angles
 
 
@@ -232,7 +232,7 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
     whose keys and values every block's video tokens also attend to (`context_cache` keeps them for a chunk).
     """
     patch = tuple(model.patch_size)
-    x = model.patch_embedding(latents.float()).to(latents.dtype)
+    x = model.patch_embedding(change_input(latents, memory).float()).to(latents.dtype)
     grid = tuple(x.shape[2:])
     x = x.flatten(2).transpose(1, 2)
     if frame_times is None:
@@ -263,4 +263,4 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
         else:
             x = run(x, time_mod, angles, context, image_tokens, context_kv)
     x = head_forward(model.head, drop_memory(x, video_tokens), time_emb)
-    return velocity_of_change(unpatchify(x, grid, patch), latents, timestep, memory)
+    return unpatchify(x, grid, patch)

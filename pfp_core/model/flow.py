@@ -32,15 +32,8 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
     return (1 - s) * x0 + s * noise
 
 
-def flow_loss(predicted_velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
-              sigma: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared velocity error; with `sigma` [B], weighted by sigma^2: the squared error of the denoised
-    estimate x_t - s v, the loss of a model that predicts x0 (pfp_core.model.memory.velocity_of_change), whose
-    plain velocity error would grow as 1 / s^2 near the data."""
-    error = (predicted_velocity.float() - (noise - x0).float()).pow(2)
-    if sigma is not None:
-        error = error * sigma.float().view(-1, *([1] * (error.dim() - 1))).pow(2)
-    return error.mean()
+def flow_loss(predicted_velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return (predicted_velocity.float() - (noise - x0).float()).pow(2).mean()
 
 
 def guided(velocity_cond: Velocity, velocity_uncond: Velocity | None, scale: float) -> Velocity:

@@ -39,7 +39,7 @@ class Memory:
     patch_size: tuple[int, int, int] = (1, 2, 2)  # the DiT's patch, which turns recent latents into tokens
     clean_context: bool = False  # the clean-context pattern (pfp_core.model.dit.context_stream), set by the encoder config
     anchor_noise: float | None = None  # the chunk's flow starts at the last recent latent (EncoderConfig.anchor_noise)
-    predict_change: bool = False  # the DiT outputs the change from the last recent latent (velocity_of_change)
+    predict_change: bool = False  # the DiT reads the chunk's change from the last recent latent (change_input)
 
     @property
     def batch(self) -> int:
@@ -142,18 +142,16 @@ def join_memory(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.T
     return torch.cat((tokens, context.to(tokens)), dim=1), torch.cat((positions, where.to(positions)), dim=1)
 
 
-def velocity_of_change(change: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor,
-                       memory: Memory | None) -> torch.Tensor:
-    """The DiT's output as a velocity. With memory.predict_change the output is the chunk's change from the last
-    recent latent, so the denoised chunk is last + change, and on the flow x_t = (1 - s) x0 + s x1 the velocity
-    x1 - x0 is (x_t - denoised) / s: every sampler, ComfyUI's included, then denoises to last + change. A
-    memory without recent frames (retrieval) has nothing to count from, and the output is the denoised frame."""
-    if memory is None or not memory.predict_change:
-        return change
-    sigma = (timestep.float() / 1000).clamp_min(1e-3).view(-1, 1, 1, 1, 1)  # samplers never ask at s = 0
-    # retrieval has no recent frames: the change from nothing, the frame itself
-    denoised = change if memory.recent_latents is None else memory.last_latent(change) + change
-    return ((latents.float() - denoised.float()) / sigma).to(change.dtype)
+def change_input(latents: torch.Tensor, memory: Memory | None) -> torch.Tensor:
+    """What the DiT reads of the noisy chunk. With memory.predict_change, the chunk minus the last recent latent:
+    a chunk that flows from that latent plus noise (Memory.flow_start) is then the flow of its change alone,
+    x_t - last = (1 - s) change + s A eps, whose velocity A eps - change is the chunk's velocity too. So the
+    target stays Wan's, any sampler (ComfyUI's included) works unchanged, and an unchanged region is plain
+    denoising of its own token, with no copy of the last frame through attention. Retrieval (no recent frames)
+    reads the latents as they are."""
+    if memory is None or not memory.predict_change or memory.recent_latents is None:
+        return latents
+    return latents - memory.last_latent(latents)
 
 
 def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:

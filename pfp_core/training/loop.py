@@ -129,9 +129,10 @@ class TrainSettings:
         if self.anchor_noise is not None and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
             raise ValueError("anchor-noise: chunks start from the last recent frame in a finetune with an encoder; "
                              "pass --recent-frames R with stage finetune, or drop --anchor-noise")
-        if self.predict_change and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
-            raise ValueError("predict-change: the change is counted from the last recent frame in a finetune with an "
-                             "encoder; pass --recent-frames R with stage finetune, or drop --predict-change")
+        if self.predict_change and (self.stage != "finetune" or not self.use_memory or self.anchor_noise is None):
+            raise ValueError("predict-change: the change flows from the last recent frame in a finetune with an "
+                             "encoder; pass --recent-frames R --anchor-noise A with stage finetune, or drop "
+                             "--predict-change")
         if self.context_window and (self.use_memory or self.stage != "finetune" or self.retrieval_mix):
             raise ValueError("context-window: the sliding-window baseline is a finetune without memory or retrieval; "
                              "use it with --no-memory --retrieval-mix 0")
@@ -218,7 +219,7 @@ def build_models(settings: TrainSettings) -> Models:
         encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames,
                                  predict_change=settings.predict_change)
     if settings.predict_change and not predicted_change_before(settings):
-        # a velocity head read as a change would be noise: start from zero change, the last frame repeated
+        # the head knew velocities of whole chunks, not of changes: start from Wan's zero head
         torch.nn.init.zeros_(dit.head.head.weight)
         torch.nn.init.zeros_(dit.head.head.bias)
     models = Models(dit, encoder, build_lora(settings, dit, saved_lora))
@@ -392,7 +393,7 @@ def denoising_loss(models: Models, x0: torch.Tensor, memory: Memory | None, fram
     sigma = training_sigmas(x0.shape[0], settings.shift, gen).to(x0.device)
     context = text_context(models, text, frame_times, x0.device)
     velocity = models.dit(add_noise(x0, noise, sigma), sigma * 1000, context, memory, frame_times)
-    return flow_loss(velocity, x0, noise, sigma if memory is not None and memory.predict_change else None)
+    return flow_loss(velocity, x0, noise)
 
 
 def train_step(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int,

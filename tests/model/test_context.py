@@ -6,7 +6,7 @@ import torch
 from pfp_core.config import encoder_config_for
 from pfp_core.model.context import ContextCompressor, build_context
 from pfp_core.model.encoder import MemoryEncoder, cell_centres
-from pfp_core.model.memory import Memory, empty_memory, load_memory, save_memory
+from pfp_core.model.memory import Memory, change_input, empty_memory, load_memory, save_memory
 
 
 def test_context_is_recent_latents_plus_memory_of_the_older_history(random_engine):
@@ -94,46 +94,30 @@ def test_saved_context_keeps_where_its_chunks_start(tmp_path):
     assert load_memory(save_memory(replace(memory, anchor_noise=None), tmp_path / "p.safetensors")).anchor_noise is None
 
 
-def test_a_change_predicting_dit_denoises_to_the_last_frame_plus_its_output(random_engine):
-    """The velocity it returns makes x_t - s v = last + change at every noise level, so a zero change samples
-    the last history latent exactly, whatever the steps."""
-    from pfp_core.model.flow import sample, sampling_sigmas
+def test_a_change_reading_dit_denoises_the_flow_of_the_change_from_the_last_frame(random_engine):
+    """It reads x_t - last: for a chunk that flows from the last latent plus A eps, that is (1 - s) change + s A eps,
+    the flow of the change alone; retrieval (no recent frames) reads the latents as they are."""
+    from pfp_core.model.flow import add_noise
 
     dit = random_engine.dit
-    torch.nn.init.normal_(dit.head.head.weight, std=0.05)
-    config = encoder_config_for("tiny", variant="none", recent_frames=2, predict_change=True)
+    config = encoder_config_for("tiny", variant="none", recent_frames=2, anchor_noise=0.5, predict_change=True)
     window, text, times = torch.randn(1, 16, 4, 16, 16), torch.zeros(1, 1, 4096), torch.arange(4, 7)[None]
     memory = build_context(config, None, window, fps=8)
-    x, sigma = torch.randn(1, 16, 3, 16, 16), torch.tensor([0.4])
+    last = window[:, :, -1:]
+    chunk, noise = last + 0.1 * torch.randn(1, 16, 3, 16, 16), torch.randn(1, 16, 3, 16, 16)
+    x = add_noise(chunk, memory.flow_start(noise), torch.tensor([0.3]))
+    assert torch.allclose(change_input(x, memory), add_noise(chunk - last, 0.5 * noise, torch.tensor([0.3])), atol=1e-6)
     with torch.no_grad():
-        change = dit(x, sigma * 1000, text, replace(memory, predict_change=False), times)
-        velocity = dit(x, sigma * 1000, text, memory, times)
-    assert torch.allclose(x - 0.4 * velocity, window[:, :, -1:] + change, atol=1e-5)
-    torch.nn.init.zeros_(dit.head.head.weight)
-    torch.nn.init.zeros_(dit.head.head.bias)
-    with torch.no_grad():
-        chunk = sample(lambda x, s: dit(x, s * 1000, text, memory, times), torch.randn(1, 16, 3, 16, 16),
-                       sampling_sigmas(5, 3.0))
-    assert torch.allclose(chunk, window[:, :, -1:].expand(-1, -1, 3, -1, -1), atol=1e-5)
+        reading_change = dit(x, torch.tensor([300.0]), text, memory, times)
+        reading_it = dit(x - last, torch.tensor([300.0]), text, replace(memory, predict_change=False), times)
+    assert torch.allclose(reading_change, reading_it, atol=1e-6)
+    assert change_input(x, memory.for_retrieval()) is x
 
 
-def test_retrieval_from_a_change_predicting_encoder_denoises_to_the_output_itself(random_engine):
-    """No recent frames to count from: the output is the denoised frame, x_t - s v."""
-    dit = random_engine.dit
-    torch.nn.init.normal_(dit.head.head.weight, std=0.05)
-    encoder = MemoryEncoder(encoder_config_for("tiny", "2x2x2", recent_frames=2, predict_change=True)).eval()
-    x, text, times = torch.randn(1, 16, 1, 16, 16), torch.zeros(1, 1, 4096), torch.tensor([[3]])
-    with torch.no_grad():
-        memory = encoder.encode(torch.randn(1, 16, 8, 16, 16), 8)
-        velocity = dit(x, torch.tensor([600.0]), text, memory, times)
-        output = dit(x, torch.tensor([600.0]), text, replace(memory, predict_change=False), times)
-    assert memory.predict_change and torch.allclose(x - 0.6 * velocity, output, atol=1e-5)
-
-
-def test_predict_change_needs_recent_frames_and_is_saved_with_the_context(tmp_path):
-    with pytest.raises(ValueError, match="^predict_change: .* recent frames"):
-        encoder_config_for("tiny", predict_change=True)
-    config = encoder_config_for("tiny", variant="none", recent_frames=2, predict_change=True)
+def test_predict_change_needs_an_anchored_start_and_is_saved_with_the_context(tmp_path):
+    with pytest.raises(ValueError, match="^predict_change: .* needs anchor_noise"):
+        encoder_config_for("tiny", recent_frames=2, predict_change=True)
+    config = encoder_config_for("tiny", variant="none", recent_frames=2, anchor_noise=0.5, predict_change=True)
     memory = build_context(config, None, torch.randn(1, 16, 4, 16, 16), fps=8)
     assert load_memory(save_memory(memory, tmp_path / "m.safetensors")).predict_change
     assert not load_memory(save_memory(replace(memory, predict_change=False), tmp_path / "v.safetensors")).predict_change

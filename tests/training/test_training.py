@@ -273,32 +273,24 @@ def test_a_rollout_step_continues_a_history_that_ends_in_the_models_own_chunks(t
         small(tmp_path, stage="pretrain", rollout_mix=0.5)
 
 
-def test_a_change_finetune_from_a_velocity_pair_starts_at_the_repeated_last_frame(tmp_path):
-    """Its head starts at zero (a velocity head read as a change would be noise), so the first loss is the
-    distance from the last history frame to the chunk; the encoder file records the parametrisation, and a finetune
-    from that file keeps the head it learnt."""
+def test_a_change_finetune_starts_from_wans_zero_head_and_records_it(tmp_path):
+    """A head that knew velocities of whole chunks starts at zero once it reads changes; the encoder file records
+    the reading, and a finetune from that file keeps the head it learnt."""
     start = small(tmp_path / "start", stage="pretrain", steps=1, world="story", rate="2x2x2")
     train(start, progress=False)
-    settings = small(tmp_path / "c", stage="finetune", steps=2, world="story", recent_frames=1, rate="2x2x2",
-                     retrieval_mix=0.0, init_from=tmp_path / "start", predict_change=True, chunk_frames=2)
-    models = build_models(settings)
-    assert models.dit.head.head.weight.abs().max() == 0
-    clip = storyworld.make_story_video(storyworld.story_seed(2), 2, "static").frames[:10]
-    latents = SpaceToDepthVAE().encode(procedural.to_pixels(clip[None]))
-    with torch.no_grad():
-        loss = next_chunk_loss(models, latents, settings, torch.Generator().manual_seed(0))
-    repeat_error = (latents[:, :, -2:] - latents[:, :, -3:-2]).pow(2).mean()
-    assert torch.allclose(loss, repeat_error)  # the s^2-weighted loss is the denoised estimate's error
+    change = dict(stage="finetune", steps=2, world="story", recent_frames=1, rate="2x2x2", retrieval_mix=0.0,
+                  predict_change=True, anchor_noise=0.5, chunk_frames=2)
+    settings = small(tmp_path / "c", init_from=tmp_path / "start", **change)
+    assert build_models(settings).dit.head.head.weight.abs().max() == 0
     train(settings, progress=False)
     assert load_encoder(tmp_path / "c" / "encoder.safetensors").config.predict_change
-    again = small(tmp_path / "again", stage="finetune", steps=1, world="story", recent_frames=1, rate="2x2x2",
-                  retrieval_mix=0.0, init_from=tmp_path / "c", predict_change=True, chunk_frames=2)
+    again = small(tmp_path / "again", init_from=tmp_path / "c", **change)
     assert build_models(again).dit.head.head.weight.abs().max() > 0
 
 
-def test_predict_change_needs_recent_frames_in_a_finetune(tmp_path):
-    with pytest.raises(ValueError, match="^predict-change: .* --recent-frames"):
-        small(tmp_path, stage="finetune", predict_change=True)
+def test_predict_change_needs_an_anchored_finetune(tmp_path):
+    with pytest.raises(ValueError, match="^predict-change: .* --anchor-noise"):
+        small(tmp_path, stage="finetune", recent_frames=1, predict_change=True)
 
 
 def test_context_noise_adds_noise_without_dimming_the_history():
