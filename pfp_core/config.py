@@ -121,6 +121,7 @@ class EncoderConfig(JsonConfig):
     # chunk's change from that frame, and an unchanged region needs no copy through attention
     # (pfp_core.model.memory.change_input); False: it reads the chunk itself, as Wan does
     predict_change: bool = False
+    change_std: float = 0.05  # the spread of a change the velocity's skip assumes (pfp_core.model.memory.change_skip)
 
     def __post_init__(self) -> None:
         if self.variant not in ENCODER_VARIANTS:
@@ -133,6 +134,8 @@ class EncoderConfig(JsonConfig):
             raise ValueError("recent_frames: the 'none' variant has no memory, so it needs recent frames (> 0)")
         if self.chunk_frames is not None and (not isinstance(self.chunk_frames, int) or self.chunk_frames < 1):
             raise ValueError(f"chunk_frames: must be a positive whole number of latent frames, got {self.chunk_frames}")
+        if not self.change_std > 0:
+            raise ValueError(f"change_std: must be a positive spread of latent values, got {self.change_std}")
         if self.predict_change and self.anchor_noise is None:
             raise ValueError("predict_change: the change flows from the last recent frame; it needs anchor_noise "
                              "(chunks that start there) and recent frames")

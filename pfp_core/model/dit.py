@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 from ..config import DiTConfig
-from .memory import Memory, change_input, context_tokens, drop_memory, join_memory
+from .memory import Memory, change_input, change_skip, context_tokens, drop_memory, join_memory
 from .rope import apply_rope, grid_positions, rope_angles
 
 
@@ -232,7 +232,8 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
     whose keys and values every block's video tokens also attend to (`context_cache` keeps them for a chunk).
     """
     patch = tuple(model.patch_size)
-    x = model.patch_embedding(change_input(latents, memory).float()).to(latents.dtype)
+    read = change_input(latents, memory)
+    x = model.patch_embedding(read.float()).to(latents.dtype)
     grid = tuple(x.shape[2:])
     x = x.flatten(2).transpose(1, 2)
     if frame_times is None:
@@ -262,5 +263,6 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
             x = checkpoint(run, x, time_mod, angles, context, image_tokens, context_kv, use_reentrant=False)
         else:
             x = run(x, time_mod, angles, context, image_tokens, context_kv)
-    x = head_forward(model.head, drop_memory(x, video_tokens), time_emb)
-    return unpatchify(x, grid, patch)
+    x = unpatchify(head_forward(model.head, drop_memory(x, video_tokens), time_emb), grid, patch)
+    skip = change_skip(timestep, memory)
+    return x if skip is None else x + (skip * read.float()).to(x.dtype)

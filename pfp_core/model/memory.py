@@ -40,6 +40,7 @@ class Memory:
     clean_context: bool = False  # the clean-context pattern (pfp_core.model.dit.context_stream), set by the encoder config
     anchor_noise: float | None = None  # the chunk's flow starts at the last recent latent (EncoderConfig.anchor_noise)
     predict_change: bool = False  # the DiT reads the chunk's change from the last recent latent (change_input)
+    change_std: float = 0.05  # the spread of a change its velocity's skip assumes (change_skip)
 
     @property
     def batch(self) -> int:
@@ -154,6 +155,19 @@ def change_input(latents: torch.Tensor, memory: Memory | None) -> torch.Tensor:
     return latents - memory.last_latent(latents)
 
 
+def change_skip(timestep: torch.Tensor, memory: Memory | None) -> torch.Tensor | None:
+    """[B, 1, 1, 1, 1] weight of the change the DiT reads in its velocity, or None when it reads no change.
+    On the change's flow d_t = (1 - s) d + s A eps with d ~ N(0, c^2) (c = change_std), the best linear guess of
+    the velocity A eps - d from d_t is (s A^2 - (1 - s) c^2) / ((1 - s)^2 c^2 + s^2 A^2) d_t (EDM's skip,
+    Karras et al. 2022). The DiT adds what that misses, so an unchanged region flows to the last frame without
+    the DiT passing its input through all its layers."""
+    if memory is None or not memory.predict_change or memory.recent_latents is None:
+        return None
+    sigma = (timestep.float() / 1000).view(-1, 1, 1, 1, 1)
+    noise, spread = memory.anchor_noise ** 2, memory.change_std ** 2
+    return (sigma * noise - (1 - sigma) * spread) / ((1 - sigma) ** 2 * spread + sigma ** 2 * noise)
+
+
 def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:
     """Memory tokens only inform the video tokens: the head never sees them."""
     return tokens[:, :video_token_count]
@@ -169,7 +183,8 @@ def save_memory(memory: Memory, path: str | Path) -> Path:
                                         "patch_size": json.dumps(list(memory.patch_size)),
                                         "clean_context": json.dumps(memory.clean_context),
                                         "anchor_noise": json.dumps(memory.anchor_noise),
-                                        "predict_change": json.dumps(memory.predict_change)})
+                                        "predict_change": json.dumps(memory.predict_change),
+                                        "change_std": json.dumps(memory.change_std)})
 
 
 def load_memory(path: str | Path) -> Memory:
@@ -183,8 +198,9 @@ def load_memory(path: str | Path) -> Memory:
         latent_frames, seconds = int(metadata["latent_frames"]), float(metadata["seconds"])
         anchor_noise = json.loads(metadata.get("anchor_noise", "null"))  # files saved before it existed: pure noise
         anchor_noise = None if anchor_noise is None else float(anchor_noise)
+        change_std = float(json.loads(metadata.get("change_std", "0.05")))
     except (KeyError, ValueError, TypeError):  # refused below with the values it holds
-        latent_frames, seconds, anchor_noise = -1, math.nan, None
+        latent_frames, seconds, anchor_noise, change_std = -1, math.nan, None, 0.05
     if tokens.dim() != 3 or positions.shape != (tokens.shape[1], 3) or latent_frames < 0 or not math.isfinite(seconds):
         raise CheckpointError(f"memory: {Path(path).name} is damaged (tokens {list(tokens.shape)}, positions "
                               f"{list(positions.shape)}, latent_frames {metadata.get('latent_frames')!r}, seconds "
@@ -192,4 +208,4 @@ def load_memory(path: str | Path) -> Memory:
     return Memory(tokens, positions, latent_frames, seconds, tensors.get("recent_latents"),
                   int(metadata.get("recent_start", 0)), tuple(json.loads(metadata.get("patch_size", "[1, 2, 2]"))),
                   metadata.get("clean_context") == "true", anchor_noise,
-                  metadata.get("predict_change") == "true")
+                  metadata.get("predict_change") == "true", change_std)

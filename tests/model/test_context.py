@@ -6,7 +6,7 @@ import torch
 from pfp_core.config import encoder_config_for
 from pfp_core.model.context import ContextCompressor, build_context
 from pfp_core.model.encoder import MemoryEncoder, cell_centres
-from pfp_core.model.memory import Memory, change_input, empty_memory, load_memory, save_memory
+from pfp_core.model.memory import Memory, change_input, change_skip, empty_memory, load_memory, save_memory
 
 
 def test_context_is_recent_latents_plus_memory_of_the_older_history(random_engine):
@@ -96,10 +96,12 @@ def test_saved_context_keeps_where_its_chunks_start(tmp_path):
 
 def test_a_change_reading_dit_denoises_the_flow_of_the_change_from_the_last_frame(random_engine):
     """It reads x_t - last: for a chunk that flows from the last latent plus A eps, that is (1 - s) change + s A eps,
-    the flow of the change alone; retrieval (no recent frames) reads the latents as they are."""
+    the flow of the change alone, and its velocity adds the skip's share of what it read; retrieval (no recent
+    frames) reads the latents as they are."""
     from pfp_core.model.flow import add_noise
 
     dit = random_engine.dit
+    torch.nn.init.normal_(dit.head.head.weight, std=0.05)
     config = encoder_config_for("tiny", variant="none", recent_frames=2, anchor_noise=0.5, predict_change=True)
     window, text, times = torch.randn(1, 16, 4, 16, 16), torch.zeros(1, 1, 4096), torch.arange(4, 7)[None]
     memory = build_context(config, None, window, fps=8)
@@ -110,8 +112,32 @@ def test_a_change_reading_dit_denoises_the_flow_of_the_change_from_the_last_fram
     with torch.no_grad():
         reading_change = dit(x, torch.tensor([300.0]), text, memory, times)
         reading_it = dit(x - last, torch.tensor([300.0]), text, replace(memory, predict_change=False), times)
-    assert torch.allclose(reading_change, reading_it, atol=1e-6)
-    assert change_input(x, memory.for_retrieval()) is x
+    skip = change_skip(torch.tensor([300.0]), memory)
+    assert torch.allclose(reading_change, reading_it + skip * (x - last), atol=1e-5)
+    assert change_input(x, memory.for_retrieval()) is x and change_skip(torch.tensor([300.0]), memory.for_retrieval()) is None
+
+
+def test_the_change_skip_alone_carries_an_unchanged_chunk_to_the_last_frame():
+    """With Wan's zero head the velocity is the skip's: at s = 1 it is the change read (one Euler step lands on
+    the last frame exactly), near the data it tends to -1, and 12 steps end within the assumed spread of it."""
+    from pfp_core.model.flow import sample, sampling_sigmas
+
+    from pfp_core.config import dit_config
+    from pfp_core.model.dit import WanDiT
+
+    dit = WanDiT(dit_config("tiny")).eval()  # Wan's zero head
+    config = encoder_config_for("tiny", variant="none", recent_frames=2, anchor_noise=0.5, predict_change=True)
+    window, text, times = torch.randn(1, 16, 4, 16, 16), torch.zeros(1, 1, 4096), torch.arange(4, 12)[None]
+    memory = build_context(config, None, window, fps=8)
+    assert change_skip(torch.tensor([1000.0]), memory).item() == pytest.approx(1.0)
+    assert change_skip(torch.tensor([0.0]), memory).item() == pytest.approx(-1.0)
+    start = memory.flow_start(torch.randn(1, 16, 8, 16, 16))
+    velocity = lambda x, s: dit(x, s * 1000, text, memory, times)  # noqa: E731
+    with torch.no_grad():
+        one_step = sample(velocity, start, sampling_sigmas(1, 1.0))
+        twelve = sample(velocity, start, sampling_sigmas(12, 1.0))
+    assert torch.allclose(one_step, window[:, :, -1:].expand_as(one_step), atol=1e-5)
+    assert (twelve - window[:, :, -1:]).std() < config.change_std
 
 
 def test_predict_change_needs_an_anchored_start_and_is_saved_with_the_context(tmp_path):
@@ -119,7 +145,8 @@ def test_predict_change_needs_an_anchored_start_and_is_saved_with_the_context(tm
         encoder_config_for("tiny", recent_frames=2, predict_change=True)
     config = encoder_config_for("tiny", variant="none", recent_frames=2, anchor_noise=0.5, predict_change=True)
     memory = build_context(config, None, torch.randn(1, 16, 4, 16, 16), fps=8)
-    assert load_memory(save_memory(memory, tmp_path / "m.safetensors")).predict_change
+    loaded = load_memory(save_memory(replace(memory, change_std=0.2), tmp_path / "m.safetensors"))
+    assert loaded.predict_change and loaded.change_std == 0.2
     assert not load_memory(save_memory(replace(memory, predict_change=False), tmp_path / "v.safetensors")).predict_change
 
 
