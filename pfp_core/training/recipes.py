@@ -20,7 +20,7 @@ SLIDING_WINDOW_FRAMES = 9
 FINETUNE_HISTORY = (8, 16, 24, 32, 40, 48, 56)  # whole seconds, so every generated chunk is one storyboard segment
 
 
-CHANGE_STEPS = 4000  # stage 3 of the shipped pair (README: Tiny default)
+CHANGE_STEPS = 2600  # stage 3 of the shipped pair (README: Tiny default)
 
 
 def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain_steps: int = 500,
