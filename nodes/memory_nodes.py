@@ -100,6 +100,6 @@ class RetrieveFrame(io.ComfyNode):
         shape = (1, adapter.config.latent_channels, 1, height // factor, width // factor)
         # the same chunk sampler as the Autoregressive Sampler, asked for one frame at a past time
         sampler = ComfyChunkSampler(model, {"": positive}, negative, steps, cfg, sampler_name, scheduler)
-        latents = sampler(memory.for_retrieval(), torch.tensor([[frame]]), "", shape, seed, on_step=lambda *_: None)
+        latents = sampler(memory, torch.tensor([[frame]]), "", shape, seed, on_step=lambda *_: None)
         image = adapter.decode(latents)
         return io.NodeOutput(((image[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1))

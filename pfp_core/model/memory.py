@@ -71,11 +71,6 @@ class Memory:
             return noise
         return self.last_latent(noise).expand(-1, -1, noise.shape[2], -1, -1) + self.anchor_noise * noise
 
-    def for_retrieval(self) -> "Memory":
-        """The compressed memory alone, as retrieval is trained: recent frames (and a chunk's start on the last of
-        them) belong to the next chunk, not to a frame from the past."""
-        return replace(self, recent_latents=None, recent_start=0, anchor_noise=None)
-
     def last_latent(self, like: torch.Tensor) -> torch.Tensor:
         """The last recent latent [B, C, 1, h, w] on `like`'s device and dtype, for `like`'s batch."""
         return self.repeat(like.shape[0]).recent_latents[:, :, -1:].to(like)

@@ -92,7 +92,7 @@ class TrainSettings:
     context_noise: float = 0.0  # finetune: history plus noise of standard deviation U(0, context_noise)
     clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.model.dit.context_stream)
     anchor_noise: float | None = None  # finetune: chunks flow from the last recent latent plus this much noise
-    predict_change: bool = False  # finetune: the DiT predicts the change from the last history latent
+    predict_change: bool = False  # finetune: the DiT reads the chunk's change from the last history latent
     fsdp: bool = False  # shard weights, gradients and AdamW state over the torchrun processes (FSDP2) instead of DDP
 
     def __post_init__(self) -> None:

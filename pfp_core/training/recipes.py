@@ -3,9 +3,9 @@
 
 pfp: story-world retrieval pretraining (stage 1) from the previous embedded pair, then next-chunk finetuning
 (stage 2) with 2 recent latent frames beside the 2x2x2 memory, context corruption and some retrieval practice,
-then the change finetune (stage 3): the DiT learns each chunk's change from the last history latent
-(EncoderConfig.predict_change), each chunk flowing from that latent plus half-scale noise, with added context
-noise. Sliding window: the same stages 2 and 3 from the same start, its context the last 9 latent frames alone
+then the change finetune (stage 3): the DiT reads each chunk's change from the last history latent
+(EncoderConfig.predict_change), each chunk flowing from that latent plus half-scale noise, without context noise
+(it taught the change reading to smooth the last frame) and at shift 3 (more high-noise steps). Sliding window: the same stages 2 and 3 from the same start, its context the last 9 latent frames alone
 (576 tokens; pfp's context is at most 560 tokens within eval-continuation's 8 s videos). Every run checkpoints
 and resumes, so the recipe can be stopped and continued; the step counts cap the stages.
 """
@@ -30,7 +30,7 @@ def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain
     shipped pair is pfp_change, its baseline sw_change."""
     common = dict(world="story", batch=4, lr=5e-4, checkpoint_every=100, rate="2x2x2")
     finetune = dict(stage="finetune", history_frames=FINETUNE_HISTORY, context_noise=0.15, **common)
-    change = dict(finetune, steps=change_steps, predict_change=True, anchor_noise=0.5, context_noise=0.1,
+    change = dict(finetune, steps=change_steps, predict_change=True, anchor_noise=0.5, context_noise=0.0, shift=3.0,
                   checkpoint_every=200)
     pfp = dict(recent_frames=RECENT_FRAMES, retrieval_mix=0.2)
     window = dict(variant="none", recent_frames=SLIDING_WINDOW_FRAMES, retrieval_mix=0.0)

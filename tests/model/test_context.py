@@ -114,7 +114,8 @@ def test_a_change_reading_dit_denoises_the_flow_of_the_change_from_the_last_fram
         reading_it = dit(x - last, torch.tensor([300.0]), text, replace(memory, predict_change=False), times)
     skip = change_skip(torch.tensor([300.0]), memory)
     assert torch.allclose(reading_change, reading_it + skip * (x - last), atol=1e-5)
-    assert change_input(x, memory.for_retrieval()) is x and change_skip(torch.tensor([300.0]), memory.for_retrieval()) is None
+    retrieval = replace(memory, recent_latents=None)
+    assert change_input(x, retrieval) is x and change_skip(torch.tensor([300.0]), retrieval) is None
 
 
 def test_the_change_skip_alone_carries_an_unchanged_chunk_to_the_last_frame():
@@ -149,14 +150,3 @@ def test_predict_change_needs_an_anchored_start_and_is_saved_with_the_context(tm
     assert loaded.predict_change and loaded.change_std == 0.2
     assert not load_memory(save_memory(replace(memory, predict_change=False), tmp_path / "v.safetensors")).predict_change
 
-
-def test_retrieval_reads_the_compressed_memory_alone():
-    encoder = MemoryEncoder(encoder_config_for("tiny", "2x2x2", recent_frames=2, anchor_noise=0.5,
-                                               predict_change=True))
-    with torch.no_grad():
-        context = build_context(encoder.config, lambda older: encoder.encode(older, 8), torch.randn(1, 16, 6, 16, 16), 8)
-    retrieval = context.for_retrieval()
-    assert retrieval.recent_latents is None and retrieval.anchor_noise is None
-    assert torch.equal(retrieval.tokens, context.tokens) and retrieval.predict_change
-    noise = torch.randn(1, 16, 1, 16, 16)
-    assert retrieval.flow_start(noise) is noise
