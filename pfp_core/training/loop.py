@@ -210,14 +210,14 @@ def build_models(settings: TrainSettings) -> Models:
     if settings.use_memory and settings.init_from is not None and settings.variant != "none":
         encoder = load_encoder(Path(settings.init_from) / "encoder.safetensors")
         encoder.config = replace(encoder.config, recent_frames=settings.recent_frames,
-                                 clean_context=settings.clean_context, anchor_noise=settings.anchor_noise)
+                                 clean_context=settings.clean_context, anchor_noise=settings.anchor_noise,
+                                 predict_change=settings.predict_change)
     elif settings.use_memory:
         encoder = MemoryEncoder(encoder_config_for(settings.model, settings.rate, settings.variant,
                                                    settings.recent_frames, settings.clean_context,
-                                                   settings.anchor_noise))
+                                                   settings.anchor_noise, settings.predict_change))
     if encoder is not None and settings.stage == "finetune":  # generation's default chunk length
-        encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames,
-                                 predict_change=settings.predict_change)
+        encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames)
     if settings.predict_change and not predicted_change_before(settings):
         # the head knew velocities of whole chunks, not of changes: start from Wan's zero head
         torch.nn.init.zeros_(dit.head.head.weight)
