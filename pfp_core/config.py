@@ -84,6 +84,9 @@ class DiTConfig(JsonConfig):
 
 
 
+CHANGE_STD = 0.05  # latent units: a little above the +-4 levels (+-0.03) of sensor noise by which unchanged frames differ
+
+
 # The paper's Table 1 variants of the memory encoder, and "none": no compressed memory at all, which with
 # recent_frames > 0 is the sliding-window baseline.
 MEMORY_VARIANTS = ("proposed", "only_lr", "without_lr", "large_patchifier")
@@ -121,7 +124,7 @@ class EncoderConfig(JsonConfig):
     # chunk's change from that frame, and an unchanged region needs no copy through attention
     # (pfp_core.model.memory.change_input); False: it reads the chunk itself, as Wan does
     predict_change: bool = False
-    change_std: float = 0.05  # the spread of a change the velocity's skip assumes (pfp_core.model.memory.change_skip)
+    change_std: float = CHANGE_STD  # the spread of a change the velocity's skip assumes (pfp_core.model.memory.change_skip)
 
     def __post_init__(self) -> None:
         if self.variant not in ENCODER_VARIANTS:

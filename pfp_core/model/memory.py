@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import save_tensors
+from ..config import CHANGE_STD
 from .rope import grid_positions
 
 
@@ -40,7 +41,12 @@ class Memory:
     clean_context: bool = False  # the clean-context pattern (pfp_core.model.dit.context_stream), set by the encoder config
     anchor_noise: float | None = None  # the chunk's flow starts at the last recent latent (EncoderConfig.anchor_noise)
     predict_change: bool = False  # the DiT reads the chunk's change from the last recent latent (change_input)
-    change_std: float = 0.05  # the spread of a change its velocity's skip assumes (change_skip)
+    change_std: float = CHANGE_STD  # the spread of a change its velocity's skip assumes (change_skip)
+
+    @property
+    def reads_change(self) -> bool:
+        """The DiT reads a chunk as its change from the last recent latent (retrieval, with none, reads it as is)."""
+        return self.predict_change and self.recent_latents is not None
 
     @property
     def batch(self) -> int:
@@ -145,7 +151,7 @@ def change_input(latents: torch.Tensor, memory: Memory | None) -> torch.Tensor:
     target stays Wan's, any sampler (ComfyUI's included) works unchanged, and an unchanged region is plain
     denoising of its own token, with no copy of the last frame through attention. Retrieval (no recent frames)
     reads the latents as they are."""
-    if memory is None or not memory.predict_change or memory.recent_latents is None:
+    if memory is None or not memory.reads_change:
         return latents
     return latents - memory.last_latent(latents)
 
@@ -156,7 +162,7 @@ def change_skip(timestep: torch.Tensor, memory: Memory | None) -> torch.Tensor |
     the velocity A eps - d from d_t is (s A^2 - (1 - s) c^2) / ((1 - s)^2 c^2 + s^2 A^2) d_t (EDM's skip,
     Karras et al. 2022). The DiT adds what that misses, so an unchanged region flows to the last frame without
     the DiT passing its input through all its layers."""
-    if memory is None or not memory.predict_change or memory.recent_latents is None:
+    if memory is None or not memory.reads_change:
         return None
     sigma = (timestep.float() / 1000).view(-1, 1, 1, 1, 1)
     noise, spread = memory.anchor_noise ** 2, memory.change_std ** 2
@@ -193,9 +199,9 @@ def load_memory(path: str | Path) -> Memory:
         latent_frames, seconds = int(metadata["latent_frames"]), float(metadata["seconds"])
         anchor_noise = json.loads(metadata.get("anchor_noise", "null"))  # files saved before it existed: pure noise
         anchor_noise = None if anchor_noise is None else float(anchor_noise)
-        change_std = float(json.loads(metadata.get("change_std", "0.05")))
+        change_std = float(json.loads(metadata.get("change_std", str(CHANGE_STD))))
     except (KeyError, ValueError, TypeError):  # refused below with the values it holds
-        latent_frames, seconds, anchor_noise, change_std = -1, math.nan, None, 0.05
+        latent_frames, seconds, anchor_noise, change_std = -1, math.nan, None, CHANGE_STD
     if tokens.dim() != 3 or positions.shape != (tokens.shape[1], 3) or latent_frames < 0 or not math.isfinite(seconds):
         raise CheckpointError(f"memory: {Path(path).name} is damaged (tokens {list(tokens.shape)}, positions "
                               f"{list(positions.shape)}, latent_frames {metadata.get('latent_frames')!r}, seconds "
