@@ -158,7 +158,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                              world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise,
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
-                             chunk_frames=args.chunk_frames, predict_change=args.predict_change)
+                             chunk_frames=args.chunk_frames, predict_change=args.predict_change,
+                             change_weighting=args.change_weighting)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -400,6 +401,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune: the DiT reads each noisy chunk minus the last history latent, so it denoises the "
                         "chunk's change from that frame and an unchanged region needs no copy (needs --recent-frames "
                         "and --anchor-noise; the encoder file records it)")
+    p.add_argument("--change-weighting", action="store_true",
+                   help="finetune, with --predict-change: weigh each sample's error by one over what the skip leaves "
+                        "of its velocity's variance (EDM's loss weight), so high noise, where the chunk's content is "
+                        "taken from the context, is not drowned by the sensor noise of low-noise samples")
     p.add_argument("--rollout-mix", type=number(float, 0, 1, low_allowed=True), default=0.0, metavar="SHARE",
                    help="finetune: share of next-chunk steps whose history ends in frames the model generated "
                         "itself (the last 4, a chunk at a time, 4 Euler steps, no gradient), so it learns to "

@@ -32,8 +32,14 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
     return (1 - s) * x0 + s * noise
 
 
-def flow_loss(predicted_velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    return (predicted_velocity.float() - (noise - x0).float()).pow(2).mean()
+def flow_loss(predicted_velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+              weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared velocity error; with `weights` [B], the weighted mean of the samples' errors."""
+    error = (predicted_velocity.float() - (noise - x0).float()).pow(2)
+    if weights is None:
+        return error.mean()
+    per_sample = error.flatten(1).mean(dim=1)
+    return (weights * per_sample).sum() / weights.sum()
 
 
 def guided(velocity_cond: Velocity, velocity_uncond: Velocity | None, scale: float) -> Velocity:

@@ -164,9 +164,29 @@ def change_skip(timestep: torch.Tensor, memory: Memory | None) -> torch.Tensor |
     the DiT passing its input through all its layers."""
     if memory is None or not memory.reads_change:
         return None
-    sigma = (timestep.float() / 1000).view(-1, 1, 1, 1, 1)
-    noise, spread = memory.anchor_noise ** 2, memory.change_std ** 2
-    return (sigma * noise - (1 - sigma) * spread) / ((1 - sigma) ** 2 * spread + sigma ** 2 * noise)
+    sigma, noise, spread = _change_flow(timestep, memory)
+    return ((sigma * noise - (1 - sigma) * spread) / _read_variance(sigma, noise, spread)).view(-1, 1, 1, 1, 1)
+
+
+def change_loss_weight(timestep: torch.Tensor, memory: Memory | None) -> torch.Tensor | None:
+    """[B] weight of each sample's velocity error, or None when the DiT reads no change: one over what the skip
+    leaves of the velocity's variance, A^2 c^2 / ((1 - s)^2 c^2 + s^2 A^2) (EDM's loss weight). Without it the
+    low-noise samples dominate the loss with an error that is mostly the frames' unpredictable sensor noise,
+    while high noise, where the DiT must take the chunk's content from its context, gets little of the gradient."""
+    if memory is None or not memory.reads_change:
+        return None
+    sigma, noise, spread = _change_flow(timestep, memory)
+    return _read_variance(sigma, noise, spread) / (noise * spread)
+
+
+def _change_flow(timestep: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, float, float]:
+    """(sigma [B], A^2, c^2) of the change's flow at a DiT timestep."""
+    return timestep.float().flatten() / 1000, memory.anchor_noise ** 2, memory.change_std ** 2
+
+
+def _read_variance(sigma: torch.Tensor, noise: float, spread: float) -> torch.Tensor:
+    """Variance of the change read at sigma, (1 - s)^2 c^2 + s^2 A^2."""
+    return (1 - sigma) ** 2 * spread + sigma ** 2 * noise
 
 
 def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:

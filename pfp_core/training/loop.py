@@ -45,7 +45,7 @@ from .export import folder_files
 from ..model.flow import add_noise, flow_loss, sample, sampling_sigmas, training_sigmas
 from .lora import LoRA, attach, freeze_base, load_lora_into, lora_for, merge_into, read_lora, save_lora
 from ..model.context import build_context
-from ..model.memory import Memory, empty_memory, with_recent
+from ..model.memory import Memory, change_loss_weight, empty_memory, with_recent
 from .precision import bf16_is_faster
 from ..model.text import HashTextEncoder
 from .text_embeddings import FrameCaptions, TextEmbeddings, load_text_embeddings
@@ -93,6 +93,7 @@ class TrainSettings:
     clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.model.dit.context_stream)
     anchor_noise: float | None = None  # finetune: chunks flow from the last recent latent plus this much noise
     predict_change: bool = False  # finetune: the DiT reads the chunk's change from the last history latent
+    change_weighting: bool = False  # with predict_change: EDM's loss weight by noise level (change_loss_weight)
     fsdp: bool = False  # shard weights, gradients and AdamW state over the torchrun processes (FSDP2) instead of DDP
 
     def __post_init__(self) -> None:
@@ -133,6 +134,9 @@ class TrainSettings:
             raise ValueError("predict-change: the change flows from the last recent frame in a finetune with an "
                              "encoder; pass --recent-frames R --anchor-noise A with stage finetune, or drop "
                              "--predict-change")
+        if self.change_weighting and not self.predict_change:
+            raise ValueError("change-weighting: weighs the errors of a change-reading DiT; pass --predict-change too, "
+                             "or drop --change-weighting")
         if self.context_window and (self.use_memory or self.stage != "finetune" or self.retrieval_mix):
             raise ValueError("context-window: the sliding-window baseline is a finetune without memory or retrieval; "
                              "use it with --no-memory --retrieval-mix 0")
@@ -393,7 +397,8 @@ def denoising_loss(models: Models, x0: torch.Tensor, memory: Memory | None, fram
     sigma = training_sigmas(x0.shape[0], settings.shift, gen).to(x0.device)
     context = text_context(models, text, frame_times, x0.device)
     velocity = models.dit(add_noise(x0, noise, sigma), sigma * 1000, context, memory, frame_times)
-    return flow_loss(velocity, x0, noise)
+    weights = change_loss_weight(sigma * 1000, memory) if settings.change_weighting else None
+    return flow_loss(velocity, x0, noise, weights)
 
 
 def train_step(trainer: torch.nn.Module, optimizer: torch.optim.Optimizer, settings: TrainSettings, step: int,

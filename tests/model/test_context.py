@@ -6,7 +6,8 @@ import torch
 from pfp_core.config import encoder_config_for
 from pfp_core.model.context import ContextCompressor, build_context
 from pfp_core.model.encoder import MemoryEncoder, cell_centres
-from pfp_core.model.memory import Memory, change_input, change_skip, empty_memory, load_memory, save_memory
+from pfp_core.model.memory import (Memory, change_input, change_loss_weight, change_skip, empty_memory, load_memory,
+                                   save_memory)
 
 
 def test_context_is_recent_latents_plus_memory_of_the_older_history(random_engine):
@@ -150,3 +151,21 @@ def test_predict_change_needs_an_anchored_start_and_is_saved_with_the_context(tm
     assert loaded.predict_change and loaded.change_std == 0.2
     assert not load_memory(save_memory(replace(memory, predict_change=False), tmp_path / "v.safetensors")).predict_change
 
+
+
+def test_the_change_loss_weight_is_one_over_what_the_skip_leaves_of_the_velocity():
+    """On changes of the assumed spread, the velocity's error after the skip alone has variance 1 / weight at every
+    noise level, so weighted errors are alike across levels (EDM's loss weight), and low noise weighs less."""
+    config = encoder_config_for("tiny", variant="none", recent_frames=1, anchor_noise=0.5, predict_change=True)
+    memory = build_context(config, None, torch.zeros(1, 16, 2, 4, 4), fps=8)
+    generator = torch.Generator().manual_seed(0)
+    change = memory.change_std * torch.randn(200_000, generator=generator)
+    noise = memory.anchor_noise * torch.randn(200_000, generator=generator)
+    timesteps = torch.tensor([50.0, 300.0, 700.0, 980.0])
+    weights = change_loss_weight(timesteps, memory)
+    for sigma, skip, weight in zip(timesteps / 1000, change_skip(timesteps, memory).flatten(), weights):
+        read = (1 - sigma) * change + sigma * noise
+        left = (noise - change) - skip * read
+        assert left.var().item() * weight.item() == pytest.approx(1.0, rel=0.02)
+    assert torch.all(weights[1:] > weights[:-1])
+    assert change_loss_weight(timesteps, replace(memory, predict_change=False)) is None

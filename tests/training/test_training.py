@@ -279,7 +279,7 @@ def test_a_change_finetune_starts_from_wans_zero_head_and_records_it(tmp_path):
     start = small(tmp_path / "start", stage="pretrain", steps=1, world="story", rate="2x2x2")
     train(start, progress=False)
     change = dict(stage="finetune", steps=2, world="story", recent_frames=1, rate="2x2x2", retrieval_mix=0.0,
-                  predict_change=True, anchor_noise=0.5, chunk_frames=2)
+                  predict_change=True, anchor_noise=0.5, chunk_frames=2, change_weighting=True)
     settings = small(tmp_path / "c", init_from=tmp_path / "start", **change)
     assert build_models(settings).dit.head.head.weight.abs().max() == 0
     train(settings, progress=False)
@@ -291,6 +291,17 @@ def test_a_change_finetune_starts_from_wans_zero_head_and_records_it(tmp_path):
 def test_predict_change_needs_an_anchored_finetune(tmp_path):
     with pytest.raises(ValueError, match="^predict-change: .* --anchor-noise"):
         small(tmp_path, stage="finetune", recent_frames=1, predict_change=True)
+    with pytest.raises(ValueError, match="^change-weighting: .* --predict-change"):
+        small(tmp_path, stage="finetune", recent_frames=1, anchor_noise=0.5, change_weighting=True)
+
+
+def test_weighted_flow_loss_is_the_weighted_mean_of_the_samples_errors():
+    from pfp_core.model.flow import flow_loss
+
+    x0, noise = torch.zeros(2, 16, 1, 4, 4), torch.zeros(2, 16, 1, 4, 4)
+    velocity = torch.stack([torch.full((16, 1, 4, 4), 1.0), torch.full((16, 1, 4, 4), 3.0)])
+    assert flow_loss(velocity, x0, noise).item() == pytest.approx(5.0)
+    assert flow_loss(velocity, x0, noise, torch.tensor([3.0, 1.0])).item() == pytest.approx((3 * 1 + 9) / 4)
 
 
 def test_context_noise_adds_noise_without_dimming_the_history():
