@@ -402,9 +402,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                         "chunk's change from that frame and an unchanged region needs no copy (needs --recent-frames "
                         "and --anchor-noise; the encoder file records it)")
     p.add_argument("--change-weighting", action="store_true",
-                   help="finetune, with --predict-change: weigh each sample's error by one over what the skip leaves "
-                        "of its velocity's variance (EDM's loss weight), so high noise, where the chunk's content is "
-                        "taken from the context, is not drowned by the sensor noise of low-noise samples")
+                   help="finetune, with --predict-change and a batch of 2 or more: the loss is the mean of the "
+                        "samples' errors weighted by one over the variance the skip leaves of their velocity (EDM's "
+                        "loss weight), so high noise, where the chunk's content is taken from the context, is not "
+                        "drowned by the sensor noise of low-noise samples")
     p.add_argument("--rollout-mix", type=number(float, 0, 1, low_allowed=True), default=0.0, metavar="SHARE",
                    help="finetune: share of next-chunk steps whose history ends in frames the model generated "
                         "itself (the last 4, a chunk at a time, 4 Euler steps, no gradient), so it learns to "

@@ -169,8 +169,8 @@ def change_skip(timestep: torch.Tensor, memory: Memory | None) -> torch.Tensor |
 
 
 def change_loss_weight(timestep: torch.Tensor, memory: Memory | None) -> torch.Tensor | None:
-    """[B] weight of each sample's velocity error, or None when the DiT reads no change: one over what the skip
-    leaves of the velocity's variance, A^2 c^2 / ((1 - s)^2 c^2 + s^2 A^2) (EDM's loss weight). Without it the
+    """[B] weight of each sample's velocity error, or None when the DiT reads no change: one over the variance the
+    skip leaves of the velocity, A^2 c^2 / ((1 - s)^2 c^2 + s^2 A^2) (EDM's loss weight). Without it the
     low-noise samples dominate the loss with an error that is mostly the frames' unpredictable sensor noise,
     while high noise, where the DiT must take the chunk's content from its context, gets little of the gradient."""
     if memory is None or not memory.reads_change:

@@ -137,6 +137,9 @@ class TrainSettings:
         if self.change_weighting and not self.predict_change:
             raise ValueError("change-weighting: weighs the errors of a change-reading DiT; pass --predict-change too, "
                              "or drop --change-weighting")
+        if self.change_weighting and self.batch < 2:
+            raise ValueError("change-weighting: weighs a batch's samples against each other, which a batch of 1 "
+                             "cannot; use --batch 2 or more, or drop --change-weighting")
         if self.context_window and (self.use_memory or self.stage != "finetune" or self.retrieval_mix):
             raise ValueError("context-window: the sliding-window baseline is a finetune without memory or retrieval; "
                              "use it with --no-memory --retrieval-mix 0")

@@ -152,7 +152,6 @@ def test_predict_change_needs_an_anchored_start_and_is_saved_with_the_context(tm
     assert not load_memory(save_memory(replace(memory, predict_change=False), tmp_path / "v.safetensors")).predict_change
 
 
-
 def test_the_change_loss_weight_is_one_over_what_the_skip_leaves_of_the_velocity():
     """On changes of the assumed spread, the velocity's error after the skip alone has variance 1 / weight at every
     noise level, so weighted errors are alike across levels (EDM's loss weight), and low noise weighs less."""

@@ -293,6 +293,9 @@ def test_predict_change_needs_an_anchored_finetune(tmp_path):
         small(tmp_path, stage="finetune", recent_frames=1, predict_change=True)
     with pytest.raises(ValueError, match="^change-weighting: .* --predict-change"):
         small(tmp_path, stage="finetune", recent_frames=1, anchor_noise=0.5, change_weighting=True)
+    with pytest.raises(ValueError, match="^change-weighting: .* --batch 2"):
+        small(tmp_path, stage="finetune", recent_frames=1, anchor_noise=0.5, predict_change=True,
+              change_weighting=True, batch=1)
 
 
 def test_weighted_flow_loss_is_the_weighted_mean_of_the_samples_errors():
