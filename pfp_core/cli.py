@@ -159,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
-                             change_weighting=args.change_weighting)
+                             change_weighting=args.change_weighting, unroll=args.unroll)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -410,6 +410,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune: share of next-chunk steps whose history ends in frames the model generated "
                         "itself (the last 4, a chunk at a time, 4 Euler steps, no gradient), so it learns to "
                         "continue its own output (drift defence)")
+    p.add_argument("--unroll", type=number(int, 0, 64, low_allowed=True), default=0, metavar="K",
+                   help="finetune: each next-chunk step predicts K chunks in a row, each the one-step estimate "
+                        "from full noise given the history plus the chunks predicted before it, with the loss on "
+                        "every chunk and its gradient through the chain (generate with --steps 1)")
     p.add_argument("--world", choices=("story", "texture"), default="texture",
                    help="procedural data: the captioned story world or Table 1's fine-texture world")
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")

@@ -11,7 +11,9 @@ story-world captions go through the built-in hash text encoder.
 Next-chunk training sees the context generation sees (pfp_core.model.context): the last `recent_frames` history latents
 uncompressed plus the memory of the older ones. Drift defence: `context_noise` corrupts that history with noise
 of a random level per clip (0 to context_noise), so the model learns to continue imperfect, self-made history;
-`rollout_mix` continues, in that share of steps, a history whose last frames the model generated itself. With
+`rollout_mix` continues, in that share of steps, a history whose last frames the model generated itself; `unroll`
+predicts several chunks in a row, one sampling step each, from the model's own predictions, with the gradient
+through the chain. With
 `anchor_noise` a chunk's flow starts at the last history latent plus scaled noise (Memory.flow_start).
 
 Scaling up: bf16 autocast on the training device over fp32 master weights, gradient checkpointing of the DiT
@@ -67,6 +69,7 @@ class TrainSettings:
     chunk_frames: int = 8  # finetune: frames generated after the history
     retrieval_mix: float = 0.25  # finetune: share of steps that keep practising retrieval, so memory stays sharp
     rollout_mix: float = 0.0  # finetune: share of next-chunk steps whose history ends in the model's own frames
+    unroll: int = 0  # finetune: next-chunk steps predict this many chunks in a row from their own predictions
     lr: float = 1e-3
     warmup: int = 50
     shift: float = 1.0
@@ -127,6 +130,10 @@ class TrainSettings:
         if not 0.0 <= self.rollout_mix <= 1.0 or (self.rollout_mix and self.stage != "finetune"):
             raise ValueError(f"rollout-mix: a share of finetune steps, from 0 to 1; got {self.rollout_mix} with stage "
                              f"{self.stage}")
+        if self.unroll < 0 or (self.unroll and (self.stage != "finetune" or self.rollout_mix)):
+            raise ValueError(f"unroll: chunks a finetune step predicts in a row, 0 (off) or more, and not with "
+                             f"--rollout-mix (which recycles history without gradient); got {self.unroll} with stage "
+                             f"{self.stage}, rollout-mix {self.rollout_mix}")
         if self.anchor_noise is not None and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
             raise ValueError("anchor-noise: chunks start from the last recent frame in a finetune with an encoder; "
                              "pass --recent-frames R with stage finetune, or drop --anchor-noise")
@@ -183,6 +190,8 @@ class Models(torch.nn.Module):
                 retrieval: bool, text: FrameCaptions | None = None, rollout: bool = False) -> torch.Tensor:
         if retrieval:
             return retrieval_loss(self, latents, settings, gen, text)
+        if settings.unroll:
+            return unrolled_loss(self, latents, settings, gen, text)
         return next_chunk_loss(self, latents, settings, gen, text, rollout)
 
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -343,6 +352,32 @@ def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettin
     return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen, text)
 
 
+def unrolled_loss(models: Models, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
+                  text: FrameCaptions | None = None) -> torch.Tensor:
+    """Stage 2 as generation runs it with one sampling step: the last `unroll` chunks of the clip are predicted
+    one after the other, each from the memory of the real history plus the chunks predicted before it, as the
+    flow's estimate of x0 from full noise (one Euler step from s = 1: the conditional mean, the prediction with
+    the least squared error). The loss is each chunk's flow error at s = 1, which is its squared error against
+    the real chunk, and its gradient runs through the whole chain: the model learns to continue its own output,
+    as autoregressive forecasters are finetuned on multi-step rollouts."""
+    split = latents.shape[2] - settings.unroll * settings.chunk_frames
+    history = corrupt(latents[:, :, :split], settings.context_noise, gen)
+    vae = SpaceToDepthVAE()
+    losses = []
+    for start in range(split, latents.shape[2], settings.chunk_frames):
+        end = start + settings.chunk_frames
+        memory = encode_memory(models, history, settings)
+        frame_times = torch.arange(start, end).expand(latents.shape[0], -1)
+        noise = chunk_noise(latents[:, :, start:end].shape, memory, gen, latents.device)
+        full_noise = torch.full((latents.shape[0],), 1000.0, device=latents.device)
+        velocity = models.dit(noise, full_noise, text_context(models, text, frame_times, latents.device), memory,
+                              frame_times)
+        losses.append(flow_loss(velocity, latents[:, :, start:end], noise))
+        # appended as generation appends it: in the VAE's range, padding channels zero (rounding has no gradient)
+        history = torch.cat((history, vae.encode(vae.decode(noise - velocity))), dim=2)
+    return torch.stack(losses).mean()
+
+
 ROLLOUT_STEPS = 4  # Euler steps of a recycled chunk: the kind of errors generation makes, at a third of its cost
 ROLLOUT_FRAMES = 4  # history frames a rollout regenerates, a chunk at a time: short chunks compound their errors
 
@@ -428,7 +463,7 @@ def step_loss(trainer: torch.nn.Module, settings: TrainSettings, step: int, rank
     history = rng.choice(settings.history_frames)
     retrieval = settings.stage == "pretrain" or rng.random() < settings.retrieval_mix
     rollout = not retrieval and settings.rollout_mix > 0 and rng.random() < settings.rollout_mix
-    frames = history + (0 if retrieval else settings.chunk_frames)
+    frames = history + (0 if retrieval else settings.chunk_frames * max(1, settings.unroll))
     clips = batch_videos(settings, data, rng, frames)
     latents = SpaceToDepthVAE().encode(clips.pixels).to(device)
     text_len = getattr(trainer, "module", trainer).dit.config.text_len  # DDP keeps the model as .module

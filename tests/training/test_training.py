@@ -6,6 +6,7 @@ import random
 import resource
 import signal
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_wan_file
@@ -15,8 +16,9 @@ from pfp_core.training import procedural, storyworld
 from pfp_core.model.checkpoint import CheckpointError, load_encoder
 from pfp_core.config import DiTConfig
 from pfp_core.model.dit import WanDiT
-from pfp_core.training.loop import (TrainSettings, build_models, encode_memory, next_chunk_loss, recycled_history,
-                                    retrieval_loss, set_grad_checkpointing, step_rng, train, train_step)
+from pfp_core.training.loop import (TrainSettings, build_models, chunk_noise, encode_memory, next_chunk_loss,
+                                    recycled_history, retrieval_loss, set_grad_checkpointing, step_rng, train,
+                                    train_step, unrolled_loss)
 from pfp_core.model.vae import SpaceToDepthVAE
 
 
@@ -271,6 +273,71 @@ def test_a_rollout_step_continues_a_history_that_ends_in_the_models_own_chunks(t
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
     with pytest.raises(ValueError, match="^rollout-mix:"):
         small(tmp_path, stage="pretrain", rollout_mix=0.5)
+
+
+def unroll_settings(tmp_path, **changes) -> TrainSettings:
+    return small(tmp_path, stage="finetune", world="story", recent_frames=1, anchor_noise=0.5, predict_change=True,
+                 rate="2x2x2", retrieval_mix=0.0, history_frames=(6,), chunk_frames=1, unroll=3, **changes)
+
+
+def story_latents(frames: int) -> torch.Tensor:
+    clips = [storyworld.make_story_video(storyworld.story_seed(seed), 2, "panning").frames[:frames] for seed in (4, 5)]
+    return SpaceToDepthVAE().encode(procedural.to_pixels(np.stack(clips)))
+
+
+def test_an_unrolled_step_with_the_zero_head_scores_copying_the_last_frame(tmp_path):
+    """The zero head of a change-reading DiT predicts, in one step from full noise, the last frame; unrolled, each
+    chunk continues the one before it, so all three predictions are the last real frame and the loss is the
+    squared error of copying it forward."""
+    settings = unroll_settings(tmp_path)
+    models = build_models(settings)
+    latents = story_latents(9)
+    with torch.no_grad():
+        loss = unrolled_loss(models, latents, settings, torch.Generator().manual_seed(0))
+    copied = (latents[:, :, 5:6] - latents[:, :, 6:]).pow(2).mean()
+    assert loss.item() == pytest.approx(copied.item(), rel=1e-5) and copied > 1e-3
+
+
+def test_an_unrolled_step_continues_its_own_predictions_with_the_gradient_through_them(tmp_path):
+    """Each chunk is predicted from the history plus the chunks predicted before it (not the real ones), and
+    the loss's gradient differs from that of the same predictions cut off from the chain."""
+    settings = unroll_settings(tmp_path)
+    models = build_models(settings)
+    torch.nn.init.normal_(models.dit.head.head.weight, std=0.05)  # a head that changes the chunk
+    latents, vae = story_latents(9), SpaceToDepthVAE()
+
+    def by_hand(cut: bool) -> torch.Tensor:
+        gen, history, losses = torch.Generator().manual_seed(0), latents[:, :, :6], []
+        for start in range(6, 9):
+            memory = encode_memory(models, history, settings)
+            frame_times = torch.arange(start, start + 1).expand(2, -1)
+            noise = chunk_noise(latents[:, :, start:start + 1].shape, memory, gen, latents.device)
+            velocity = models.dit(noise, torch.full((2,), 1000.0), torch.zeros(2, 1, models.dit.config.text_dim),
+                                  memory, frame_times)
+            losses.append((noise - velocity - latents[:, :, start:start + 1]).pow(2).mean())
+            predicted = vae.encode(vae.decode(noise - velocity))
+            history = torch.cat((history, predicted.detach() if cut else predicted), dim=2)
+        return torch.stack(losses).mean()
+
+    def gradient(loss: torch.Tensor) -> torch.Tensor:
+        models.zero_grad()
+        loss.backward()
+        return models.dit.head.head.weight.grad.clone()
+
+    unrolled = unrolled_loss(models, latents, settings, torch.Generator().manual_seed(0))
+    assert unrolled.item() == pytest.approx(by_hand(cut=False).item(), rel=1e-4)
+    through, cut = gradient(unrolled), gradient(by_hand(cut=True))
+    assert torch.allclose(through, gradient(by_hand(cut=False)), rtol=1e-3, atol=1e-7)
+    assert not torch.allclose(through, cut, rtol=1e-2, atol=1e-6)
+
+
+def test_an_unrolled_finetune_trains_and_refuses_what_it_cannot_do(tmp_path):
+    losses = train(unroll_settings(tmp_path, steps=3), progress=False)
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    with pytest.raises(ValueError, match="^unroll:"):
+        unroll_settings(tmp_path, rollout_mix=0.5)
+    with pytest.raises(ValueError, match="^unroll:"):
+        small(tmp_path, stage="pretrain", unroll=2)
 
 
 def test_a_change_finetune_starts_from_wans_zero_head_and_records_it(tmp_path):
