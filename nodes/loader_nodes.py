@@ -50,6 +50,8 @@ class LoadMemoryEncoder(io.ComfyNode):
         handle = EncoderHandle.load(encoder_path(encoder_name), DTYPES[dtype])
         c = handle.config
         info = f"base {c.base_model}, width {c.dim}, rate {c.rate}, {c.variant}, {c.fps} fps"
+        if c.sampling_steps:  # what the pair was finetuned to sample with: the sampler's steps should match
+            info += f", finetuned for {c.sampling_steps} sampling step{'s' * (c.sampling_steps > 1)} a chunk"
         return io.NodeOutput(handle, ui={"text": [info]})
 
 

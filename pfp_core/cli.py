@@ -48,19 +48,20 @@ def run_generation(args: argparse.Namespace, image: np.ndarray, storyboard: str,
     engine = load_engine(args.encoder, args.dit)
     video = VideoSettings(seconds=args.seconds, chunk_seconds=args.chunk_seconds or engine.chunk_frames / engine.fps,
                           history_seconds=args.history_seconds, seed=args.seed)
-    sampler = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, solver=args.solver)
+    sampler = SamplerSettings(steps=args.steps or engine.sampling_steps, cfg=args.cfg, shift=args.shift, solver=args.solver)
     started = time.time()
     with tqdm(desc="generate", unit="step", disable=args.quiet) as bar:
         result = generate(engine, image, storyboard, video, sampler, chunks, progress_callbacks(bar), args.global_prompt)
     write_result(result, out_video, engine.fps)
-    return result, engine, time.time() - started
+    return result, summary(result, engine.fps, sampler.steps, time.time() - started, out_video)
 
 
-def summary(result, fps: int, seconds_taken: float, out_video: Path) -> str:
+def summary(result, fps: int, steps: int, seconds_taken: float, out_video: Path) -> str:
     frames = result.frames.shape[0]
     tokens = f"{min(result.memory_tokens)}-{max(result.memory_tokens)}" if result.memory_tokens else "n/a"
     return (f"{frames} frames ({frames / fps:.2f} s at {fps} fps), {len(result.memory_tokens) + result.resumed_chunks} "
-            f"chunks ({result.resumed_chunks} resumed), memory tokens {tokens}, {seconds_taken:.1f} s -> {out_video}")
+            f"chunks ({result.resumed_chunks} resumed) of {steps} sampling step{'s' * (steps > 1)}, memory tokens "
+            f"{tokens}, {seconds_taken:.1f} s -> {out_video}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -70,13 +71,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out = limits.output_folder(args.out, "out")
     video = demo_video(max(2, int(np.ceil(args.seconds))))
     given = video.frames[:video.fps]  # the first second is given; the rest follows the video's own storyboard
-    result, engine, taken = run_generation(args, given, video.storyboard, out / "demo.mp4", out / "demo_chunks")
+    result, report = run_generation(args, given, video.storyboard, out / "demo.mp4", out / "demo_chunks")
     generated = result.frames.numpy()
     truth = video.frames[:len(generated)]
     gap = np.zeros((6, contact_sheet(truth).shape[1], 3), np.uint8)
     save_image(np.concatenate([contact_sheet(truth), gap, contact_sheet(generated)]), out / "demo_frames.png")
     print(f"demo: storyboard '{video.storyboard}'")
-    print("demo: " + summary(result, engine.fps, taken, out / "demo.mp4"))
+    print("demo: " + report)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -88,8 +89,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise ValueError(f"out: '{out.name}' must end in .mp4 (the video is written as mp4)")
     storyboard = read_storyboard(args.storyboard)
     chunks = limits.output_folder(args.chunks_dir or out.with_name(out.stem + "_chunks"), "chunks-dir")
-    result, engine, taken = run_generation(args, load_image(args.image), storyboard, out, chunks)
-    print("generate: " + summary(result, engine.fps, taken, out))
+    print("generate: " + run_generation(args, load_image(args.image), storyboard, out, chunks)[1])
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -125,16 +125,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_continuation(args: argparse.Namespace) -> None:
-    from .bench.continuation import ContinuationSettings, engine_generator, evaluate_continuation, format_report
+    from .bench.continuation import (ContinuationSettings, engine_generator, evaluate_continuation, format_report,
+                                     steps_used)
     from .generation.pipeline import BASELINE_DIT, BASELINE_ENCODER, load_engine
 
     settings = ContinuationSettings(videos=args.videos, seed=args.seed, steps=args.steps, shift=args.shift,
                                     project_chunks=not args.no_projection)
-    model = engine_generator(load_engine(args.encoder, args.dit), settings)
-    window = engine_generator(load_engine(args.baseline_encoder or BASELINE_ENCODER, args.baseline_dit or BASELINE_DIT),
-                              settings)
+    model = load_engine(args.encoder, args.dit)
+    window = load_engine(args.baseline_encoder or BASELINE_ENCODER, args.baseline_dit or BASELINE_DIT)
     with tqdm(total=2 * settings.videos, desc="eval-continuation", disable=args.quiet) as bar:
-        report = evaluate_continuation(model, window, settings, lambda text: bar.update(1))
+        report = evaluate_continuation(engine_generator(model, settings), engine_generator(window, settings), settings,
+                                       lambda text: bar.update(1))
+    report["settings"]["sampling_steps"] = steps_used(settings, model, window)
     if not args.json:
         print(format_report(report))
     print(json.dumps(report))
@@ -166,12 +168,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
-    from .training.recipes import CHANGE_STEPS, train_tiny
+    from .training.recipes import CHANGE_STEPS, UNROLL_STEPS, train_tiny
 
     train_tiny(Path(args.out), Path(args.init_from), args.steps, progress=not args.quiet,
-               change_steps=args.change_steps or CHANGE_STEPS)
-    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_change'}, sliding-window baseline in "
-          f"{Path(args.out) / 'sw_change'}")
+               change_steps=args.change_steps or CHANGE_STEPS, unroll_steps=args.unroll_steps or UNROLL_STEPS)
+    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_unroll'}, sliding-window baseline in "
+          f"{Path(args.out) / 'sw_unroll'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -356,7 +358,8 @@ def add_generation_flags(p: argparse.ArgumentParser, default_seconds: float | No
     p.add_argument("--encoder", help="memory encoder .safetensors (default: embedded tiny)")
     p.add_argument("--dit", help="DiT .safetensors (default: embedded tiny)")
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--steps", type=number(int, 0, 1000), default=12, help="sampling steps per chunk")
+    p.add_argument("--steps", type=number(int, 0, 1000), default=None,
+                   help="sampling steps per chunk (default: the steps the pair was finetuned for, else 12)")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--shift", type=number(float, 0, 100), default=1.0, help="noise schedule shift")
     p.add_argument("--solver", choices=("euler", "heun"), default="euler")
@@ -510,7 +513,8 @@ def add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-dit", help="sliding-window baseline DiT (default: embedded)")
     p.add_argument("--videos", type=positive_int, default=8, help="videos per scene")
     p.add_argument("--seed", type=seed, default=0, help="held-out videos from seeds SEED..SEED+VIDEOS-1")
-    p.add_argument("--steps", type=positive_int, default=12, help="sampling steps per chunk")
+    p.add_argument("--steps", type=number(int, 0, 1000), default=None,
+                   help="sampling steps per chunk (default: each pair its own, the steps it was finetuned for, else 12)")
     p.add_argument("--shift", type=number(float, 0, 100), default=1.0, help="sampling schedule shift")
     p.add_argument("--no-projection", action="store_true",
                    help="append generated chunks to the history as sampled (drift-defence ablation)")
@@ -527,13 +531,17 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_train)
     p = sub.add_parser("train-tiny", help="reproduce the embedded tiny pair and its sliding-window baseline (resumable)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for the five runs (pfp_pre, pfp_ft, sw_ft, then the shipped pfp_change and sw_change)")
+                   help="folder for the seven runs (pfp_pre, pfp_ft, sw_ft, pfp_change, sw_change, then the shipped "
+                        "pfp_unroll and sw_unroll)")
     p.add_argument("--init-from", required=True, metavar="DIR",
                    help="folder with the starting dit.safetensors and encoder.safetensors (README: which ones)")
     p.add_argument("--steps", type=positive_int, default=8000, help="finetuning steps of pfp (the baseline gets "
                    "500 more, as many as pfp's pretraining)")
     p.add_argument("--change-steps", type=positive_int, default=None,
-                   help="steps of the change finetune that makes the shipped pair and its baseline (default: as shipped)")
+                   help="steps of the change finetune (stage 3; default: as shipped)")
+    p.add_argument("--unroll-steps", type=positive_int, default=None,
+                   help="steps of the unrolled finetune that makes the shipped pair and its baseline (stage 4; "
+                        "default: as shipped)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_tiny)
     p = sub.add_parser("export", help="a training folder -> a DiT or LoRA file for ComfyUI's stock loaders")

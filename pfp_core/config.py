@@ -84,6 +84,7 @@ class DiTConfig(JsonConfig):
 
 
 
+DEFAULT_SAMPLING_STEPS = 12  # Euler steps per chunk of a pair that records none
 CHANGE_STD = 0.05  # latent units: a little above the +-4 levels (+-0.03) of sensor noise by which unchanged frames differ
 
 
@@ -120,6 +121,10 @@ class EncoderConfig(JsonConfig):
     # latent frames per chunk the pair was finetuned to generate, the chunk length generation uses unless told
     # otherwise; None: not recorded (1 s chunks)
     chunk_frames: int | None = None
+    # Euler steps per chunk the pair was finetuned to sample with, what generation uses unless told otherwise: an
+    # unrolled finetune (`finetune --unroll`) trains the one-step estimate, so it records 1; None: not recorded
+    # (DEFAULT_SAMPLING_STEPS)
+    sampling_steps: int | None = None
     # the DiT reads the noisy chunk minus the last recent latent, so with the anchored start it denoises the
     # chunk's change from that frame, and an unchanged region needs no copy through attention
     # (pfp_core.model.memory.change_input); False: it reads the chunk itself, as Wan does
@@ -137,6 +142,8 @@ class EncoderConfig(JsonConfig):
             raise ValueError("recent_frames: the 'none' variant has no memory, so it needs recent frames (> 0)")
         if self.chunk_frames is not None and (not isinstance(self.chunk_frames, int) or self.chunk_frames < 1):
             raise ValueError(f"chunk_frames: must be a positive whole number of latent frames, got {self.chunk_frames}")
+        if self.sampling_steps is not None and (not isinstance(self.sampling_steps, int) or self.sampling_steps < 1):
+            raise ValueError(f"sampling_steps: must be a positive whole number of steps, got {self.sampling_steps}")
         if not self.change_std > 0:
             raise ValueError(f"change_std: must be a positive spread of latent values, got {self.change_std}")
         if self.predict_change and self.anchor_noise is None:

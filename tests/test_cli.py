@@ -113,3 +113,27 @@ def test_a_finetune_records_its_chunk_length_and_generation_uses_it(tmp_path, ca
                  "--seconds", "1", "--steps", "2", "--encoder", str(out / "encoder.safetensors"),
                  "--dit", str(out / "dit.safetensors"), "--out", str(tmp_path / "v.mp4"), "--quiet"]) == 0
     assert "8 frames (1.00 s at 8 fps), 4 chunks" in capsys.readouterr().out  # frame 0 given, then 2 frames a chunk
+
+
+def test_an_unrolled_finetune_records_one_sampling_step_and_generation_and_evaluation_use_it(tmp_path, capsys):
+    """Each pair samples with the steps it was finetuned for unless --steps says otherwise: in generate, and in
+    eval-continuation for the model and its sliding-window baseline separately."""
+    from pfp_core.generation.pipeline import BASELINE_DIT, BASELINE_ENCODER, load_engine
+
+    out = tmp_path / "run"
+    assert main(["finetune", "--out", str(out), "--rate", "2x2x2", "--world", "story", "--recent-frames", "1",
+                 "--predict-change", "--anchor-noise", "0.5", "--unroll", "2", "--steps", "1", "--batch", "1",
+                 "--history-frames", "8", "--retrieval-mix", "0", "--quiet"]) == 0
+    pair = ["--encoder", str(out / "encoder.safetensors"), "--dit", str(out / "dit.safetensors")]
+    save_image(np.full((32, 32, 3), 90, np.uint8), tmp_path / "start.png")
+    generate = ["generate", "--image", str(tmp_path / "start.png"), "--storyboard", "0s: camera holds", "--seconds",
+                "2", *pair, "--out", str(tmp_path / "v.mp4"), "--chunks-dir", str(tmp_path / "c"), "--quiet"]
+    assert main(generate) == 0 and "of 1 sampling step," in capsys.readouterr().out
+    assert main([*generate[:-2], str(tmp_path / "c3"), "--steps", "3", "--quiet"]) == 0
+    assert "of 3 sampling steps," in capsys.readouterr().out
+    window_steps = load_engine(BASELINE_ENCODER, BASELINE_DIT).sampling_steps
+    for steps, expected in (([], {"model": 1, "sliding_window": window_steps}),
+                            (["--steps", "2"], {"model": 2, "sliding_window": 2})):
+        capsys.readouterr()
+        assert main(["eval-continuation", *pair, "--videos", "1", "--json", "--quiet", *steps]) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1])["settings"]["sampling_steps"] == expected

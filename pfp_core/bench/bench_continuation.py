@@ -17,7 +17,7 @@ import numpy as np
 
 from ..training import storyworld
 from .continuation import (BASELINES, ContinuationSettings, Generate, baseline_frames, colour_drift, engine_generator,
-                           evaluate_continuation)
+                           evaluate_continuation, steps_used)
 from ..generation.pipeline import BASELINE_DIT, BASELINE_ENCODER, load_engine
 
 ROLLOUT_SEEDS = 500  # held-out seeds of the rollouts start here, past eval-continuation's
@@ -27,7 +27,7 @@ ROLLOUT_SEEDS = 500  # held-out seeds of the rollouts start here, past eval-cont
 class ContinuationBench:
     videos: int = 8
     seed: int = 0
-    steps: int = 12
+    steps: int | None = None  # None: each pair the sampling steps it was finetuned for
     rollout_seconds: int = 30
     rollout_videos: int = 2
 
@@ -80,6 +80,7 @@ def run_bench(bench: ContinuationBench, progress: Callable[[str], None] = lambda
     window = cached(engine_generator(baseline, settings))
     main = cached(engine_generator(model, settings))
     report = {"bench": vars(bench).copy(), "model": evaluate_continuation(main, window, settings, progress)}
+    report["bench"]["sampling_steps"] = steps_used(settings, model, baseline)
     unprojected = replace(settings, project_chunks=False)
     ablation = evaluate_continuation(engine_generator(model, unprojected), window, unprojected, progress)
     report["ablations"] = {"no_projection": {scene: ablation["scenes"][scene]["model"] for scene in storyworld.SCENES}}
@@ -96,7 +97,9 @@ def markdown(report: dict, command: str) -> str:
     lines = ["# Continuation of held-out story-world videos", "", f"Command: `{command}`", "",
              "The model gets the first 8 frames (1 s) and generates to 64 frames, one chunk a second, from the "
              "video's own storyboard. PSNRs pool the squared error over the frames and pixels in question, per "
-             "video; figures are means over videos. Drift: distance of mean colours in 8-bit levels.", ""]
+             "video; figures are means over videos. Drift: distance of mean colours in 8-bit levels.", "",
+             "Euler steps per chunk, each pair the steps it was finetuned for: " + ", ".join(
+                 f"{name} {steps}" for name, steps in report["bench"]["sampling_steps"].items()) + ".", ""]
     for scene, figures in model["scenes"].items():
         rows = {"pfp (embedded)": figures["model"],
                 "pfp, chunks not projected": report["ablations"]["no_projection"][scene],

@@ -43,7 +43,7 @@ class ContinuationSettings:
     seed: int = 0
     given_frames: int = 8
     total_frames: int = 64
-    steps: int = 12
+    steps: int | None = None  # sampling steps per chunk; None: each pair the steps it was finetuned for
     shift: float = 1.0  # sampling schedule shift
     history_seconds: float = 20.0
     project_chunks: bool = True
@@ -63,11 +63,11 @@ def continue_video(engine: Engine, video: storyworld.StoryVideo, settings: Conti
     chunk_frames = engine.chunk_frames
     parsed = parse_storyboard(storyboard or video.storyboard)
     plan = plan_chunks(parsed, settings.total_frames / fps, chunk_frames / fps)
+    steps = settings.steps or engine.sampling_steps
     request = GenerationRequest(to_pixels(video.frames[None, :settings.given_frames]), [c.prompt for c in plan],
                                 settings.total_frames, chunk_frames, round(settings.history_seconds * fps), seed,
-                                settings.steps, engine.encoder.config.latent_stride[0], settings.project_chunks)
-    sampler = FlowChunkSampler(engine.dit, engine.text_encoder,
-                               SamplerSettings(steps=settings.steps, shift=settings.shift))
+                                steps, engine.encoder.config.latent_stride[0], settings.project_chunks)
+    sampler = FlowChunkSampler(engine.dit, engine.text_encoder, SamplerSettings(steps=steps, shift=settings.shift))
     with torch.no_grad():
         return AutoregressiveGenerator(engine.memory_updater(), sampler, engine.vae).run(request).frames.numpy()
 
@@ -226,3 +226,8 @@ def format_report(report: dict) -> str:
 
 def engine_generator(engine: Engine, settings: ContinuationSettings) -> Generate:
     return lambda video, seed: continue_video(engine, video, settings, seed)
+
+
+def steps_used(settings: ContinuationSettings, model: Engine, sliding_window: Engine) -> dict[str, int]:
+    """The sampling steps each pair runs with under `settings`, for the report."""
+    return {"model": settings.steps or model.sampling_steps, "sliding_window": settings.steps or sliding_window.sampling_steps}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import limits
+from ..config import DEFAULT_SAMPLING_STEPS
 from ..model.checkpoint import check_compatible, load_dit, load_encoder
 from .chunk_store import ChunkStore
 from ..model.dit import ContextCache, WanDiT
@@ -34,7 +35,7 @@ BASELINE_DIT = WEIGHTS / "diffusion_models" / "pfp_tiny_sliding_window_dit.safet
 
 @dataclass
 class SamplerSettings:
-    steps: int = 12
+    steps: int = DEFAULT_SAMPLING_STEPS
     cfg: float = 1.0
     shift: float = 1.0
     solver: str = "euler"
@@ -88,6 +89,11 @@ class Engine:
     def chunk_frames(self) -> int:
         """The chunk length the pair was finetuned for (1 s when its encoder does not record one)."""
         return self.encoder.config.chunk_frames or self.fps
+
+    @property
+    def sampling_steps(self) -> int:
+        """The Euler steps per chunk the pair was finetuned to sample with (12 when its encoder records none)."""
+        return self.encoder.config.sampling_steps or DEFAULT_SAMPLING_STEPS
 
     def memory_updater(self) -> ContextCompressor:
         """A fresh context compressor for one run: recent frames plus incrementally updated memory."""

@@ -232,8 +232,9 @@ def build_models(settings: TrainSettings) -> Models:
         encoder = MemoryEncoder(encoder_config_for(settings.model, settings.rate, settings.variant,
                                                    settings.recent_frames, settings.clean_context,
                                                    settings.anchor_noise, settings.predict_change))
-    if encoder is not None and settings.stage == "finetune":  # generation's default chunk length
-        encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames)
+    if encoder is not None and settings.stage == "finetune":  # generation's default chunk length and steps
+        encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames,
+                                 sampling_steps=1 if settings.unroll else None)
     if settings.predict_change and not predicted_change_before(settings):
         # the head knew velocities of whole chunks, not of changes: start from Wan's zero head
         torch.nn.init.zeros_(dit.head.head.weight)

@@ -75,7 +75,8 @@ def report(data: dict) -> str:
     return "\n".join([
         "# ComfyUI server RAM over a run (tiny workflow, VIDEO out)", "",
         f"Machine: {data['machine']}. Each run on a fresh ComfyUI 0.3.64 server (`--cpu`), the tiny workflow "
-        "(`workflows/api/pfp_tiny_cpu_api.json`, 32x32 at 8 fps, 1 s chunks, 8 steps) with `seconds` set; the "
+        f"(`workflows/api/pfp_tiny_cpu_api.json`, 32x32 at 8 fps, 1 s chunks, {data['steps']} sampling steps) with "
+        "`seconds` set; the "
         "server's VmRSS sampled every 50 ms. Made by `tests/integration/memory_bench.py`.", "",
         *rows, "",
         "The sampler returns a VIDEO read from the chunk files, and SaveVideo encodes it one chunk at a time, so "
@@ -100,7 +101,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="pfp_ram_") as tmp:
             runs.append(measure(seconds, Path(tmp)))
             print(json.dumps(runs[-1]), flush=True)
-    data = {"machine": f"{platform.machine()}, {platform.python_version()}", "runs": runs, "wan_plan": wan_plan()}
+    data = {"machine": f"{platform.machine()}, {platform.python_version()}", "runs": runs, "wan_plan": wan_plan(),
+            "steps": tiny_workflow("steps", 1.0)["8"]["inputs"]["steps"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "comfy_ram.json").write_text(json.dumps(data, indent=1) + "\n")
     (args.out / "comfy_ram.md").write_text(report(data))

@@ -276,8 +276,9 @@ def test_a_rollout_step_continues_a_history_that_ends_in_the_models_own_chunks(t
 
 
 def unroll_settings(tmp_path, **changes) -> TrainSettings:
-    return small(tmp_path, stage="finetune", world="story", recent_frames=1, anchor_noise=0.5, predict_change=True,
-                 rate="2x2x2", retrieval_mix=0.0, history_frames=(6,), chunk_frames=1, unroll=3, **changes)
+    return small(tmp_path, **{**dict(stage="finetune", world="story", recent_frames=1, anchor_noise=0.5,
+                                     predict_change=True, rate="2x2x2", retrieval_mix=0.0, history_frames=(6,),
+                                     chunk_frames=1, unroll=3), **changes})
 
 
 def story_latents(frames: int) -> torch.Tensor:
@@ -331,9 +332,14 @@ def test_an_unrolled_step_continues_its_own_predictions_with_the_gradient_throug
     assert not torch.allclose(through, cut, rtol=1e-2, atol=1e-6)
 
 
-def test_an_unrolled_finetune_trains_and_refuses_what_it_cannot_do(tmp_path):
-    losses = train(unroll_settings(tmp_path, steps=3), progress=False)
+def test_an_unrolled_finetune_trains_records_one_step_and_refuses_what_it_cannot_do(tmp_path):
+    """It trains the one-step estimate, so its encoder file records one sampling step; a finetune from it without
+    the unroll records none again."""
+    losses = train(unroll_settings(tmp_path / "u", steps=3), progress=False)
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    assert load_encoder(tmp_path / "u" / "encoder.safetensors").config.sampling_steps == 1
+    plain = unroll_settings(tmp_path / "p", steps=1, unroll=0, init_from=tmp_path / "u")
+    assert build_models(plain).encoder.config.sampling_steps is None
     with pytest.raises(ValueError, match="^unroll:"):
         unroll_settings(tmp_path, rollout_mix=0.5)
     with pytest.raises(ValueError, match="^unroll:"):
