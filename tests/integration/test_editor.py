@@ -88,5 +88,6 @@ def test_edit_the_storyboard_and_seed_then_run_again(server):
     assert edited.startswith("new run pfp_tiny/run_") and edited.split(":")[0] != first.split(":")[0], edited
     assert restored.startswith(f"resumed {first.split()[2]}") and "(4 resumed, 0 generated)" in restored, restored
     assert report["encoderText"].startswith("base tiny, width 128"), report["encoderText"]
+    assert report["encoderText"].endswith("finetuned for 1 sampling step a chunk"), report["encoderText"]
     videos = sorted((server.output / "pfp_tiny").glob("video_*.mp4"))
     assert len(videos) == 3 and all(v.stat().st_size > 0 for v in videos)
