@@ -168,12 +168,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
-    from .training.recipes import CHANGE_STEPS, UNROLL_STEPS, train_tiny
+    from .training.recipes import CHANGE_STEPS, COOLDOWN_STEPS, UNROLL_STEPS, train_tiny
 
     train_tiny(Path(args.out), Path(args.init_from), args.steps, progress=not args.quiet,
-               change_steps=args.change_steps or CHANGE_STEPS, unroll_steps=args.unroll_steps or UNROLL_STEPS)
-    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_unroll'}, sliding-window baseline in "
-          f"{Path(args.out) / 'sw_unroll'}")
+               change_steps=args.change_steps or CHANGE_STEPS, unroll_steps=args.unroll_steps or UNROLL_STEPS,
+               cooldown_steps=args.cooldown_steps or COOLDOWN_STEPS)
+    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_cooldown'}, sliding-window baseline in "
+          f"{Path(args.out) / 'sw_cooldown'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -531,8 +532,8 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_train)
     p = sub.add_parser("train-tiny", help="reproduce the embedded tiny pair and its sliding-window baseline (resumable)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for the seven runs (pfp_pre, pfp_ft, sw_ft, pfp_change, sw_change, then the shipped "
-                        "pfp_unroll and sw_unroll)")
+                   help="folder for the nine runs (pfp_pre, pfp_ft, sw_ft, pfp_change, sw_change, pfp_unroll, "
+                        "sw_unroll, then the shipped pfp_cooldown and sw_cooldown)")
     p.add_argument("--init-from", required=True, metavar="DIR",
                    help="folder with the starting dit.safetensors and encoder.safetensors (README: which ones)")
     p.add_argument("--steps", type=positive_int, default=8000, help="finetuning steps of pfp (the baseline gets "
@@ -540,8 +541,10 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--change-steps", type=positive_int, default=None,
                    help="steps of the change finetune (stage 3; default: as shipped)")
     p.add_argument("--unroll-steps", type=positive_int, default=None,
-                   help="steps of the unrolled finetune that makes the shipped pair and its baseline (stage 4; "
-                        "default: as shipped)")
+                   help="steps of the unrolled finetune (stage 4; default: as shipped)")
+    p.add_argument("--cooldown-steps", type=positive_int, default=None,
+                   help="steps of the cooldown at a fifth of the learning rate that makes the shipped pair and its "
+                        "baseline (stage 5; default: as shipped)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_tiny)
     p = sub.add_parser("export", help="a training folder -> a DiT or LoRA file for ComfyUI's stock loaders")

@@ -7,8 +7,9 @@ then the change finetune (stage 3): the DiT reads each chunk's change from the l
 (EncoderConfig.predict_change), each chunk flowing from that latent plus half-scale noise, without context noise
 (it taught the change reading to smooth the last frame) and at shift 3 (more high-noise steps), then the unrolled
 finetune (stage 4): each step predicts 3 chunks in a row, each the one-step estimate continuing the model's own
-chunks before it, with the loss on all three (TrainSettings.unroll), so the pair samples with one step.
-Sliding window: the same stages 2, 3 and 4 from the same start, its context the last 9 latent frames alone (576
+chunks before it, with the loss on all three (TrainSettings.unroll), so the pair samples with one step, then
+the same at a fifth of the learning rate (stage 5, the cooldown).
+Sliding window: the same stages 2 to 5 from the same start, its context the last 9 latent frames alone (576
 tokens; pfp's context is at most 560 tokens within eval-continuation's 8 s videos). Every run checkpoints and
 resumes, so the recipe can be stopped and continued; the step counts cap the stages.
 """
@@ -27,18 +28,24 @@ CHANGE_STEPS = 2600  # stage 3 of the shipped pair (README: Tiny default)
 UNROLL_STEPS = 3000  # stage 4, the shipped pair
 UNROLL_CHUNKS = 3
 UNROLL_HISTORY = (8, 16, 24, 32, 40)  # plus the 3 unrolled chunks: at most 64 frames, eval-continuation's length
+COOLDOWN_STEPS = 800  # stage 5, the shipped pair
+COOLDOWN_LR = 1e-4
 
 
 def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain_steps: int = 500,
-                change_steps: int = CHANGE_STEPS, unroll_steps: int = UNROLL_STEPS) -> list[dict]:
+                change_steps: int = CHANGE_STEPS, unroll_steps: int = UNROLL_STEPS,
+                cooldown_steps: int = COOLDOWN_STEPS) -> list[dict]:
     """TrainSettings arguments of every stage in the order they run (a stage's --init-from folder exists only
     once the stage before it ran); `init_from` holds the starting dit.safetensors and encoder.safetensors. The
-    shipped pair is pfp_unroll, its baseline sw_unroll."""
+    shipped pair is pfp_cooldown, its baseline sw_cooldown."""
     common = dict(world="story", batch=4, lr=5e-4, checkpoint_every=100, rate="2x2x2")
     finetune = dict(stage="finetune", history_frames=FINETUNE_HISTORY, context_noise=0.15, **common)
     change = dict(finetune, steps=change_steps, predict_change=True, anchor_noise=0.5, context_noise=0.0, shift=3.0,
                   checkpoint_every=200)
     unroll = dict(change, steps=unroll_steps, history_frames=UNROLL_HISTORY, unroll=UNROLL_CHUNKS, checkpoint_every=100)
+    # a fifth of the learning rate settles the weights between stage 4's noisy checkpoints; another seed draws
+    # other batches than stage 4's first ones
+    cooldown = dict(unroll, steps=cooldown_steps, lr=COOLDOWN_LR, seed=1)
     pfp = dict(recent_frames=RECENT_FRAMES, retrieval_mix=0.2)
     window = dict(variant="none", recent_frames=SLIDING_WINDOW_FRAMES, retrieval_mix=0.0)
     return [dict(stage="pretrain", out=out / "pfp_pre", init_from=init_from, steps=pretrain_steps,
@@ -48,13 +55,17 @@ def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain
             dict(out=out / "pfp_change", init_from=out / "pfp_ft", **pfp, **change),
             dict(out=out / "sw_change", init_from=out / "sw_ft", **window, **change),
             dict(out=out / "pfp_unroll", init_from=out / "pfp_change", **pfp, **unroll),
-            dict(out=out / "sw_unroll", init_from=out / "sw_change", **window, **unroll)]
+            dict(out=out / "sw_unroll", init_from=out / "sw_change", **window, **unroll),
+            dict(out=out / "pfp_cooldown", init_from=out / "pfp_unroll", **pfp, **cooldown),
+            dict(out=out / "sw_cooldown", init_from=out / "sw_unroll", **window, **cooldown)]
 
 
 def train_tiny(out: Path, init_from: Path, finetune_steps: int, progress: bool = True, pretrain_steps: int = 500,
-               change_steps: int = CHANGE_STEPS, unroll_steps: int = UNROLL_STEPS) -> None:
+               change_steps: int = CHANGE_STEPS, unroll_steps: int = UNROLL_STEPS,
+               cooldown_steps: int = COOLDOWN_STEPS) -> None:
     """Run (or resume) the whole recipe."""
     from .loop import train
 
-    for arguments in tiny_recipe(out, init_from, finetune_steps, pretrain_steps, change_steps, unroll_steps):
+    for arguments in tiny_recipe(out, init_from, finetune_steps, pretrain_steps, change_steps, unroll_steps,
+                                 cooldown_steps):
         train(TrainSettings(**arguments), progress=progress)
