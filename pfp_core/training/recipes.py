@@ -25,7 +25,7 @@ FINETUNE_HISTORY = (8, 16, 24, 32, 40, 48, 56)  # whole seconds, so every genera
 
 
 CHANGE_STEPS = 2600  # stage 3 of the shipped pair (README: Tiny default)
-UNROLL_STEPS = 3000  # stage 4, the shipped pair
+UNROLL_STEPS = 3000  # stage 4
 UNROLL_CHUNKS = 3
 UNROLL_HISTORY = (8, 16, 24, 32, 40)  # plus the 3 unrolled chunks: at most 64 frames, eval-continuation's length
 COOLDOWN_STEPS = 800  # stage 5, the shipped pair
