@@ -48,7 +48,7 @@ def run_generation(args: argparse.Namespace, image: np.ndarray, storyboard: str,
     engine = load_engine(args.encoder, args.dit)
     video = VideoSettings(seconds=args.seconds, chunk_seconds=args.chunk_seconds or engine.chunk_frames / engine.fps,
                           history_seconds=args.history_seconds, seed=args.seed)
-    sampler = SamplerSettings(steps=args.steps or engine.sampling_steps, cfg=args.cfg, shift=args.shift, solver=args.solver)
+    sampler = SamplerSettings(steps=engine.steps_for(args.steps), cfg=args.cfg, shift=args.shift, solver=args.solver)
     started = time.time()
     with tqdm(desc="generate", unit="step", disable=args.quiet) as bar:
         result = generate(engine, image, storyboard, video, sampler, chunks, progress_callbacks(bar), args.global_prompt)

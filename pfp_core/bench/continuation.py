@@ -63,7 +63,7 @@ def continue_video(engine: Engine, video: storyworld.StoryVideo, settings: Conti
     chunk_frames = engine.chunk_frames
     parsed = parse_storyboard(storyboard or video.storyboard)
     plan = plan_chunks(parsed, settings.total_frames / fps, chunk_frames / fps)
-    steps = settings.steps or engine.sampling_steps
+    steps = engine.steps_for(settings.steps)
     request = GenerationRequest(to_pixels(video.frames[None, :settings.given_frames]), [c.prompt for c in plan],
                                 settings.total_frames, chunk_frames, round(settings.history_seconds * fps), seed,
                                 steps, engine.encoder.config.latent_stride[0], settings.project_chunks)
@@ -230,4 +230,4 @@ def engine_generator(engine: Engine, settings: ContinuationSettings) -> Generate
 
 def steps_used(settings: ContinuationSettings, model: Engine, sliding_window: Engine) -> dict[str, int]:
     """The sampling steps each pair runs with under `settings`, for the report."""
-    return {"model": settings.steps or model.sampling_steps, "sliding_window": settings.steps or sliding_window.sampling_steps}
+    return {"model": model.steps_for(settings.steps), "sliding_window": sliding_window.steps_for(settings.steps)}

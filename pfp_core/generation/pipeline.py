@@ -95,6 +95,10 @@ class Engine:
         """The Euler steps per chunk the pair was finetuned to sample with (12 when its encoder records none)."""
         return self.encoder.config.sampling_steps or DEFAULT_SAMPLING_STEPS
 
+    def steps_for(self, requested: int | None) -> int:
+        """The sampling steps a run uses: those asked for, else the pair's own."""
+        return requested or self.sampling_steps
+
     def memory_updater(self) -> ContextCompressor:
         """A fresh context compressor for one run: recent frames plus incrementally updated memory."""
         return ContextCompressor(self.encoder.config, torch.no_grad()(self.encoder), self.fps,
