@@ -83,5 +83,6 @@ class AutoregressiveSampler(io.ComfyNode):
             raise
         chunks = [(span.index, span.frames) for span in spans]
         video = ChunkVideo(to_uint8(start), chunks, lambda index: run.store.load(index)[1], storyboard.fps)
-        summary = run.summary(result, video.frame_count, storyboard.fps)
+        summary = "\n".join(filter(None, [run.summary(result, video.frame_count, storyboard.fps),
+                                           memory_encoder.config.steps_warning(steps)]))
         return io.NodeOutput(video, {"samples": latent_format.process_out(result.latents)}, ui={"text": [summary]})

@@ -168,6 +168,14 @@ class EncoderConfig(JsonConfig):
         r = self.parsed_rate
         return (r.t * self.patch_size[0], r.h * self.patch_size[1], r.w * self.patch_size[2])
 
+    def steps_warning(self, steps: int) -> str:
+        """'' when a run samples with the steps the pair was finetuned for (or none are recorded), else one line
+        that says so: a pair finetuned for one step gives blurred, fading chunks at more steps."""
+        if self.sampling_steps is None or steps == self.sampling_steps:
+            return ""
+        plural = "s" * (self.sampling_steps > 1)
+        return (f"warning: steps {steps}: this encoder was finetuned with its DiT for {self.sampling_steps} sampling "
+                f"step{plural} a chunk, so other steps give worse chunks; set steps to {self.sampling_steps}")
 
 
 VAES = {
