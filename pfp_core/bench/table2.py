@@ -3,8 +3,11 @@
 Four models, each given the same number of optimisation steps on the same batches (data come from (seed, step)):
 - pfp: frame-retrieval pretraining (the Table 1 run of the proposed encoder at 2x2x2), then next-chunk finetuning;
 - no_pretrain: the same encoder and DiT trained on next-chunk generation only, for the sum of both budgets;
-- sliding_window: no memory; the DiT sees the most recent latents uncompressed (about as many tokens as memory);
+- sliding_window: no memory; the DiT sees the most recent latents uncompressed (as many tokens as the memory
+  variants' whole context at most);
 - large_patchifier: as pfp, with the FramePack-like encoder.
+The memory variants see the context generation uses (pfp_core.model.context): the last `recent_frames` latents
+uncompressed beside the memory of the older history, as the embedded pair does.
 
 Each model continues held-out procedural videos from their first second of ground truth, chunk after chunk, and
 every generated frame is compared with the ground truth at the same time. Two scenes: a static camera while
@@ -30,6 +33,7 @@ from ..training import procedural
 from ..atomic import write_bytes
 from .evaluation import nan_mean
 from .table1 import Table1Settings, job_for, run_job
+from ..training.recipes import RECENT_FRAMES, SLIDING_WINDOW_FRAMES
 
 VARIANTS = ("no_pretrain", "sliding_window", "pfp", "large_patchifier")  # trained in this order
 SCENES = {"re-entry": False, "return": True}  # scene -> moving camera
@@ -45,7 +49,8 @@ class Table2Settings:
     chunk_frames: int = 8
     video_frames: int = 64  # 8 s at 8 fps; the history window holds all of it
     prefix_frames: int = 8  # the given first second
-    sliding_latents: int = 6  # 384 tokens at 32 px, the memory's count for 48 latent frames at 2x2x2
+    recent_frames: int = RECENT_FRAMES  # memory variants: latents given uncompressed beside the memory
+    sliding_latents: int = SLIDING_WINDOW_FRAMES  # 576 tokens at 32 px; recent frames + memory reach 624 at 64 frames
     videos: int = 6  # per scene
     sample_steps: int = 8
     eval_seed: int = 11
@@ -69,13 +74,14 @@ def train_variant(job: Table2Job) -> None:
     common = {"stage": "finetune", "out": job.folder, "batch": s.pretrain.batch, "history_frames": s.history_frames,
               "chunk_frames": s.chunk_frames, "lr": s.pretrain.lr, "seed": 0, "retrieval_mix": 0.0, "rate": RATE,
               "checkpoint_every": 200}
+    memory = {"recent_frames": s.recent_frames}
     if job.variant in ("pfp", "large_patchifier"):
         encoder = "proposed" if job.variant == "pfp" else "large_patchifier"
         pretrained = job_for(s.pretrain, job.work, encoder, RATE, seed=0)
         run_job(pretrained)
-        train(TrainSettings(**common, steps=s.finetune_steps, init_from=pretrained.folder), progress=False)
+        train(TrainSettings(**common, **memory, steps=s.finetune_steps, init_from=pretrained.folder), progress=False)
     elif job.variant == "no_pretrain":
-        train(TrainSettings(**common, steps=total, variant="proposed"), progress=False)
+        train(TrainSettings(**common, **memory, steps=total, variant="proposed"), progress=False)
     else:
         train(TrainSettings(**common, steps=total, use_memory=False, context_window=s.sliding_latents), progress=False)
 
@@ -150,7 +156,8 @@ def still_frames(video: procedural.ProceduralVideo, prefix: int) -> np.ndarray:
 
 
 def jobs_for(settings: Table2Settings, work: Path) -> list[Table2Job]:
-    tag = f"{RATE}_pre{settings.pretrain.steps}_ft{settings.finetune_steps}_b{settings.pretrain.batch}"
+    tag = (f"{RATE}_pre{settings.pretrain.steps}_ft{settings.finetune_steps}_b{settings.pretrain.batch}"
+           f"_recent{settings.recent_frames}_window{settings.sliding_latents}")
     return [Table2Job(v, work / f"table2_{tag}" / v, work, settings) for v in VARIANTS]
 
 
@@ -215,8 +222,9 @@ def markdown(report: dict) -> str:
     lines = ["# Table 2 at small scale: consistency of long generation", "",
              (f"Every model trained for {total} steps (batch {pre['batch']}, seed 0): pfp and large_patchifier as "
               f"{pre['steps']} retrieval-pretraining + {s['finetune_steps']} next-chunk steps, no_pretrain and "
-              f"sliding_window as {total} next-chunk steps (sliding window: last {s['sliding_latents']} latent frames, "
-              f"uncompressed). Each continues {s['videos']} held-out videos per scene from their first "
+              f"sliding_window as {total} next-chunk steps. Memory variants see the last {s['recent_frames']} latent "
+              f"frames uncompressed beside the memory of the older ones; the sliding window sees the last "
+              f"{s['sliding_latents']} latent frames, uncompressed, and nothing older. Each continues {s['videos']} held-out videos per scene from their first "
               f"{s['prefix_frames']} frames to {s['video_frames']} frames (8 fps), {s['chunk_frames']}-frame chunks, "
               f"{s['sample_steps']} Euler steps, memory over the whole video."), "",
              "| scene | model | PSNR | PSNR background | PSNR objects | PSNR last third | background after return | colour drift (levels) |",

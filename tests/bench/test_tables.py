@@ -10,7 +10,9 @@ from pfp_core.training.procedural import returned_frames
 from pfp_core.bench.table1 import PAPER_ROWS, Table1Settings, jobs_for, run_table1
 from pfp_core.bench.table1 import quick as quick_table1
 from pfp_core.bench.table2 import SCENES, VARIANTS, Table2Settings, frame_scores, run_table2, still_frames
+from pfp_core.bench.table2 import jobs_for as table2_jobs
 from pfp_core.bench.table2 import quick as quick_table2
+from pfp_core.model.checkpoint import load_encoder
 
 
 def test_table1_reports_every_row_and_resumes_from_its_cache(tmp_path):
@@ -37,6 +39,12 @@ def test_table2_scores_every_model_against_the_still_frame(tmp_path):
     assert json.loads((tmp_path / "out" / "table2.json").read_text())["rows"] == report["rows"]
     strip = cv2.imread(str(tmp_path / "out" / "table2_frames.png"))
     assert strip.shape[0] == (1 + len(VARIANTS)) * 32 * 3  # ground truth + one row per model
+    # the memory variants see the recent frames beside their memory, as the embedded pair does
+    trained = {job.variant: job.folder for job in table2_jobs(settings, tmp_path / "work")}
+    assert {variant: load_encoder(trained[variant] / "encoder.safetensors").config.recent_frames
+            for variant in ("pfp", "no_pretrain", "large_patchifier")} == dict.fromkeys(
+        ("pfp", "no_pretrain", "large_patchifier"), settings.recent_frames)
+    assert settings.recent_frames == 2 and not (trained["sliding_window"] / "encoder.safetensors").exists()
 
 
 def test_frame_scores_of_the_truth_are_perfect_and_a_still_frame_drifts():
