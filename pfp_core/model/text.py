@@ -15,10 +15,6 @@ import torch
 
 
 class TextEncoder(Protocol):
-    def context(self, captions: list[str], text_len: int) -> torch.Tensor:
-        """The lookup interface of precomputed embeddings (pfp_core.training.text_embeddings), for captioned training."""
-        return HashTextEncoder(self.text_dim, text_len).encode(captions)
-
     def encode(self, prompts: list[str]) -> torch.Tensor: ...  # [B, text_len, text_dim]
 
 
