@@ -50,7 +50,7 @@ def run_generation(args: argparse.Namespace, image: np.ndarray, storyboard: str,
                           history_seconds=args.history_seconds, seed=args.seed)
     sampler = SamplerSettings(steps=engine.steps_for(args.steps), cfg=args.cfg, shift=args.shift, solver=args.solver)
     if warning := engine.encoder.config.steps_warning(sampler.steps):
-        print(warning, file=sys.stderr)
+        print(warning)  # stdout: stderr carries the one line of an error, and the run goes on
     started = time.time()
     with tqdm(desc="generate", unit="step", disable=args.quiet) as bar:
         result = generate(engine, image, storyboard, video, sampler, chunks, progress_callbacks(bar), args.global_prompt)
