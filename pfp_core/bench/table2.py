@@ -3,8 +3,8 @@
 Four models, each given the same number of optimisation steps on the same batches (data come from (seed, step)):
 - pfp: frame-retrieval pretraining (the Table 1 run of the proposed encoder at 2x2x2), then next-chunk finetuning;
 - no_pretrain: the same encoder and DiT trained on next-chunk generation only, for the sum of both budgets;
-- sliding_window: no memory; the DiT sees the most recent latents uncompressed (as many tokens as the memory
-  variants' whole context at most);
+- sliding_window: no memory; the DiT sees the most recent latents uncompressed (about as many tokens as the
+  memory variants' whole context);
 - large_patchifier: as pfp, with the FramePack-like encoder.
 The memory variants see the context generation uses (pfp_core.model.context): the last `recent_frames` latents
 uncompressed beside the memory of the older history, as the embedded pair does.
@@ -224,7 +224,8 @@ def markdown(report: dict) -> str:
               f"{pre['steps']} retrieval-pretraining + {s['finetune_steps']} next-chunk steps, no_pretrain and "
               f"sliding_window as {total} next-chunk steps. Memory variants see the last {s['recent_frames']} latent "
               f"frames uncompressed beside the memory of the older ones; the sliding window sees the last "
-              f"{s['sliding_latents']} latent frames, uncompressed, and nothing older. Each continues {s['videos']} held-out videos per scene from their first "
+              f"{s['sliding_latents']} latent frames, uncompressed, and nothing older. Each continues "
+              f"{s['videos']} held-out videos per scene from their first "
               f"{s['prefix_frames']} frames to {s['video_frames']} frames (8 fps), {s['chunk_frames']}-frame chunks, "
               f"{s['sample_steps']} Euler steps, memory over the whole video."), "",
              "| scene | model | PSNR | PSNR background | PSNR objects | PSNR last third | background after return | colour drift (levels) |",

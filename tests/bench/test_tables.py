@@ -44,7 +44,7 @@ def test_table2_scores_every_model_against_the_still_frame(tmp_path):
     assert {variant: load_encoder(trained[variant] / "encoder.safetensors").config.recent_frames
             for variant in ("pfp", "no_pretrain", "large_patchifier")} == dict.fromkeys(
         ("pfp", "no_pretrain", "large_patchifier"), settings.recent_frames)
-    assert settings.recent_frames == 2 and not (trained["sliding_window"] / "encoder.safetensors").exists()
+    assert settings.recent_frames > 0 and not (trained["sliding_window"] / "encoder.safetensors").exists()
 
 
 def test_frame_scores_of_the_truth_are_perfect_and_a_still_frame_drifts():
