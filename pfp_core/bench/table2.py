@@ -50,7 +50,8 @@ class Table2Settings:
     video_frames: int = 64  # 8 s at 8 fps; the history window holds all of it
     prefix_frames: int = 8  # the given first second
     recent_frames: int = RECENT_FRAMES  # memory variants: latents given uncompressed beside the memory
-    sliding_latents: int = SLIDING_WINDOW_FRAMES  # 576 tokens at 32 px; recent frames + memory reach 624 at 64 frames
+    # 576 tokens at 32 px; the memory variants' recent frames + memory: 560 before the last chunk
+    sliding_latents: int = SLIDING_WINDOW_FRAMES
     videos: int = 6  # per scene
     sample_steps: int = 8
     eval_seed: int = 11
