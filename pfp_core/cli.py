@@ -159,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                              grad_checkpointing=args.grad_checkpointing, device=args.device,
                              data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
-                             world=args.world, recent_frames=args.recent_frames, context_noise=args.context_noise,
+                             world=args.world, scenes=tuple(args.scenes), recent_frames=args.recent_frames, context_noise=args.context_noise,
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
@@ -376,6 +376,7 @@ def add_generation_flags(p: argparse.ArgumentParser, default_seconds: float | No
 def add_training_flags(p: argparse.ArgumentParser) -> None:
     from .config import DIT_CONFIGS, ENCODER_VARIANTS
     from .training.distributed import DEVICES
+    from .training.storyworld import SCENES
 
     p.add_argument("--out", required=True, help="folder for checkpoints (resumes if it holds one)")
     p.add_argument("--steps", type=positive_int, default=1000)
@@ -422,6 +423,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                         "every chunk and its gradient through the chain (generate with --steps 1)")
     p.add_argument("--world", choices=("story", "texture"), default="texture",
                    help="procedural data: the captioned story world or Table 1's fine-texture world")
+    p.add_argument("--scenes", nargs="+", choices=SCENES, default=list(SCENES),
+                   help="story world: the scenes clips are drawn from (default both; panning alone gives a stage "
+                        "more camera moves to learn from)")
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", dest="bf16", action="store_const", const=True, default=None,

@@ -91,6 +91,7 @@ class TrainSettings:
     data: Path | None = None  # folder of the user's videos; None: procedural videos
     text_embeddings: Path | None = None  # precomputed caption embeddings; None: zero context
     world: str = "texture"  # procedural data without --data: "story" (captioned) or "texture" (Table 1)
+    scenes: tuple[str, ...] = storyworld.SCENES  # story world: the scenes clips are drawn from
     recent_frames: int = 0  # history latents given uncompressed beside the memory (pfp_core.model.context)
     context_noise: float = 0.0  # finetune: history plus noise of standard deviation U(0, context_noise)
     clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.model.dit.context_stream)
@@ -125,6 +126,12 @@ class TrainSettings:
             self.model = trainable_size(read_dit_config(base, self.start_field), self.start_field)
         if self.world not in WORLDS:
             raise ValueError(f"world: '{self.world}' is unknown; use one of {', '.join(WORLDS)}")
+        if not self.scenes or not set(self.scenes) <= set(storyworld.SCENES):
+            raise ValueError(f"scenes: '{' '.join(self.scenes)}' is not a choice of the story world's scenes; pass "
+                             f"some of {', '.join(storyworld.SCENES)}")
+        if tuple(self.scenes) != storyworld.SCENES and (self.world != "story" or self.data is not None):
+            raise ValueError("scenes: only the procedural story world has scenes; pass --world story without --data, "
+                             "or drop --scenes")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"context-noise: must be in [0, 1), got {self.context_noise}")
         if not 0.0 <= self.rollout_mix <= 1.0 or (self.rollout_mix and self.stage != "finetune"):
@@ -293,12 +300,12 @@ def batch_videos(settings: TrainSettings, data: TrainingData, rng: random.Random
 
 
 def story_clips(settings: TrainSettings, rng: random.Random, frames: int) -> VideoClips:
-    """Story-world clips (half static, half panning), each the first `frames` frames of an 8 s video, so clip
+    """Story-world clips (of the settings' scenes, in equal shares), each the first `frames` frames of an 8 s video, so clip
     and storyboard segments start together and a chunk of one second is one segment."""
     fps = dit_config(settings.model).fps
     seconds = -(-frames // fps)
     videos = [storyworld.make_story_video(rng.randrange(len(procedural.TRAIN_SEEDS)), max(8, seconds),
-                                          rng.choice(storyworld.SCENES), settings.size, fps) for _ in range(settings.batch)]
+                                          rng.choice(settings.scenes), settings.size, fps) for _ in range(settings.batch)]
     pixels = procedural.to_pixels(np.stack([video.frames[:frames] for video in videos]))
     return VideoClips(pixels, [video.captions()[:frames] for video in videos])
 

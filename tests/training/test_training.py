@@ -17,8 +17,8 @@ from pfp_core.model.checkpoint import CheckpointError, load_encoder
 from pfp_core.config import DiTConfig
 from pfp_core.model.dit import WanDiT
 from pfp_core.training.loop import (TrainSettings, build_models, chunk_noise, encode_memory, next_chunk_loss,
-                                    recycled_history, retrieval_loss, set_grad_checkpointing, step_rng, train,
-                                    train_step, unrolled_loss)
+                                    recycled_history, retrieval_loss, set_grad_checkpointing, step_rng, story_clips,
+                                    train, train_step, unrolled_loss)
 from pfp_core.model.vae import SpaceToDepthVAE
 
 
@@ -389,3 +389,15 @@ def test_context_noise_adds_noise_without_dimming_the_history():
     per_clip_std = (noisy - history).flatten(1).std(dim=1)
     assert abs(noisy.mean().item() - 0.6) < 0.01
     assert per_clip_std.max() < 0.2 and per_clip_std.min() < 0.05 < per_clip_std.max()
+
+
+def test_scenes_choose_the_story_clips_a_stage_trains_on(tmp_path):
+    """--scenes panning draws panning clips only (camera captions, no object events); the default draws both
+    scenes; a texture-world run with scenes is refused in one line."""
+    captions = lambda settings: {c for row in story_clips(settings, random.Random(0), 16).captions for c in row}
+    panning = captions(small(tmp_path, stage="finetune", world="story", batch=8, scenes=("panning",)))
+    both = captions(small(tmp_path, stage="finetune", world="story", batch=8))
+    assert panning and all(c.startswith("camera ") for c in panning)
+    assert any("object" in c for c in both) and any("pans" in c for c in both)
+    with pytest.raises(ValueError, match="^scenes: only the procedural story world has scenes"):
+        small(tmp_path, stage="finetune", world="texture", scenes=("panning",))
