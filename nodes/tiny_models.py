@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import comfy.latent_formats
 
+from ..pfp_core.generation.pipeline import DEFAULT_ENCODER
+from ..pfp_core.model.checkpoint import load_encoder
 from ..pfp_core.model.text import HashTextEncoder
 from ..pfp_core.model.vae import SpaceToDepthVAE
 
@@ -39,10 +41,11 @@ class TinyVAE:
 
 
 class TinyTextEncoder:
-    """The tiny model's word-hash text encoder with the two methods CLIPTextEncode calls."""
+    """The tiny model's word-hash text encoder with the two methods CLIPTextEncode calls, padding prompts as the
+    bundled pair's training captions were."""
 
     def __init__(self):
-        self.encoder = HashTextEncoder(4096, 32)
+        self.encoder = HashTextEncoder(4096, 32, load_encoder(DEFAULT_ENCODER).config.text_padding)
 
     def tokenize(self, text: str) -> str:
         return text

@@ -159,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                              grad_checkpointing=args.grad_checkpointing, device=args.device,
                              data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
-                             world=args.world, scenes=tuple(args.scenes), recent_frames=args.recent_frames, context_noise=args.context_noise,
+                             world=args.world, scenes=tuple(args.scenes), text_padding=args.text_padding, recent_frames=args.recent_frames, context_noise=args.context_noise,
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
@@ -202,7 +202,7 @@ def cmd_embed_texts(args: argparse.Namespace) -> None:
         raise ValueError(f"--data: no caption files beside the videos in '{args.data}'; write clip.txt next to "
                          "clip.mp4 with lines such as '0s: a woman stands by a shelf'")
     tiny = dit_config("tiny")
-    out = embed_captions(captions, HashTextEncoder(tiny.text_dim, tiny.text_len), "hash", tiny.text_len,
+    out = embed_captions(captions, HashTextEncoder(tiny.text_dim, tiny.text_len, "zeros"), "hash", tiny.text_len,
                          limits.output_file(args.out, "out"),
                          progress=not args.quiet)
     print(f"embed-texts: {len(captions)} captions and the empty prompt, hash encoder, text_dim {tiny.text_dim} "
@@ -376,6 +376,7 @@ def add_generation_flags(p: argparse.ArgumentParser, default_seconds: float | No
 def add_training_flags(p: argparse.ArgumentParser) -> None:
     from .config import DIT_CONFIGS, ENCODER_VARIANTS
     from .training.distributed import DEVICES
+    from .model.text import TEXT_PADDINGS
     from .training.storyworld import SCENES
 
     p.add_argument("--out", required=True, help="folder for checkpoints (resumes if it holds one)")
@@ -426,6 +427,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenes", nargs="+", choices=SCENES, default=list(SCENES),
                    help="story world: the scenes clips are drawn from (default both; panning alone gives a stage "
                         "more camera moves to learn from)")
+    p.add_argument("--text-padding", choices=TEXT_PADDINGS, default="mean",
+                   help="story world: pad captions with the mean of their word vectors (default; the DiT then reads "
+                        "the caption wherever it attends) or with zeros (the pairs trained before this option)")
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", dest="bf16", action="store_const", const=True, default=None,

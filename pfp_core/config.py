@@ -130,6 +130,9 @@ class EncoderConfig(JsonConfig):
     # (pfp_core.model.memory.change_input); False: it reads the chunk itself, as Wan does
     predict_change: bool = False
     change_std: float = CHANGE_STD  # the spread of a change the velocity's skip assumes (pfp_core.model.memory.change_skip)
+    # how the tiny word-hash text encoder padded the prompts the DiT was trained on (pfp_core.model.text): files
+    # that do not record it were trained on zero padding
+    text_padding: str = "zeros"
 
     def __post_init__(self) -> None:
         if self.variant not in ENCODER_VARIANTS:
@@ -144,6 +147,8 @@ class EncoderConfig(JsonConfig):
             raise ValueError(f"chunk_frames: must be a positive whole number of latent frames, got {self.chunk_frames}")
         if self.sampling_steps is not None and (not isinstance(self.sampling_steps, int) or self.sampling_steps < 1):
             raise ValueError(f"sampling_steps: must be a positive whole number of steps, got {self.sampling_steps}")
+        if self.text_padding not in ("mean", "zeros"):
+            raise ValueError(f"text_padding: '{self.text_padding}' is unknown; use mean or zeros")
         if not self.change_std > 0:
             raise ValueError(f"change_std: must be a positive spread of latent values, got {self.change_std}")
         if self.predict_change and self.anchor_noise is None:

@@ -121,7 +121,8 @@ def load_engine(encoder_path: str | Path | None = None, dit_path: str | Path | N
     if dit.config.vae != "space_to_depth":
         raise ValueError(f"dit: {dit.config.name} needs the {dit.config.vae} VAE, which runs inside ComfyUI; "
                          "the command line only runs the tiny model")
-    return Engine(dit, encoder, SpaceToDepthVAE(), HashTextEncoder(dit.config.text_dim, dit.config.text_len))
+    text_encoder = HashTextEncoder(dit.config.text_dim, dit.config.text_len, encoder.config.text_padding)
+    return Engine(dit, encoder, SpaceToDepthVAE(), text_encoder)
 
 
 def image_to_pixels(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:

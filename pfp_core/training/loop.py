@@ -49,7 +49,7 @@ from .lora import LoRA, attach, freeze_base, load_lora_into, lora_for, merge_int
 from ..model.context import build_context
 from ..model.memory import Memory, change_loss_weight, empty_memory, with_recent
 from .precision import bf16_is_faster
-from ..model.text import HashTextEncoder
+from ..model.text import TEXT_PADDINGS, HashTextEncoder
 from .text_embeddings import FrameCaptions, TextEmbeddings, load_text_embeddings
 from ..model.vae import SpaceToDepthVAE
 from .video_dataset import VideoClips, VideoFolder, report
@@ -90,6 +90,7 @@ class TrainSettings:
     device: str = "auto"  # auto: this process's GPU when torch sees one, else the CPU
     data: Path | None = None  # folder of the user's videos; None: procedural videos
     text_embeddings: Path | None = None  # precomputed caption embeddings; None: zero context
+    text_padding: str = "mean"  # story world: how the word-hash encoder pads captions (pfp_core.model.text)
     world: str = "texture"  # procedural data without --data: "story" (captioned) or "texture" (Table 1)
     scenes: tuple[str, ...] = storyworld.SCENES  # story world: the scenes clips are drawn from
     recent_frames: int = 0  # history latents given uncompressed beside the memory (pfp_core.model.context)
@@ -124,6 +125,8 @@ class TrainSettings:
                              "diffusion model) or --init-from a training folder")
         if base is not None:
             self.model = trainable_size(read_dit_config(base, self.start_field), self.start_field)
+        if self.text_padding not in TEXT_PADDINGS:
+            raise ValueError(f"text-padding: '{self.text_padding}' is unknown; use one of {', '.join(TEXT_PADDINGS)}")
         if self.world not in WORLDS:
             raise ValueError(f"world: '{self.world}' is unknown; use one of {', '.join(WORLDS)}")
         if not self.scenes or not set(self.scenes) <= set(storyworld.SCENES):
@@ -242,6 +245,8 @@ def build_models(settings: TrainSettings) -> Models:
     if encoder is not None and settings.stage == "finetune":  # generation's default chunk length and steps
         encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames,
                                  sampling_steps=1 if settings.unroll else None)
+    if encoder is not None:  # the prompts generation gives the DiT must be padded as its training captions were
+        encoder.config = replace(encoder.config, text_padding=recorded_text_padding(settings))
     if settings.predict_change and not predicted_change_before(settings):
         # the head knew velocities of whole chunks, not of changes: start from Wan's zero head
         torch.nn.init.zeros_(dit.head.head.weight)
@@ -249,6 +254,11 @@ def build_models(settings: TrainSettings) -> Models:
     models = Models(dit, encoder, build_lora(settings, dit, saved_lora))
     set_grad_checkpointing(models, settings.grad_checkpointing)
     return models.train()
+
+
+def recorded_text_padding(settings: TrainSettings) -> str:
+    """Precomputed embeddings pad with zeros, as Wan pads T5 output; the word-hash encoder as the settings say."""
+    return "zeros" if settings.text_embeddings is not None else settings.text_padding
 
 
 def predicted_change_before(settings: TrainSettings) -> bool:
@@ -282,7 +292,7 @@ def load_training_data(settings: TrainSettings, progress: bool = False) -> Train
         texts = load_text_embeddings(settings.text_embeddings)
         texts.check_covers(captions)
     elif settings.data is None and settings.world == "story":
-        texts = HashTextEncoder(dit_config(settings.model).text_dim)
+        texts = HashTextEncoder(dit_config(settings.model).text_dim, padding=settings.text_padding)
     elif captions:
         report("warning: --data has caption files but no --text-embeddings was given: training without text "
                "(build the file with `python -m pfp_core embed-texts`)")

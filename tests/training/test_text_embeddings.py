@@ -84,7 +84,7 @@ def test_embed_texts_writes_the_hash_embedding_of_every_caption_and_the_empty_pr
     assert "2 captions and the empty prompt" in capsys.readouterr().out
     texts = load_text_embeddings(tmp_path / "t.safetensors")
     assert sorted(texts.table) == ["", "woman pets cat", "woman stands by shelf"] and texts.encoder == "hash"
-    expected = HashTextEncoder(4096, 32).encode(["woman pets cat"])
+    expected = HashTextEncoder(4096, 32, "zeros").encode(["woman pets cat"])  # padded as Wan pads T5
     assert torch.equal(texts.context(["woman pets cat"], 32), expected)
 
 
