@@ -163,7 +163,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
-                             change_weighting=args.change_weighting, unroll=args.unroll)
+                             change_weighting=args.change_weighting, unroll=args.unroll,
+                             unroll_mix=args.unroll_mix)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -422,6 +423,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune: each next-chunk step predicts K chunks in a row, each the one-step estimate "
                         "from full noise given the history plus the chunks predicted before it, with the loss on "
                         "every chunk and its gradient through the chain (generate with --steps 1)")
+    p.add_argument("--unroll-mix", type=float, default=1.0, metavar="SHARE",
+                   help="finetune, with --unroll: share of next-chunk steps unrolled; the others denoise one chunk "
+                        "at a random noise level from the real history (with --change-weighting weighted), which "
+                        "keeps what those steps taught (default 1: all unrolled)")
     p.add_argument("--world", choices=("story", "texture"), default="texture",
                    help="procedural data: the captioned story world or Table 1's fine-texture world")
     p.add_argument("--scenes", nargs="+", choices=SCENES, default=list(SCENES),

@@ -70,6 +70,7 @@ class TrainSettings:
     retrieval_mix: float = 0.25  # finetune: share of steps that keep practising retrieval, so memory stays sharp
     rollout_mix: float = 0.0  # finetune: share of next-chunk steps whose history ends in the model's own frames
     unroll: int = 0  # finetune: next-chunk steps predict this many chunks in a row from their own predictions
+    unroll_mix: float = 1.0  # with unroll: share of next-chunk steps unrolled; the others denoise one chunk
     lr: float = 1e-3
     warmup: int = 50
     shift: float = 1.0
@@ -144,6 +145,9 @@ class TrainSettings:
             raise ValueError(f"unroll: chunks a finetune step predicts in a row, 0 (off) or more, and not with "
                              f"--rollout-mix (which recycles history without gradient); got {self.unroll} with stage "
                              f"{self.stage}, rollout-mix {self.rollout_mix}")
+        if not 0.0 < self.unroll_mix <= 1.0 or (self.unroll_mix < 1.0 and not self.unroll):
+            raise ValueError(f"unroll-mix: a share of next-chunk steps above 0 and at most 1, with --unroll; got "
+                             f"{self.unroll_mix} with unroll {self.unroll}")
         if self.anchor_noise is not None and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
             raise ValueError("anchor-noise: chunks start from the last recent frame in a finetune with an encoder; "
                              "pass --recent-frames R with stage finetune, or drop --anchor-noise")
@@ -197,10 +201,11 @@ class Models(torch.nn.Module):
             attach(lora, dit)
 
     def forward(self, latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator,
-                retrieval: bool, text: FrameCaptions | None = None, rollout: bool = False) -> torch.Tensor:
+                retrieval: bool, text: FrameCaptions | None = None, rollout: bool = False,
+                unrolled: bool = False) -> torch.Tensor:
         if retrieval:
             return retrieval_loss(self, latents, settings, gen, text)
-        if settings.unroll:
+        if unrolled:
             return unrolled_loss(self, latents, settings, gen, text)
         return next_chunk_loss(self, latents, settings, gen, text, rollout)
 
@@ -481,14 +486,16 @@ def step_loss(trainer: torch.nn.Module, settings: TrainSettings, step: int, rank
     history = rng.choice(settings.history_frames)
     retrieval = settings.stage == "pretrain" or rng.random() < settings.retrieval_mix
     rollout = not retrieval and settings.rollout_mix > 0 and rng.random() < settings.rollout_mix
-    frames = history + (0 if retrieval else settings.chunk_frames * max(1, settings.unroll))
+    # drawn only for a mixed stage, so an all-unrolled stage draws the batches it drew before the mix existed
+    unrolled = not retrieval and settings.unroll > 0 and (settings.unroll_mix == 1.0 or rng.random() < settings.unroll_mix)
+    frames = history + (0 if retrieval else settings.chunk_frames * (settings.unroll if unrolled else 1))
     clips = batch_videos(settings, data, rng, frames)
     latents = SpaceToDepthVAE().encode(clips.pixels).to(device)
     text_len = getattr(trainer, "module", trainer).dit.config.text_len  # DDP keeps the model as .module
     text = FrameCaptions(clips.captions, data.texts, text_len) if data.texts is not None else None
     cache = not distributed.is_sharded(trainer)  # cached bf16 copies of gathered blocks would add up to a whole model
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=cache):
-        return trainer(latents, settings, gen, retrieval, text, rollout)
+        return trainer(latents, settings, gen, retrieval, text, rollout, unrolled)
 
 
 def choose_bf16(trainer: torch.nn.Module, settings: TrainSettings, data: TrainingData) -> bool:

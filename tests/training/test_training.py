@@ -12,7 +12,7 @@ import torch
 from conftest import write_wan_file
 from safetensors.torch import save_file
 
-from pfp_core.training import procedural, storyworld
+from pfp_core.training import loop, procedural, storyworld
 from pfp_core.model.checkpoint import CheckpointError, load_encoder
 from pfp_core.config import DiTConfig
 from pfp_core.model.dit import WanDiT
@@ -344,6 +344,28 @@ def test_an_unrolled_finetune_trains_records_one_step_and_refuses_what_it_cannot
         unroll_settings(tmp_path, rollout_mix=0.5)
     with pytest.raises(ValueError, match="^unroll:"):
         small(tmp_path, stage="pretrain", unroll=2)
+
+
+def test_an_unroll_mix_unrolls_that_share_of_steps_and_denoises_one_chunk_in_the_others(tmp_path, monkeypatch):
+    """--unroll-mix 0.5: some next-chunk steps predict 3 chunks in a row (clips of history + 3 frames), the others
+    denoise one chunk (history + 1); the default unrolls every step."""
+    clip_frames = []
+    monkeypatch.setattr(loop, "unrolled_loss", lambda models, latents, *rest: record(latents, "unrolled"))
+    monkeypatch.setattr(loop, "next_chunk_loss", lambda models, latents, *rest, **kw: record(latents, "one chunk"))
+
+    def record(latents, kind):
+        clip_frames.append((kind, latents.shape[2]))
+        return latents.sum() * 0
+
+    for mix, steps in ((0.5, 12), (1.0, 4)):
+        settings = unroll_settings(tmp_path, unroll_mix=mix)
+        models, data = build_models(settings), loop.load_training_data(settings)
+        clip_frames.clear()
+        for step in range(steps):
+            loop.step_loss(models, settings, step, 0, data, False)
+        assert set(clip_frames) == ({("unrolled", 9), ("one chunk", 7)} if mix < 1 else {("unrolled", 9)})
+    with pytest.raises(ValueError, match="^unroll-mix:"):
+        unroll_settings(tmp_path, unroll=0, unroll_mix=0.5)
 
 
 def test_a_change_finetune_starts_from_wans_zero_head_and_records_it(tmp_path):
