@@ -377,8 +377,6 @@ def add_generation_flags(p: argparse.ArgumentParser, default_seconds: float | No
 def add_training_flags(p: argparse.ArgumentParser) -> None:
     from .config import DIT_CONFIGS, ENCODER_VARIANTS
     from .training.distributed import DEVICES
-    from .model.text import TEXT_PADDINGS
-    from .training.storyworld import SCENES
 
     p.add_argument("--out", required=True, help="folder for checkpoints (resumes if it holds one)")
     p.add_argument("--steps", type=positive_int, default=1000)
@@ -394,47 +392,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="encoder variant; none: no memory, recent frames only (the sliding-window baseline)")
     p.add_argument("--recent-frames", type=number(int, 0, limits.MAX_RECENT_FRAMES, low_allowed=True), default=0,
                    metavar="R", help="the last R history latents join the context uncompressed beside the memory")
-    p.add_argument("--context-noise", type=float, default=0.0, metavar="LEVEL",
-                   help="finetune: corrupt the history with noise of a random level up to LEVEL (drift defence)")
-    p.add_argument("--shift", type=number(float, 0, 100), default=1.0,
-                   help="noise-level shift of the training schedule (> 1: more high-noise steps, where the context "
-                        "decides the content)")
-    p.add_argument("--clean-context", action="store_true",
-                   help="the DiT reads the context as a clean stream of its own, so generation computes its keys "
-                        "and values once per chunk (the encoder file records it)")
-    p.add_argument("--anchor-noise", type=number(float, 0, 10), default=None, metavar="SCALE",
-                   help="finetune: each chunk's flow starts at the last recent latent plus noise of this scale, not "
-                        "at pure noise, so the DiT learns the change from the last frame (needs --recent-frames; "
-                        "the encoder file records it)")
-    p.add_argument("--predict-change", action="store_true",
-                   help="finetune: the DiT reads each noisy chunk minus the last history latent, so it denoises the "
-                        "chunk's change from that frame and an unchanged region needs no copy (needs --recent-frames "
-                        "and --anchor-noise; the encoder file records it)")
-    p.add_argument("--change-weighting", action="store_true",
-                   help="finetune, with --predict-change and a batch of 2 or more: the loss is the mean of the "
-                        "samples' errors weighted by one over the variance the skip leaves of their velocity (EDM's "
-                        "loss weight), so high noise, where the chunk's content is taken from the context, is not "
-                        "drowned by the sensor noise of low-noise samples")
-    p.add_argument("--rollout-mix", type=number(float, 0, 1, low_allowed=True), default=0.0, metavar="SHARE",
-                   help="finetune: share of next-chunk steps whose history ends in frames the model generated "
-                        "itself (the last 4, a chunk at a time, 4 Euler steps, no gradient), so it learns to "
-                        "continue its own output (drift defence)")
-    p.add_argument("--unroll", type=number(int, 0, 64, low_allowed=True), default=0, metavar="K",
-                   help="finetune: each next-chunk step predicts K chunks in a row, each the one-step estimate "
-                        "from full noise given the history plus the chunks predicted before it, with the loss on "
-                        "every chunk and its gradient through the chain (generate with --steps 1)")
-    p.add_argument("--unroll-mix", type=float, default=1.0, metavar="SHARE",
-                   help="finetune, with --unroll: share of next-chunk steps unrolled; the others denoise one chunk "
-                        "at a random noise level from the real history (with --change-weighting weighted), which "
-                        "keeps what those steps taught (default 1: all unrolled)")
-    p.add_argument("--world", choices=("story", "texture"), default="texture",
-                   help="procedural data: the captioned story world or Table 1's fine-texture world")
-    p.add_argument("--scenes", nargs="+", choices=SCENES, default=list(SCENES),
-                   help="story world: the scenes clips are drawn from (default both; panning alone gives a stage "
-                        "more camera moves to learn from)")
-    p.add_argument("--text-padding", choices=TEXT_PADDINGS, default="mean",
-                   help="story world: pad captions with the mean of their word vectors (default; the DiT then reads "
-                        "the caption wherever it attends) or with zeros (the pairs trained before this option)")
+    add_objective_flags(p)
+    add_story_flags(p)
     p.add_argument("--no-memory", action="store_true", help="train the same DiT without memory (baseline)")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--bf16", dest="bf16", action="store_const", const=True, default=None,
@@ -464,6 +423,59 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-embeddings", metavar="FILE", help="caption embeddings for the clip.txt captions in --data "
                    "(see embed-texts); default: no text (zero context)")
     p.add_argument("--quiet", action="store_true")
+
+
+def add_objective_flags(p: argparse.ArgumentParser) -> None:
+    """What a finetune step learns from: the history's corruption, the noise schedule, the chunk's start and
+    reading, the loss weight and the rollouts."""
+    p.add_argument("--context-noise", type=float, default=0.0, metavar="LEVEL",
+                   help="finetune: corrupt the history with noise of a random level up to LEVEL (drift defence)")
+    p.add_argument("--shift", type=number(float, 0, 100), default=1.0,
+                   help="noise-level shift of the training schedule (> 1: more high-noise steps, where the context "
+                        "decides the content)")
+    p.add_argument("--clean-context", action="store_true",
+                   help="the DiT reads the context as a clean stream of its own, so generation computes its keys "
+                        "and values once per chunk (the encoder file records it)")
+    p.add_argument("--anchor-noise", type=number(float, 0, 10), default=None, metavar="SCALE",
+                   help="finetune: each chunk's flow starts at the last recent latent plus noise of this scale, not "
+                        "at pure noise, so the DiT learns the change from the last frame (needs --recent-frames; "
+                        "the encoder file records it)")
+    p.add_argument("--predict-change", action="store_true",
+                   help="finetune: the DiT reads each noisy chunk minus the last history latent, so it denoises the "
+                        "chunk's change from that frame and an unchanged region needs no copy (needs --recent-frames "
+                        "and --anchor-noise; the encoder file records it)")
+    p.add_argument("--change-weighting", action="store_true",
+                   help="finetune, with --predict-change and a batch of 2 or more: the loss is the mean of the "
+                        "samples' errors weighted by one over the variance the skip leaves of their velocity (EDM's "
+                        "loss weight), so high noise, where the chunk's content is taken from the context, is not "
+                        "drowned by the sensor noise of low-noise samples")
+    p.add_argument("--rollout-mix", type=number(float, 0, 1, low_allowed=True), default=0.0, metavar="SHARE",
+                   help="finetune: share of next-chunk steps whose history ends in frames the model generated "
+                        "itself (the last 4, a chunk at a time, 4 Euler steps, no gradient), so it learns to "
+                        "continue its own output (drift defence)")
+    p.add_argument("--unroll", type=number(int, 0, 64, low_allowed=True), default=0, metavar="K",
+                   help="finetune: each next-chunk step predicts K chunks in a row, each the one-step estimate "
+                        "from full noise given the history plus the chunks predicted before it, with the loss on "
+                        "every chunk and its gradient through the chain (generate with --steps 1)")
+    p.add_argument("--unroll-mix", type=number(float, 0, 1), default=1.0, metavar="SHARE",
+                   help="finetune, with --unroll: share of next-chunk steps unrolled; the others denoise one chunk "
+                        "at a random noise level from the real history (with --change-weighting weighted), which "
+                        "keeps what those steps taught (default 1: all unrolled)")
+
+
+def add_story_flags(p: argparse.ArgumentParser) -> None:
+    """The procedural data and its captions."""
+    from .model.text import TEXT_PADDINGS
+    from .training.storyworld import SCENES
+
+    p.add_argument("--world", choices=("story", "texture"), default="texture",
+                   help="procedural data: the captioned story world or Table 1's fine-texture world")
+    p.add_argument("--scenes", nargs="+", choices=SCENES, default=list(SCENES),
+                   help="story world: the scenes clips are drawn from (default both; panning alone gives a stage "
+                        "more camera moves to learn from)")
+    p.add_argument("--text-padding", choices=TEXT_PADDINGS, default="mean",
+                   help="story world: pad captions with the mean of their word vectors (default; the DiT then reads "
+                        "the caption wherever it attends) or with zeros (the pairs trained before this option)")
 
 
 def add_generation_commands(sub: argparse._SubParsersAction) -> None:
