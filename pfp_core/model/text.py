@@ -19,8 +19,7 @@ from typing import Protocol
 
 import torch
 
-
-TEXT_PADDINGS = ("mean", "zeros")
+from ..config import TEXT_PADDINGS
 
 
 class TextEncoder(Protocol):

@@ -315,8 +315,8 @@ def batch_videos(settings: TrainSettings, data: TrainingData, rng: random.Random
 
 
 def story_clips(settings: TrainSettings, rng: random.Random, frames: int) -> VideoClips:
-    """Story-world clips (of the settings' scenes, in equal shares), each the first `frames` frames of an 8 s video, so clip
-    and storyboard segments start together and a chunk of one second is one segment."""
+    """Story-world clips (of the settings' scenes, in equal shares), each the first `frames` frames of an 8 s video,
+    so clip and storyboard segments start together and a chunk of one second is one segment."""
     fps = dit_config(settings.model).fps
     seconds = -(-frames // fps)
     videos = [storyworld.make_story_video(rng.randrange(len(procedural.TRAIN_SEEDS)), max(8, seconds),
@@ -487,7 +487,8 @@ def step_loss(trainer: torch.nn.Module, settings: TrainSettings, step: int, rank
     retrieval = settings.stage == "pretrain" or rng.random() < settings.retrieval_mix
     rollout = not retrieval and settings.rollout_mix > 0 and rng.random() < settings.rollout_mix
     # drawn only for a mixed stage, so an all-unrolled stage draws the batches it drew before the mix existed
-    unrolled = not retrieval and settings.unroll > 0 and (settings.unroll_mix == 1.0 or rng.random() < settings.unroll_mix)
+    unrolled = not retrieval and settings.unroll > 0 and (
+        settings.unroll_mix == 1.0 or rng.random() < settings.unroll_mix)
     frames = history + (0 if retrieval else settings.chunk_frames * (settings.unroll if unrolled else 1))
     clips = batch_videos(settings, data, rng, frames)
     latents = SpaceToDepthVAE().encode(clips.pixels).to(device)

@@ -38,7 +38,8 @@ def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain
     """TrainSettings arguments of every stage in the order they run (a stage's --init-from folder exists only
     once the stage before it ran); `init_from` holds the starting dit.safetensors and encoder.safetensors. The
     shipped pair is pfp_cooldown, its baseline sw_cooldown."""
-    common = dict(world="story", batch=4, lr=5e-4, checkpoint_every=100, rate="2x2x2")
+    # zero-padded captions: the shipped pair was trained before mean padding existed (pfp_core.model.text)
+    common = dict(world="story", batch=4, lr=5e-4, checkpoint_every=100, rate="2x2x2", text_padding="zeros")
     finetune = dict(stage="finetune", history_frames=FINETUNE_HISTORY, context_noise=0.15, **common)
     change = dict(finetune, steps=change_steps, predict_change=True, anchor_noise=0.5, context_noise=0.0, shift=3.0,
                   checkpoint_every=200)

@@ -20,6 +20,8 @@ def test_the_tiny_recipe_runs_its_nine_stages_and_resumes(tmp_path):
     assert (pfp.variant, pfp.recent_frames, pfp.rate, pfp.predict_change) == ("proposed", RECENT_FRAMES, "2x2x2", True)
     assert (window.variant, window.recent_frames, window.predict_change) == ("none", SLIDING_WINDOW_FRAMES, True)
     assert pfp.anchor_noise == window.anchor_noise == 0.5 and pfp.sampling_steps == window.sampling_steps == 1
+    # trained on zero-padded captions, as the embedded pair was
+    assert pfp.text_padding == window.text_padding == load_encoder(DEFAULT_ENCODER).config.text_padding == "zeros"
     cooldown = json.loads(safe_open(str(tmp_path / "runs" / "pfp_cooldown" / "dit.safetensors"), "pt").metadata()["settings"])
     assert (cooldown["lr"], cooldown["seed"], cooldown["unroll"], cooldown["init_from"]) == (
         COOLDOWN_LR, 1, 3, str(tmp_path / "runs" / "pfp_unroll"))
