@@ -8,7 +8,7 @@ loader instead.
 Padding: `mean` fills the positions after the words with the mean of the prompt's word vectors, `zeros` with zeros
 as Wan pads T5 output. T5's outputs are contextual, so any of its tokens carries the sentence; a word vector carries
 one word. With zero padding the tiny DiT learnt to attend to the 29 identical padding tokens and gave the words no
-weight at all (under 0.001 in every layer), so no gradient could teach it what "left" means; with mean padding the
+weight (at most 0.001 in every layer), so next to no gradient could teach it what "left" means; with mean padding the
 sentence is where its attention already is.
 """
 from __future__ import annotations
