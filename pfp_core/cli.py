@@ -466,7 +466,7 @@ def add_objective_flags(p: argparse.ArgumentParser) -> None:
 
 def add_story_flags(p: argparse.ArgumentParser) -> None:
     """The procedural data and its captions."""
-    from .model.text import TEXT_PADDINGS
+    from .config import TEXT_PADDINGS
     from .training.storyworld import SCENES
 
     p.add_argument("--world", choices=("story", "texture"), default="texture",

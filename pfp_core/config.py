@@ -14,6 +14,11 @@ from dataclasses import dataclass
 TEXT_PADDINGS = ("mean", "zeros")  # how the tiny word-hash text encoder pads prompts (pfp_core.model.text)
 
 
+def check_text_padding(padding: str, field: str) -> None:
+    if padding not in TEXT_PADDINGS:
+        raise ValueError(f"{field}: '{padding}' is unknown; use one of {', '.join(TEXT_PADDINGS)}")
+
+
 @dataclass(frozen=True)
 class Rate:
     """Compression factors on the DiT token grid."""
@@ -150,8 +155,7 @@ class EncoderConfig(JsonConfig):
             raise ValueError(f"chunk_frames: must be a positive whole number of latent frames, got {self.chunk_frames}")
         if self.sampling_steps is not None and (not isinstance(self.sampling_steps, int) or self.sampling_steps < 1):
             raise ValueError(f"sampling_steps: must be a positive whole number of steps, got {self.sampling_steps}")
-        if self.text_padding not in TEXT_PADDINGS:
-            raise ValueError(f"text_padding: '{self.text_padding}' is unknown; use one of {', '.join(TEXT_PADDINGS)}")
+        check_text_padding(self.text_padding, "text_padding")
         if not self.change_std > 0:
             raise ValueError(f"change_std: must be a positive spread of latent values, got {self.change_std}")
         if self.predict_change and self.anchor_noise is None:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-from ..config import TEXT_PADDINGS
+from ..config import check_text_padding
 
 
 class TextEncoder(Protocol):
@@ -28,8 +28,7 @@ class TextEncoder(Protocol):
 
 class HashTextEncoder:
     def __init__(self, text_dim: int = 4096, text_len: int = 32, padding: str = "mean"):
-        if padding not in TEXT_PADDINGS:
-            raise ValueError(f"text_padding: '{padding}' is unknown; use one of {', '.join(TEXT_PADDINGS)}")
+        check_text_padding(padding, "text_padding")
         self.text_dim, self.text_len, self.padding = text_dim, text_len, padding
 
     def word_vector(self, word: str) -> torch.Tensor:

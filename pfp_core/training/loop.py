@@ -39,7 +39,7 @@ from .. import limits
 from ..atomic import save_tensors, write_bytes
 from ..model.checkpoint import CheckpointError, load_dit, load_encoder, read_dit_config, read_safetensors, save_model
 from ..generation.chunk_store import FolderLock
-from ..config import DIT_CONFIGS, DiTConfig, dit_config, encoder_config_for
+from ..config import DIT_CONFIGS, DiTConfig, check_text_padding, dit_config, encoder_config_for
 from .distributed import Process
 from ..model.dit import WanDiT
 from ..model.encoder import MemoryEncoder
@@ -49,7 +49,7 @@ from .lora import LoRA, attach, freeze_base, load_lora_into, lora_for, merge_int
 from ..model.context import build_context
 from ..model.memory import Memory, change_loss_weight, empty_memory, with_recent
 from .precision import bf16_is_faster
-from ..model.text import TEXT_PADDINGS, HashTextEncoder
+from ..model.text import HashTextEncoder
 from .text_embeddings import FrameCaptions, TextEmbeddings, load_text_embeddings
 from ..model.vae import SpaceToDepthVAE
 from .video_dataset import VideoClips, VideoFolder, report
@@ -126,8 +126,7 @@ class TrainSettings:
                              "diffusion model) or --init-from a training folder")
         if base is not None:
             self.model = trainable_size(read_dit_config(base, self.start_field), self.start_field)
-        if self.text_padding not in TEXT_PADDINGS:
-            raise ValueError(f"text-padding: '{self.text_padding}' is unknown; use one of {', '.join(TEXT_PADDINGS)}")
+        check_text_padding(self.text_padding, "text-padding")
         if self.world not in WORLDS:
             raise ValueError(f"world: '{self.world}' is unknown; use one of {', '.join(WORLDS)}")
         if not self.scenes or not set(self.scenes) <= set(storyworld.SCENES):
