@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
                              change_weighting=args.change_weighting, unroll=args.unroll,
-                             unroll_mix=args.unroll_mix, spectrum_weight=args.spectrum_weight)
+                             unroll_mix=args.unroll_mix)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -462,10 +462,6 @@ def add_objective_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune, with --unroll: share of next-chunk steps unrolled; the others denoise one chunk "
                         "at a random noise level from the real history (with --change-weighting weighted), which "
                         "keeps what those steps taught (default 1: all unrolled)")
-    p.add_argument("--spectrum-weight", type=number(float, 0, 100, low_allowed=True), default=0.0, metavar="W",
-                   help="finetune, with --unroll: add W times the squared difference of each predicted chunk's "
-                        "spatial amplitude spectrum from the real one's, which charges blur and not a small shift, "
-                        "so the chain is not pulled to the blurred mean (default 0: off)")
 
 
 def add_story_flags(p: argparse.ArgumentParser) -> None:

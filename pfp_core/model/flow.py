@@ -42,14 +42,6 @@ def flow_loss(predicted_velocity: torch.Tensor, x0: torch.Tensor, noise: torch.T
     return (weights * per_sample).sum() / weights.sum()
 
 
-def spectrum_loss(predicted_x0: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of the frames' spatial amplitude spectra (orthonormal 2-D FFT over H, W). A shift
-    leaves the amplitudes as they are and a blur removes the high ones, so this term charges a blurred guess and
-    not a sharp one a pixel off, where the squared error charges the sharp guess twice as much as the blur."""
-    amplitude = lambda x: torch.fft.rfft2(x.float(), norm="ortho").abs()
-    return (amplitude(predicted_x0) - amplitude(x0)).pow(2).mean()
-
-
 def guided(velocity_cond: Velocity, velocity_uncond: Velocity | None, scale: float) -> Velocity:
     """Classifier-free guidance: v = v_u + scale (v_c - v_u). Scale 1 skips the unconditional pass."""
     if velocity_uncond is None or scale == 1.0:

@@ -44,7 +44,7 @@ from .distributed import Process
 from ..model.dit import WanDiT
 from ..model.encoder import MemoryEncoder
 from .export import folder_files
-from ..model.flow import add_noise, flow_loss, sample, sampling_sigmas, spectrum_loss, training_sigmas
+from ..model.flow import add_noise, flow_loss, sample, sampling_sigmas, training_sigmas
 from .lora import LoRA, attach, freeze_base, load_lora_into, lora_for, merge_into, read_lora, save_lora
 from ..model.context import build_context
 from ..model.memory import Memory, change_loss_weight, empty_memory, with_recent
@@ -71,7 +71,6 @@ class TrainSettings:
     rollout_mix: float = 0.0  # finetune: share of next-chunk steps whose history ends in the model's own frames
     unroll: int = 0  # finetune: next-chunk steps predict this many chunks in a row from their own predictions
     unroll_mix: float = 1.0  # with unroll: share of next-chunk steps unrolled; the others denoise one chunk
-    spectrum_weight: float = 0.0  # with unroll: weight of the amplitude-spectrum term (flow.spectrum_loss)
     lr: float = 1e-3
     warmup: int = 50
     shift: float = 1.0
@@ -148,9 +147,6 @@ class TrainSettings:
         if not 0.0 < self.unroll_mix <= 1.0 or (self.unroll_mix < 1.0 and not self.unroll):
             raise ValueError(f"unroll-mix: a share of next-chunk steps above 0 and at most 1, with --unroll; got "
                              f"{self.unroll_mix} with unroll {self.unroll}")
-        if self.spectrum_weight < 0 or (self.spectrum_weight and not self.unroll):
-            raise ValueError(f"spectrum-weight: weighs the unrolled chunks' spectrum term, 0 (off) or more, with "
-                             f"--unroll; got {self.spectrum_weight} with unroll {self.unroll}")
         if self.anchor_noise is not None and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
             raise ValueError("anchor-noise: chunks start from the last recent frame in a finetune with an encoder; "
                              "pass --recent-frames R with stage finetune, or drop --anchor-noise")
@@ -398,11 +394,9 @@ def unrolled_loss(models: Models, latents: torch.Tensor, settings: TrainSettings
         full_noise = torch.full((latents.shape[0],), 1000.0, device=latents.device)
         velocity = models.dit(noise, full_noise, text_context(models, text, frame_times, latents.device), memory,
                               frame_times)
-        predicted = noise - velocity
-        losses.append(flow_loss(velocity, latents[:, :, start:end], noise)
-                      + settings.spectrum_weight * spectrum_loss(predicted, latents[:, :, start:end]))
+        losses.append(flow_loss(velocity, latents[:, :, start:end], noise))
         # appended as generation appends it: in the VAE's range, padding channels zero (rounding has no gradient)
-        history = torch.cat((history, vae.encode(vae.decode(predicted))), dim=2)
+        history = torch.cat((history, vae.encode(vae.decode(noise - velocity))), dim=2)
     return torch.stack(losses).mean()
 
 

@@ -19,7 +19,6 @@ from pfp_core.model.dit import WanDiT
 from pfp_core.training.loop import (TrainSettings, build_models, chunk_noise, encode_memory, next_chunk_loss,
                                     recycled_history, retrieval_loss, set_grad_checkpointing, step_rng, story_clips,
                                     train, train_step, unrolled_loss)
-from pfp_core.model.flow import spectrum_loss
 from pfp_core.model.vae import SpaceToDepthVAE
 
 
@@ -298,10 +297,6 @@ def test_an_unrolled_step_with_the_zero_head_scores_copying_the_last_frame(tmp_p
         loss = unrolled_loss(models, latents, settings, torch.Generator().manual_seed(0))
     copied = (latents[:, :, 5:6] - latents[:, :, 6:]).pow(2).mean()
     assert loss.item() == pytest.approx(copied.item(), rel=1e-5) and copied > 1e-3
-    with torch.no_grad():
-        weighted = unrolled_loss(models, latents, unroll_settings(tmp_path, spectrum_weight=2.0), torch.Generator())
-    spectra = torch.stack([spectrum_loss(latents[:, :, 5:6], latents[:, :, t:t + 1]) for t in (6, 7, 8)]).mean()
-    assert weighted.item() == pytest.approx((copied + 2 * spectra).item(), rel=1e-5) and spectra > 1e-4
 
 
 def test_an_unrolled_step_continues_its_own_predictions_with_the_gradient_through_them(tmp_path):
@@ -349,8 +344,6 @@ def test_an_unrolled_finetune_trains_records_one_step_and_refuses_what_it_cannot
         unroll_settings(tmp_path, rollout_mix=0.5)
     with pytest.raises(ValueError, match="^unroll:"):
         small(tmp_path, stage="pretrain", unroll=2)
-    with pytest.raises(ValueError, match="^spectrum-weight:"):
-        unroll_settings(tmp_path, unroll=0, spectrum_weight=1.0)
 
 
 def test_an_unroll_mix_unrolls_that_share_of_steps_and_denoises_one_chunk_in_the_others(tmp_path, monkeypatch):
