@@ -99,6 +99,7 @@ class TrainSettings:
     context_noise: float = 0.0  # finetune: history plus noise of standard deviation U(0, context_noise)
     clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.model.dit.context_stream)
     anchor_noise: float | None = None  # finetune: chunks flow from the last recent latent plus this much noise
+    start_noise_cell: int = 1  # with anchor_noise: that noise is drawn per cell of this many latent pixels a side
     predict_change: bool = False  # finetune: the DiT reads the chunk's change from the last history latent
     change_weighting: bool = False  # with predict_change: EDM's loss weight by noise level (change_loss_weight)
     fsdp: bool = False  # shard weights, gradients and AdamW state over the torchrun processes (FSDP2) instead of DDP
@@ -145,6 +146,9 @@ class TrainSettings:
             raise ValueError(f"unroll: chunks a finetune step predicts in a row, 0 (off) or more, and not with "
                              f"--rollout-mix (which recycles history without gradient); got {self.unroll} with stage "
                              f"{self.stage}, rollout-mix {self.rollout_mix}")
+        if self.start_noise_cell < 1 or (self.start_noise_cell > 1 and self.anchor_noise is None):
+            raise ValueError(f"start-noise-cell: latent pixels a side, 1 or more, and above 1 only with "
+                             f"--anchor-noise; got {self.start_noise_cell}")
         if self.ensemble < 1 or (self.ensemble > 1 and not self.unroll):
             raise ValueError(f"ensemble: chains per clip of an unrolled step, 1 or more, and above 1 only with "
                              f"--unroll; got {self.ensemble} with unroll {self.unroll}")
@@ -252,7 +256,8 @@ def build_models(settings: TrainSettings) -> Models:
                                                    settings.anchor_noise, settings.predict_change))
     if encoder is not None and settings.stage == "finetune":  # generation's default chunk length and steps
         encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames,
-                                 sampling_steps=1 if settings.unroll else None)
+                                 sampling_steps=1 if settings.unroll else None,
+                                 start_noise_cell=settings.start_noise_cell)
     if encoder is not None:  # the prompts generation gives the DiT must be padded as its training captions were
         encoder.config = replace(encoder.config, text_padding=recorded_text_padding(settings))
     if settings.predict_change and not predicted_change_before(settings):

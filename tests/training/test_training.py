@@ -335,8 +335,9 @@ def test_an_unrolled_step_continues_its_own_predictions_with_the_gradient_throug
 def test_an_ensemble_of_chains_scores_their_crps_and_trains(tmp_path):
     """With the zero head every chain copies the last real frame forward whatever its noise, so the two members
     agree and the CRPS is the absolute error of the copy at each pooled scale; with a head that reads the noise
-    the members differ and the score drops below that error. Two steps train; the option needs --unroll."""
-    settings = unroll_settings(tmp_path / "e", ensemble=2, steps=2)
+    the members differ and the score changes. Two steps train, with coarse start noise, which the encoder file
+    records; the ensemble needs --unroll and coarse noise the anchored start."""
+    settings = unroll_settings(tmp_path / "e", ensemble=2, steps=2, start_noise_cell=2)
     models = build_models(settings)
     latents = story_latents(9)
     with torch.no_grad():
@@ -348,8 +349,11 @@ def test_an_ensemble_of_chains_scores_their_crps_and_trains(tmp_path):
     assert unrolled_loss(models, latents, settings, torch.Generator().manual_seed(0)).item() != pytest.approx(copied.item())
     losses = train(settings, progress=False)
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert load_encoder(tmp_path / "e" / "encoder.safetensors").config.start_noise_cell == 2
     with pytest.raises(ValueError, match="^ensemble:"):
         unroll_settings(tmp_path, ensemble=2, unroll=0)
+    with pytest.raises(ValueError, match="^start-noise-cell:"):
+        unroll_settings(tmp_path, start_noise_cell=2, anchor_noise=None, predict_change=False)
 
 
 def test_an_unrolled_finetune_trains_records_one_step_and_refuses_what_it_cannot_do(tmp_path):
