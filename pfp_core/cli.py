@@ -165,8 +165,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
                              change_weighting=args.change_weighting, unroll=args.unroll,
-                             unroll_mix=args.unroll_mix, ensemble=args.ensemble,
-                             start_noise_cell=args.start_noise_cell)
+                             unroll_mix=args.unroll_mix)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -459,14 +458,6 @@ def add_objective_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune: each next-chunk step predicts K chunks in a row, each the one-step estimate "
                         "from full noise given the history plus the chunks predicted before it, with the loss on "
                         "every chunk and its gradient through the chain (generate with --steps 1)")
-    p.add_argument("--start-noise-cell", type=number(int, 1, 64, low_allowed=True), default=1, metavar="K",
-                   help="finetune, with --anchor-noise: the start's noise is constant over cells of K x K latent "
-                        "pixels, so a one-step generator trained with --ensemble varies regions rather than pixels "
-                        "(the encoder file records it; default 1: per pixel)")
-    p.add_argument("--ensemble", type=number(int, 1, 8, low_allowed=True), default=1, metavar="M",
-                   help="finetune, with --unroll: each clip runs M chains from independent noise and the loss is "
-                        "their CRPS instead of the squared error, so the one-step estimate learns to sample new "
-                        "content rather than blur it to the mean (M times the cost; default 1)")
     p.add_argument("--unroll-mix", type=number(float, 0, 1), default=1.0, metavar="SHARE",
                    help="finetune, with --unroll: share of next-chunk steps unrolled; the others denoise one chunk "
                         "at a random noise level from the real history (with --change-weighting weighted), which "

@@ -126,10 +126,6 @@ class EncoderConfig(JsonConfig):
     # each chunk's flow starts at the last recent latent plus noise of this scale, not at pure noise, so the DiT
     # learns the change from the last frame (pfp_core.model.memory.Memory.flow_start); None: pure noise, as Wan samples
     anchor_noise: float | None = None
-    # the anchored start's noise is drawn per cell of this many latent pixels a side, not per pixel: a one-step
-    # generator trained on an ensemble score (`finetune --ensemble`) turns its noise into new content, and coarse
-    # noise gives it regions to vary where per-pixel noise gives speckle (Memory.flow_start); 1: per pixel
-    start_noise_cell: int = 1
     # latent frames per chunk the pair was finetuned to generate, the chunk length generation uses unless told
     # otherwise; None: not recorded (1 s chunks)
     chunk_frames: int | None = None
@@ -165,10 +161,6 @@ class EncoderConfig(JsonConfig):
         if self.predict_change and self.anchor_noise is None:
             raise ValueError("predict_change: the change flows from the last recent frame; it needs anchor_noise "
                              "(chunks that start there) and recent frames")
-        if not isinstance(self.start_noise_cell, int) or self.start_noise_cell < 1 or (
-                self.start_noise_cell > 1 and self.anchor_noise is None):
-            raise ValueError(f"start_noise_cell: a whole number of latent pixels, 1 or more, and above 1 only with "
-                             f"anchor_noise (the anchored start); got {self.start_noise_cell}")
         if self.anchor_noise is not None and not (self.anchor_noise > 0 and self.recent_frames):
             raise ValueError(f"anchor_noise: {self.anchor_noise} needs a positive scale and recent frames (> 0) to "
                              "start from; leave it unset for pure noise")

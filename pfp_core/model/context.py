@@ -31,7 +31,7 @@ def build_context(config: EncoderConfig, memory_of: OlderMemory | None, window: 
         memory = empty_memory(window.shape[0], config.dim, older.shape[2], older.shape[2] * time_factor / fps)
     return replace(with_recent(memory, window, recent, config.patch_size), clean_context=config.clean_context,
                    anchor_noise=config.anchor_noise, predict_change=config.predict_change,
-                   change_std=config.change_std, start_noise_cell=config.start_noise_cell)
+                   change_std=config.change_std)
 
 
 class ContextCompressor:

@@ -42,36 +42,6 @@ def flow_loss(predicted_velocity: torch.Tensor, x0: torch.Tensor, noise: torch.T
     return (weights * per_sample).sum() / weights.sum()
 
 
-CRPS_SCALES = (1, 2, 4)  # average-pooling factors of the latent frame the ensemble score is taken at
-CRPS_FAIRNESS = 0.95  # AIFS-CRPS's alpha: almost fair, so two members cannot both sit on one wrong value
-
-
-def ensemble_crps(members: torch.Tensor, target: torch.Tensor, scales: tuple[int, ...] = CRPS_SCALES,
-                  fairness: float = CRPS_FAIRNESS) -> torch.Tensor:
-    """Almost-fair CRPS of an ensemble [M, B, C, T, H, W] (M >= 2) against `target` [B, C, T, H, W], per element,
-    averaged over the latent frame at each pooling scale in turn:
-        mean_i |x_i - y| - (1 - eps) / 2 * mean_{i != j} |x_i - x_j|,   eps = (1 - fairness) / M.
-    A proper score: the mean of an uncertain target scores worse than members drawn from its distribution, so a
-    one-step generator trained on it samples (sharp new content) where a squared error teaches the blurred mean.
-    Pooled scales score the members' local averages too, which per-pixel noise of the right spread gets wrong."""
-    count = members.shape[0]
-    epsilon = (1 - fairness) / count
-    scores = []
-    for scale in scales:
-        pooled, real = _pool_frames(members.flatten(0, 1), scale), _pool_frames(target, scale)
-        pooled = pooled.view(count, *real.shape)
-        skill = (pooled - real).abs().mean(dim=0)
-        spread = (pooled[:, None] - pooled[None]).abs().sum(dim=(0, 1)) / (count * (count - 1))
-        scores.append((skill - 0.5 * (1 - epsilon) * spread).mean())
-    return torch.stack(scores).mean()
-
-
-def _pool_frames(latents: torch.Tensor, scale: int) -> torch.Tensor:
-    """[N, C, T, H, W] averaged over scale x scale spatial cells, in fp32."""
-    latents = latents.float()
-    return latents if scale == 1 else torch.nn.functional.avg_pool3d(latents, (1, scale, scale))
-
-
 def guided(velocity_cond: Velocity, velocity_uncond: Velocity | None, scale: float) -> Velocity:
     """Classifier-free guidance: v = v_u + scale (v_c - v_u). Scale 1 skips the unconditional pass."""
     if velocity_uncond is None or scale == 1.0:

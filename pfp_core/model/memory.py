@@ -42,7 +42,6 @@ class Memory:
     anchor_noise: float | None = None  # the chunk's flow starts at the last recent latent (EncoderConfig.anchor_noise)
     predict_change: bool = False  # the DiT reads the chunk's change from the last recent latent (change_input)
     change_std: float = CHANGE_STD  # the spread of a change its velocity's skip assumes (change_skip)
-    start_noise_cell: int = 1  # the anchored start's noise is constant over cells this wide (EncoderConfig)
 
     @property
     def reads_change(self) -> bool:
@@ -76,7 +75,6 @@ class Memory:
         from noise (the same velocity target, eps - x0, with this start as eps)."""
         if self.anchor_noise is None:
             return noise
-        noise = coarse_noise(noise, self.start_noise_cell)
         return self.last_latent(noise).expand(-1, -1, noise.shape[2], -1, -1) + self.anchor_noise * noise
 
     def last_latent(self, like: torch.Tensor) -> torch.Tensor:
@@ -196,17 +194,6 @@ def drop_memory(tokens: torch.Tensor, video_token_count: int) -> torch.Tensor:
     return tokens[:, :video_token_count]
 
 
-def coarse_noise(noise: torch.Tensor, cell: int) -> torch.Tensor:
-    """Standard noise [B, C, T, h, w] summed over cells of cell x cell latent pixels (partial cells at the edges
-    too), divided by the root of each cell's count, so unit spread again, and spread back over each cell."""
-    if cell == 1:
-        return noise
-    cell_sum = lambda x: torch.nn.functional.avg_pool3d(x, (1, cell, cell), ceil_mode=True, divisor_override=1)
-    pooled = cell_sum(noise) / cell_sum(torch.ones_like(noise[:1, :1])).sqrt()
-    spread = pooled.repeat_interleave(cell, dim=-2).repeat_interleave(cell, dim=-1)
-    return spread[..., :noise.shape[-2], :noise.shape[-1]]
-
-
 def save_memory(memory: Memory, path: str | Path) -> Path:
     """Safetensors with the history length (and where the recent frames start) in the metadata; written atomically."""
     tensors = {"tokens": memory.tokens.float(), "positions": memory.positions.float()}
@@ -218,8 +205,7 @@ def save_memory(memory: Memory, path: str | Path) -> Path:
                                         "clean_context": json.dumps(memory.clean_context),
                                         "anchor_noise": json.dumps(memory.anchor_noise),
                                         "predict_change": json.dumps(memory.predict_change),
-                                        "change_std": json.dumps(memory.change_std),
-                                        "start_noise_cell": str(memory.start_noise_cell)})
+                                        "change_std": json.dumps(memory.change_std)})
 
 
 def load_memory(path: str | Path) -> Memory:
@@ -234,15 +220,13 @@ def load_memory(path: str | Path) -> Memory:
         anchor_noise = json.loads(metadata.get("anchor_noise", "null"))  # files saved before it existed: pure noise
         anchor_noise = None if anchor_noise is None else float(anchor_noise)
         change_std = float(json.loads(metadata.get("change_std", str(CHANGE_STD))))
-        start_noise_cell = int(metadata.get("start_noise_cell", "1"))  # files saved before it: per-pixel noise
     except (KeyError, ValueError, TypeError):  # refused below with the values it holds
-        latent_frames, seconds, anchor_noise, change_std, start_noise_cell = -1, math.nan, None, CHANGE_STD, 1
-    if tokens.dim() != 3 or positions.shape != (tokens.shape[1], 3) or latent_frames < 0 or not math.isfinite(seconds) \
-            or start_noise_cell < 1:
+        latent_frames, seconds, anchor_noise, change_std = -1, math.nan, None, CHANGE_STD
+    if tokens.dim() != 3 or positions.shape != (tokens.shape[1], 3) or latent_frames < 0 or not math.isfinite(seconds):
         raise CheckpointError(f"memory: {Path(path).name} is damaged (tokens {list(tokens.shape)}, positions "
                               f"{list(positions.shape)}, latent_frames {metadata.get('latent_frames')!r}, seconds "
                               f"{metadata.get('seconds')!r}); save the memory again with PFP Save Memory")
     return Memory(tokens, positions, latent_frames, seconds, tensors.get("recent_latents"),
                   int(metadata.get("recent_start", 0)), tuple(json.loads(metadata.get("patch_size", "[1, 2, 2]"))),
                   metadata.get("clean_context") == "true", anchor_noise,
-                  metadata.get("predict_change") == "true", change_std, start_noise_cell)
+                  metadata.get("predict_change") == "true", change_std)

@@ -44,7 +44,7 @@ from .distributed import Process
 from ..model.dit import WanDiT
 from ..model.encoder import MemoryEncoder
 from .export import folder_files
-from ..model.flow import add_noise, ensemble_crps, flow_loss, sample, sampling_sigmas, training_sigmas
+from ..model.flow import add_noise, flow_loss, sample, sampling_sigmas, training_sigmas
 from .lora import LoRA, attach, freeze_base, load_lora_into, lora_for, merge_into, read_lora, save_lora
 from ..model.context import build_context
 from ..model.memory import Memory, change_loss_weight, empty_memory, with_recent
@@ -71,7 +71,6 @@ class TrainSettings:
     rollout_mix: float = 0.0  # finetune: share of next-chunk steps whose history ends in the model's own frames
     unroll: int = 0  # finetune: next-chunk steps predict this many chunks in a row from their own predictions
     unroll_mix: float = 1.0  # with unroll: share of next-chunk steps unrolled; the others denoise one chunk
-    ensemble: int = 1  # with unroll: chains per clip; above 1 the unrolled loss is their CRPS, not a squared error
     lr: float = 1e-3
     warmup: int = 50
     shift: float = 1.0
@@ -99,7 +98,6 @@ class TrainSettings:
     context_noise: float = 0.0  # finetune: history plus noise of standard deviation U(0, context_noise)
     clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.model.dit.context_stream)
     anchor_noise: float | None = None  # finetune: chunks flow from the last recent latent plus this much noise
-    start_noise_cell: int = 1  # with anchor_noise: that noise is drawn per cell of this many latent pixels a side
     predict_change: bool = False  # finetune: the DiT reads the chunk's change from the last history latent
     change_weighting: bool = False  # with predict_change: EDM's loss weight by noise level (change_loss_weight)
     fsdp: bool = False  # shard weights, gradients and AdamW state over the torchrun processes (FSDP2) instead of DDP
@@ -146,12 +144,6 @@ class TrainSettings:
             raise ValueError(f"unroll: chunks a finetune step predicts in a row, 0 (off) or more, and not with "
                              f"--rollout-mix (which recycles history without gradient); got {self.unroll} with stage "
                              f"{self.stage}, rollout-mix {self.rollout_mix}")
-        if self.start_noise_cell < 1 or (self.start_noise_cell > 1 and self.anchor_noise is None):
-            raise ValueError(f"start-noise-cell: latent pixels a side, 1 or more, and above 1 only with "
-                             f"--anchor-noise; got {self.start_noise_cell}")
-        if self.ensemble < 1 or (self.ensemble > 1 and not self.unroll):
-            raise ValueError(f"ensemble: chains per clip of an unrolled step, 1 or more, and above 1 only with "
-                             f"--unroll; got {self.ensemble} with unroll {self.unroll}")
         if not 0.0 < self.unroll_mix <= 1.0 or (self.unroll_mix < 1.0 and not self.unroll):
             raise ValueError(f"unroll-mix: a share of next-chunk steps above 0 and at most 1, with --unroll; got "
                              f"{self.unroll_mix} with unroll {self.unroll}")
@@ -256,8 +248,7 @@ def build_models(settings: TrainSettings) -> Models:
                                                    settings.anchor_noise, settings.predict_change))
     if encoder is not None and settings.stage == "finetune":  # generation's default chunk length and steps
         encoder.config = replace(encoder.config, chunk_frames=settings.chunk_frames,
-                                 sampling_steps=1 if settings.unroll else None,
-                                 start_noise_cell=settings.start_noise_cell)
+                                 sampling_steps=1 if settings.unroll else None)
     if encoder is not None:  # the prompts generation gives the DiT must be padded as its training captions were
         encoder.config = replace(encoder.config, text_padding=recorded_text_padding(settings))
     if settings.predict_change and not predicted_change_before(settings):
@@ -387,35 +378,26 @@ def unrolled_loss(models: Models, latents: torch.Tensor, settings: TrainSettings
                   text: FrameCaptions | None = None) -> torch.Tensor:
     """Stage 2 as generation runs it with one sampling step: the last `unroll` chunks of the clip are predicted
     one after the other, each from the memory of the real history plus the chunks predicted before it, as the
-    flow's estimate of x0 from full noise (one Euler step from s = 1). The loss is each chunk's squared error
-    against the real chunk, which the conditional mean minimises, and its gradient runs through the whole chain:
-    the model learns to continue its own output, as autoregressive forecasters are finetuned on multi-step
-    rollouts. With `ensemble` M > 1, every clip runs M chains from independent noise and the loss is their CRPS
-    (flow.ensemble_crps): the one-step estimate then learns to sample from its noise rather than give the mean."""
-    batch, members = latents.shape[0], settings.ensemble
+    flow's estimate of x0 from full noise (one Euler step from s = 1: the conditional mean, the prediction with
+    the least squared error). The loss is each chunk's flow error at s = 1, which is its squared error against
+    the real chunk, and its gradient runs through the whole chain: the model learns to continue its own output,
+    as autoregressive forecasters are finetuned on multi-step rollouts."""
     split = latents.shape[2] - settings.unroll * settings.chunk_frames
-    history = corrupt(latents[:, :, :split], settings.context_noise, gen).repeat(members, 1, 1, 1, 1)
+    history = corrupt(latents[:, :, :split], settings.context_noise, gen)
     vae = SpaceToDepthVAE()
     losses = []
     for start in range(split, latents.shape[2], settings.chunk_frames):
-        real = latents[:, :, start:start + settings.chunk_frames]
+        end = start + settings.chunk_frames
         memory = encode_memory(models, history, settings)
-        frame_times = torch.arange(start, start + real.shape[2]).expand(batch, -1)
-        context = text_context(models, text, frame_times, latents.device).repeat(members, 1, 1)
-        noise = chunk_noise(real.repeat(members, 1, 1, 1, 1).shape, memory, gen, latents.device)
-        full_noise = torch.full((batch * members,), 1000.0, device=latents.device)
-        predicted = noise - models.dit(noise, full_noise, context, memory, frame_times.repeat(members, 1))
-        losses.append(chunk_score(predicted, real, members))
+        frame_times = torch.arange(start, end).expand(latents.shape[0], -1)
+        noise = chunk_noise(latents[:, :, start:end].shape, memory, gen, latents.device)
+        full_noise = torch.full((latents.shape[0],), 1000.0, device=latents.device)
+        velocity = models.dit(noise, full_noise, text_context(models, text, frame_times, latents.device), memory,
+                              frame_times)
+        losses.append(flow_loss(velocity, latents[:, :, start:end], noise))
         # appended as generation appends it: in the VAE's range, padding channels zero (rounding has no gradient)
-        history = torch.cat((history, vae.encode(vae.decode(predicted))), dim=2)
+        history = torch.cat((history, vae.encode(vae.decode(noise - velocity))), dim=2)
     return torch.stack(losses).mean()
-
-
-def chunk_score(predicted: torch.Tensor, real: torch.Tensor, members: int) -> torch.Tensor:
-    """Squared error of one prediction per clip (the flow loss at s = 1), or the CRPS of `members` per clip."""
-    if members == 1:
-        return (predicted.float() - real.float()).pow(2).mean()
-    return ensemble_crps(predicted.view(members, *real.shape), real)
 
 
 ROLLOUT_STEPS = 4  # Euler steps of a recycled chunk: the kind of errors generation makes, at a third of its cost

@@ -6,8 +6,8 @@ import torch
 from pfp_core.config import encoder_config_for
 from pfp_core.model.context import ContextCompressor, build_context
 from pfp_core.model.encoder import MemoryEncoder, cell_centres
-from pfp_core.model.memory import (Memory, change_input, change_loss_weight, change_skip, coarse_noise, empty_memory,
-                                   load_memory, save_memory)
+from pfp_core.model.memory import (Memory, change_input, change_loss_weight, change_skip, empty_memory, load_memory,
+                                   save_memory)
 
 
 def test_context_is_recent_latents_plus_memory_of_the_older_history(random_engine):
@@ -79,26 +79,6 @@ def test_a_chunk_flows_from_the_last_recent_latent_when_its_encoder_says_so():
     assert torch.allclose(start, window[:, :, -1:].expand(-1, -1, 3, -1, -1) + 0.5 * noise)
     plain = encoder_config_for("tiny", variant="none", recent_frames=2)
     assert build_context(plain, None, window, fps=8).flow_start(noise) is noise  # Wan's own: pure noise
-
-
-def test_coarse_start_noise_is_constant_per_cell_of_unit_spread_and_kept_with_the_context(tmp_path):
-    """start_noise_cell 4: the anchored start's noise takes one value per 4x4 latent cell (edge cells partial), of
-    unit spread, from the same seed's noise; the encoder config and a saved context carry the cell size."""
-    noise = torch.randn(2000, 1, 1, 6, 10)
-    coarse = coarse_noise(noise, 4)
-    assert torch.equal(coarse[..., :4, :4], coarse[..., :1, :1].expand(-1, -1, -1, 4, 4))
-    assert torch.equal(coarse[..., 4:, 8:], coarse[..., 4:5, 8:9].expand(-1, -1, -1, 2, 2))  # a 2x2 corner cell
-    assert torch.allclose(coarse[..., 0, 0], noise[..., :4, :4].sum(dim=(-2, -1)) / 4, atol=1e-5)
-    assert coarse[..., 0, 0].std().item() == pytest.approx(1, abs=0.05)
-    assert coarse[..., 5, 9].std().item() == pytest.approx(1, abs=0.05)
-    assert coarse_noise(noise, 1) is noise
-    config = encoder_config_for("tiny", variant="none", recent_frames=2, anchor_noise=0.5)
-    window, noise = torch.randn(1, 16, 5, 16, 16), torch.randn(1, 16, 3, 16, 16)
-    memory = build_context(replace(config, start_noise_cell=4), None, window, fps=8)
-    assert torch.allclose(memory.flow_start(noise), window[:, :, -1:] + 0.5 * coarse_noise(noise, 4))
-    assert load_memory(save_memory(memory, tmp_path / "m.safetensors")).start_noise_cell == 4
-    with pytest.raises(ValueError, match="^start_noise_cell: .* only with anchor_noise"):
-        replace(encoder_config_for("tiny", variant="none", recent_frames=2), start_noise_cell=4)
 
 
 def test_anchor_noise_needs_recent_frames_to_start_from():

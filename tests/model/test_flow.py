@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pfp_core.model.flow import add_noise, ensemble_crps, guided, sample, sampling_sigmas, shift_sigmas
+from pfp_core.model.flow import add_noise, guided, sample, sampling_sigmas, shift_sigmas
 
 
 def test_schedule_runs_from_noise_to_data_and_shift_favours_noise():
@@ -47,33 +47,3 @@ def test_callback_sees_every_step_and_unknown_solver_is_named():
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     with pytest.raises(ValueError, match="^solver: 'rk9'"):
         sample(lambda x, s: x, torch.ones(1), sampling_sigmas(4, 1.0), "rk9")
-
-
-def test_ensemble_crps_of_members_that_agree_is_their_absolute_error():
-    torch.manual_seed(0)
-    target, guess = torch.randn(2, 3, 1, 8, 8), torch.randn(2, 3, 1, 8, 8)
-    score = ensemble_crps(torch.stack([guess, guess]), target, scales=(1,))
-    assert score.item() == pytest.approx((guess - target).abs().mean().item(), rel=1e-6)
-
-
-def test_ensemble_crps_scores_draws_from_the_target_distribution_better_than_its_mean():
-    """The property the unrolled finetune needs: for an uncertain target, the mean (what a squared error teaches)
-    scores worse than members drawn from the target's distribution; the expected values are 0.80 and 0.58 for a
-    standard normal target (CRPS of a point forecast sqrt(2/pi), of the distribution 1/sqrt(pi), almost fair)."""
-    torch.manual_seed(0)
-    target = torch.randn(4, 3, 2, 16, 16)
-    at_mean = ensemble_crps(torch.zeros(2, *target.shape), target, scales=(1,))
-    drawn = ensemble_crps(torch.randn(2, *target.shape), target, scales=(1,))
-    assert at_mean.item() == pytest.approx(0.798, abs=0.02) and drawn.item() == pytest.approx(0.578, abs=0.02)
-
-
-def test_pooled_scales_tell_speckle_from_structure():
-    """A target of random 4x4 blocks: per-pixel noise with the right spread scores as well as random blocks at
-    scale 1, and clearly worse once local averages are scored too."""
-    torch.manual_seed(0)
-    blocks = lambda *shape: torch.randn(*shape, 4, 4).repeat_interleave(4, -2).repeat_interleave(4, -1)
-    target = blocks(64, 3, 4)
-    speckle, structured = torch.randn(2, *target.shape), blocks(2, 64, 3, 4)
-    per_pixel = [ensemble_crps(members, target, scales=(1,)).item() for members in (speckle, structured)]
-    assert per_pixel[0] == pytest.approx(per_pixel[1], abs=0.03)
-    assert ensemble_crps(speckle, target).item() > ensemble_crps(structured, target).item() + 0.03

@@ -332,30 +332,6 @@ def test_an_unrolled_step_continues_its_own_predictions_with_the_gradient_throug
     assert not torch.allclose(through, cut, rtol=1e-2, atol=1e-6)
 
 
-def test_an_ensemble_of_chains_scores_their_crps_and_trains(tmp_path):
-    """With the zero head every chain copies the last real frame forward whatever its noise, so the two members
-    agree and the CRPS is the absolute error of the copy at each pooled scale; with a head that reads the noise
-    the members differ and the score changes. Two steps train, with coarse start noise, which the encoder file
-    records; the ensemble needs --unroll and coarse noise the anchored start."""
-    settings = unroll_settings(tmp_path / "e", ensemble=2, steps=2, start_noise_cell=2)
-    models = build_models(settings)
-    latents = story_latents(9)
-    with torch.no_grad():
-        copied = unrolled_loss(models, latents, settings, torch.Generator().manual_seed(0))
-    pooled = lambda x, k: torch.nn.functional.avg_pool3d(x, (1, k, k))
-    error = torch.stack([(pooled(latents[:, :, 5:6], k) - pooled(latents[:, :, 6:], k)).abs().mean() for k in (1, 2, 4)])
-    assert copied.item() == pytest.approx(error.mean().item(), rel=1e-5)
-    torch.nn.init.normal_(models.dit.head.head.weight, std=0.05)
-    assert unrolled_loss(models, latents, settings, torch.Generator().manual_seed(0)).item() != pytest.approx(copied.item())
-    losses = train(settings, progress=False)
-    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
-    assert load_encoder(tmp_path / "e" / "encoder.safetensors").config.start_noise_cell == 2
-    with pytest.raises(ValueError, match="^ensemble:"):
-        unroll_settings(tmp_path, ensemble=2, unroll=0)
-    with pytest.raises(ValueError, match="^start-noise-cell:"):
-        unroll_settings(tmp_path, start_noise_cell=2, anchor_noise=None, predict_change=False)
-
-
 def test_an_unrolled_finetune_trains_records_one_step_and_refuses_what_it_cannot_do(tmp_path):
     """It trains the one-step estimate, so its encoder file records one sampling step; a finetune from it without
     the unroll records none again."""
