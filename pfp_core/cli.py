@@ -479,7 +479,9 @@ def add_story_flags(p: argparse.ArgumentParser) -> None:
                         "more camera moves to learn from)")
     p.add_argument("--text-padding", choices=TEXT_PADDINGS, default="mean",
                    help="story world: pad captions with the mean of their word vectors (default; the DiT then reads "
-                        "the caption wherever it attends) or with zeros (the pairs trained before this option)")
+                        "the caption wherever it attends), with zeros (the pairs trained before this option), or "
+                        "'sentence': the mean padding plus the mean added to every word, so that words two prompts "
+                        "share are different tokens in each")
 
 
 def add_generation_commands(sub: argparse._SubParsersAction) -> None:
