@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
                              change_weighting=args.change_weighting, unroll=args.unroll,
-                             unroll_mix=args.unroll_mix, unroll_detach=args.unroll_detach)
+                             unroll_mix=args.unroll_mix)
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -462,9 +462,6 @@ def add_objective_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune, with --unroll: share of next-chunk steps unrolled; the others denoise one chunk "
                         "at a random noise level from the real history (with --change-weighting weighted), which "
                         "keeps what those steps taught (default 1: all unrolled)")
-    p.add_argument("--unroll-detach", action="store_true",
-                   help="finetune, with --unroll: each predicted chunk joins the history without gradient, so a "
-                        "chunk's loss teaches that chunk alone (no pull toward blurring early chunks for later ones)")
 
 
 def add_story_flags(p: argparse.ArgumentParser) -> None:
@@ -479,9 +476,7 @@ def add_story_flags(p: argparse.ArgumentParser) -> None:
                         "more camera moves to learn from)")
     p.add_argument("--text-padding", choices=TEXT_PADDINGS, default="mean",
                    help="story world: pad captions with the mean of their word vectors (default; the DiT then reads "
-                        "the caption wherever it attends), with zeros (the pairs trained before this option), or "
-                        "'sentence': the mean padding plus the mean added to every word, so that words two prompts "
-                        "share are different tokens in each")
+                        "the caption wherever it attends) or with zeros (the pairs trained before this option)")
 
 
 def add_generation_commands(sub: argparse._SubParsersAction) -> None:

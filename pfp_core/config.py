@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 
-TEXT_PADDINGS = ("mean", "zeros", "sentence")  # how the tiny word-hash text encoder pads prompts (pfp_core.model.text)
+TEXT_PADDINGS = ("mean", "zeros")  # how the tiny word-hash text encoder pads prompts (pfp_core.model.text)
 
 
 def check_text_padding(padding: str, field: str) -> None:

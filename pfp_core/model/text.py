@@ -9,10 +9,7 @@ Padding: `mean` fills the positions after the words with the mean of the prompt'
 as Wan pads T5 output. T5's outputs are contextual, so any of its tokens carries the sentence; a word vector carries
 one word. With zero padding the tiny DiT learnt to attend to the 29 identical padding tokens and gave the words no
 weight (at most 0.001 in every layer), so next to no gradient could teach it what "left" means; with mean padding the
-sentence is where its attention already is. But a DiT can still route around it: one re-run put its weight on
-`camera` and `pans`, which `pans left` and `pans right` share, and gave the same frames under both (0.000 of the
-change apart). `sentence` adds the sentence's mean to every word's vector as well (and pads with the mean), so no
-token is the same in two different prompts, as with T5, and there is nothing to route around.
+sentence is where its attention already is.
 """
 from __future__ import annotations
 
@@ -48,10 +45,6 @@ class HashTextEncoder:
             words = re.findall(r"\w+", prompt.lower())[: self.text_len]
             for col, word in enumerate(words):
                 context[row, col] = self.word_vector(word)
-            if not words or self.padding == "zeros":
-                continue
-            sentence = context[row, :len(words)].mean(dim=0)
-            if self.padding == "sentence":
-                context[row, :len(words)] += sentence
-            context[row, len(words):] = sentence
+            if words and self.padding == "mean":
+                context[row, len(words):] = context[row, :len(words)].mean(dim=0)
         return context

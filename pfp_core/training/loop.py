@@ -71,7 +71,6 @@ class TrainSettings:
     rollout_mix: float = 0.0  # finetune: share of next-chunk steps whose history ends in the model's own frames
     unroll: int = 0  # finetune: next-chunk steps predict this many chunks in a row from their own predictions
     unroll_mix: float = 1.0  # with unroll: share of next-chunk steps unrolled; the others denoise one chunk
-    unroll_detach: bool = False  # with unroll: predicted chunks join the history without gradient (unrolled_loss)
     lr: float = 1e-3
     warmup: int = 50
     shift: float = 1.0
@@ -148,8 +147,6 @@ class TrainSettings:
         if not 0.0 < self.unroll_mix <= 1.0 or (self.unroll_mix < 1.0 and not self.unroll):
             raise ValueError(f"unroll-mix: a share of next-chunk steps above 0 and at most 1, with --unroll; got "
                              f"{self.unroll_mix} with unroll {self.unroll}")
-        if self.unroll_detach and not self.unroll:
-            raise ValueError("unroll-detach: cuts the gradient between unrolled chunks; add --unroll K")
         if self.anchor_noise is not None and (self.stage != "finetune" or not self.use_memory or not self.recent_frames):
             raise ValueError("anchor-noise: chunks start from the last recent frame in a finetune with an encoder; "
                              "pass --recent-frames R with stage finetune, or drop --anchor-noise")
@@ -384,9 +381,7 @@ def unrolled_loss(models: Models, latents: torch.Tensor, settings: TrainSettings
     flow's estimate of x0 from full noise (one Euler step from s = 1: the conditional mean, the prediction with
     the least squared error). The loss is each chunk's flow error at s = 1, which is its squared error against
     the real chunk, and its gradient runs through the whole chain: the model learns to continue its own output,
-    as autoregressive forecasters are finetuned on multi-step rollouts. With `unroll_detach` each predicted chunk
-    joins the history without gradient, so a chunk's loss teaches that chunk alone: the exposure to its own output
-    stays, the chain's reward for blurring early chunks so that later ones err less goes."""
+    as autoregressive forecasters are finetuned on multi-step rollouts."""
     split = latents.shape[2] - settings.unroll * settings.chunk_frames
     history = corrupt(latents[:, :, :split], settings.context_noise, gen)
     vae = SpaceToDepthVAE()
@@ -401,8 +396,7 @@ def unrolled_loss(models: Models, latents: torch.Tensor, settings: TrainSettings
                               frame_times)
         losses.append(flow_loss(velocity, latents[:, :, start:end], noise))
         # appended as generation appends it: in the VAE's range, padding channels zero (rounding has no gradient)
-        predicted = vae.encode(vae.decode(noise - velocity))
-        history = torch.cat((history, predicted.detach() if settings.unroll_detach else predicted), dim=2)
+        history = torch.cat((history, vae.encode(vae.decode(noise - velocity))), dim=2)
     return torch.stack(losses).mean()
 
 

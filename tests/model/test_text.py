@@ -25,19 +25,8 @@ def test_mean_padding_fills_the_positions_after_the_words_with_their_mean():
     assert torch.equal(zeros[:3], words) and not zeros[3:].any()
 
 
-def test_sentence_padding_puts_the_whole_prompt_into_every_token():
-    encoder = HashTextEncoder(64, 8, "sentence")
-    left, right, empty = encoder.encode(["camera pans left", "camera pans right", ""])
-    words = torch.stack([encoder.word_vector(w) for w in ("camera", "pans", "left")])
-    assert torch.allclose(left[:3], words + words.mean(dim=0))
-    assert torch.allclose(left[3:], words.mean(dim=0).expand(5, -1))
-    # `camera` and `pans`, the same words in both prompts, are no longer the same tokens
-    assert all(not torch.allclose(a, b) for a, b in zip(left, right))
-    assert not empty.any()
-
-
 def test_an_unknown_padding_is_refused_in_one_line():
-    with pytest.raises(ValueError, match="^text_padding: 'left' is unknown; use one of mean, zeros, sentence$"):
+    with pytest.raises(ValueError, match="^text_padding: 'left' is unknown; use one of mean, zeros$"):
         HashTextEncoder(64, 8, "left")
 
 

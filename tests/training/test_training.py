@@ -301,8 +301,7 @@ def test_an_unrolled_step_with_the_zero_head_scores_copying_the_last_frame(tmp_p
 
 def test_an_unrolled_step_continues_its_own_predictions_with_the_gradient_through_them(tmp_path):
     """Each chunk is predicted from the history plus the chunks predicted before it (not the real ones), and
-    the loss's gradient differs from that of the same predictions cut off from the chain, which --unroll-detach
-    gives."""
+    the loss's gradient differs from that of the same predictions cut off from the chain."""
     settings = unroll_settings(tmp_path)
     models = build_models(settings)
     torch.nn.init.normal_(models.dit.head.head.weight, std=0.05)  # a head that changes the chunk
@@ -331,10 +330,6 @@ def test_an_unrolled_step_continues_its_own_predictions_with_the_gradient_throug
     through, cut = gradient(unrolled), gradient(by_hand(cut=True))
     assert torch.allclose(through, gradient(by_hand(cut=False)), rtol=1e-3, atol=1e-7)
     assert not torch.allclose(through, cut, rtol=1e-2, atol=1e-6)
-    detached_settings = unroll_settings(tmp_path, unroll_detach=True)
-    detached = unrolled_loss(models, latents, detached_settings, torch.Generator().manual_seed(0))
-    assert detached.item() == pytest.approx(unrolled.item(), rel=1e-6)  # the same chain forward
-    assert torch.allclose(gradient(detached), cut, rtol=1e-3, atol=1e-7)  # each chunk's loss teaches it alone
 
 
 def test_an_unrolled_finetune_trains_records_one_step_and_refuses_what_it_cannot_do(tmp_path):
@@ -349,8 +344,6 @@ def test_an_unrolled_finetune_trains_records_one_step_and_refuses_what_it_cannot
         unroll_settings(tmp_path, rollout_mix=0.5)
     with pytest.raises(ValueError, match="^unroll:"):
         small(tmp_path, stage="pretrain", unroll=2)
-    with pytest.raises(ValueError, match="^unroll-detach:"):
-        unroll_settings(tmp_path, unroll=0, unroll_detach=True)
 
 
 def test_an_unroll_mix_unrolls_that_share_of_steps_and_denoises_one_chunk_in_the_others(tmp_path, monkeypatch):
