@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
                              change_weighting=args.change_weighting, unroll=args.unroll,
-                             unroll_mix=args.unroll_mix)
+                             unroll_mix=args.unroll_mix, distill_from=optional_path(args.distill_from))
     losses = train(settings, progress=not args.quiet)
     if losses and launched_rank() == 0:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
@@ -462,6 +462,9 @@ def add_objective_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune, with --unroll: share of next-chunk steps unrolled; the others denoise one chunk "
                         "at a random noise level from the real history (with --change-weighting weighted), which "
                         "keeps what those steps taught (default 1: all unrolled)")
+    p.add_argument("--distill-from", metavar="DIR", help="finetune, with --unroll: the chunks' targets are the one-step "
+                   "estimates of the pair in this training folder given the same chain, not the real chunks (teaches "
+                   "another attention pattern, e.g. --clean-context, quickly)")
 
 
 def add_story_flags(p: argparse.ArgumentParser) -> None:

@@ -101,6 +101,7 @@ class TrainSettings:
     predict_change: bool = False  # finetune: the DiT reads the chunk's change from the last history latent
     change_weighting: bool = False  # with predict_change: EDM's loss weight by noise level (change_loss_weight)
     fsdp: bool = False  # shard weights, gradients and AdamW state over the torchrun processes (FSDP2) instead of DDP
+    distill_from: Path | None = None  # with unroll: a pair's one-step estimates are the chunks' targets (Teacher)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -160,6 +161,10 @@ class TrainSettings:
         if self.change_weighting and self.batch < 2:
             raise ValueError("change-weighting: weighs a batch's samples against each other, which a batch of 1 "
                              "cannot; use --batch 2 or more, or drop --change-weighting")
+        if self.distill_from is not None and not (self.unroll and self.use_memory) or self.distill_from and self.fsdp:
+            raise ValueError("distill-from: a pair's one-step estimates replace the real chunks of unrolled steps with "
+                             "memory, in one process or under DDP; pass --unroll K without --no-memory or --fsdp, or "
+                             "drop --distill-from")
         if self.context_window and (self.use_memory or self.stage != "finetune" or self.retrieval_mix):
             raise ValueError("context-window: the sliding-window baseline is a finetune without memory or retrieval; "
                              "use it with --no-memory --retrieval-mix 0")
@@ -189,13 +194,45 @@ def trainable_size(config: DiTConfig, field: str) -> str:
     return config.name
 
 
-class Models(torch.nn.Module):
-    """What a training step runs: the DiT, the memory encoder (None: the no-memory baseline) and the LoRA
-    adapters (None: the whole DiT trains). One module, so DistributedDataParallel can wrap it."""
+class Teacher(torch.nn.Module):
+    """A frozen pair whose one-step estimates an unrolled finetune regresses instead of the real chunks, as CausVid
+    starts its causal student on its bidirectional teacher's outputs: a deterministic target teaches another
+    attention pattern (a joint-pattern teacher, a --clean-context student) in far fewer steps than the data's
+    conditional mean. It reads the student's own chain of chunks through its own encoder and pattern."""
 
-    def __init__(self, dit: WanDiT, encoder: MemoryEncoder | None, lora: LoRA | None = None):
+    def __init__(self, folder: Path):
         super().__init__()
-        self.dit, self.encoder, self.lora = dit, encoder, lora
+        if not (folder / "encoder.safetensors").is_file():
+            raise ValueError(f"distill-from: {folder} holds no encoder.safetensors; pass the training folder of a pair "
+                             "with memory (dit.safetensors and encoder.safetensors)")
+        self.dit, self.encoder = load_dit(folder / "dit.safetensors", "distill-from"), load_encoder(folder / "encoder.safetensors")
+        self.requires_grad_(False)
+
+    def check_student(self, student: WanDiT, settings: TrainSettings) -> None:
+        """The teacher must read the chunks the student is given: the same latent and text layout, the same start."""
+        reads = lambda chunk, dit: (dit.in_dim, dit.patch_size, dit.text_dim, chunk.anchor_noise, chunk.predict_change)
+        if reads(self.encoder.config, self.dit.config) != reads(settings, student.config):
+            raise ValueError(f"distill-from: {settings.distill_from} reads chunks otherwise than this student (latent "
+                             "channels, patch, text width, --anchor-noise, --predict-change); pass a pair trained with "
+                             "the student's flags")
+
+    @torch.no_grad()
+    def estimate(self, start: torch.Tensor, text: torch.Tensor, history: torch.Tensor, frame_times: torch.Tensor,
+                 settings: TrainSettings) -> torch.Tensor:
+        """The teacher's one Euler step from full noise at `start`, given `history`: its x0 estimate of the chunk."""
+        full_noise = torch.full((start.shape[0],), 1000.0, device=start.device)
+        return start - self.dit(start, full_noise, text, encode_memory(self, history, settings), frame_times)
+
+
+class Models(torch.nn.Module):
+    """What a training step runs: the DiT, the memory encoder (None: the no-memory baseline), the LoRA adapters
+    (None: the whole DiT trains) and a frozen teacher to distil (None: the data is the target). One module, so
+    DistributedDataParallel can wrap it."""
+
+    def __init__(self, dit: WanDiT, encoder: MemoryEncoder | None, lora: LoRA | None = None,
+                 teacher: Teacher | None = None):
+        super().__init__()
+        self.dit, self.encoder, self.lora, self.teacher = dit, encoder, lora, teacher
         if lora is not None:
             attach(lora, dit)
 
@@ -255,7 +292,10 @@ def build_models(settings: TrainSettings) -> Models:
         # the head knew velocities of whole chunks, not of changes: start from Wan's zero head
         torch.nn.init.zeros_(dit.head.head.weight)
         torch.nn.init.zeros_(dit.head.head.bias)
-    models = Models(dit, encoder, build_lora(settings, dit, saved_lora))
+    teacher = Teacher(Path(settings.distill_from)) if settings.distill_from is not None else None
+    if teacher is not None:
+        teacher.check_student(dit, settings)
+    models = Models(dit, encoder, build_lora(settings, dit, saved_lora), teacher)
     set_grad_checkpointing(models, settings.grad_checkpointing)
     return models.train()
 
@@ -381,7 +421,8 @@ def unrolled_loss(models: Models, latents: torch.Tensor, settings: TrainSettings
     flow's estimate of x0 from full noise (one Euler step from s = 1: the conditional mean, the prediction with
     the least squared error). The loss is each chunk's flow error at s = 1, which is its squared error against
     the real chunk, and its gradient runs through the whole chain: the model learns to continue its own output,
-    as autoregressive forecasters are finetuned on multi-step rollouts."""
+    as autoregressive forecasters are finetuned on multi-step rollouts. With a teacher (--distill-from), each
+    chunk's target is the teacher's one-step estimate given the same chain, not the real chunk."""
     split = latents.shape[2] - settings.unroll * settings.chunk_frames
     history = corrupt(latents[:, :, :split], settings.context_noise, gen)
     vae = SpaceToDepthVAE()
@@ -392,9 +433,11 @@ def unrolled_loss(models: Models, latents: torch.Tensor, settings: TrainSettings
         frame_times = torch.arange(start, end).expand(latents.shape[0], -1)
         noise = chunk_noise(latents[:, :, start:end].shape, memory, gen, latents.device)
         full_noise = torch.full((latents.shape[0],), 1000.0, device=latents.device)
-        velocity = models.dit(noise, full_noise, text_context(models, text, frame_times, latents.device), memory,
-                              frame_times)
-        losses.append(flow_loss(velocity, latents[:, :, start:end], noise))
+        context = text_context(models, text, frame_times, latents.device)
+        velocity = models.dit(noise, full_noise, context, memory, frame_times)
+        target = latents[:, :, start:end] if models.teacher is None else models.teacher.estimate(
+            noise, context, history, frame_times, settings)
+        losses.append(flow_loss(velocity, target, noise))
         # appended as generation appends it: in the VAE's range, padding channels zero (rounding has no gradient)
         history = torch.cat((history, vae.encode(vae.decode(noise - velocity))), dim=2)
     return torch.stack(losses).mean()

@@ -1,5 +1,6 @@
 
 import contextlib
+from dataclasses import replace
 import math
 import json
 import random
@@ -366,6 +367,45 @@ def test_an_unroll_mix_unrolls_that_share_of_steps_and_denoises_one_chunk_in_the
         assert set(clip_frames) == ({("unrolled", 9), ("one chunk", 7)} if mix < 1 else {("unrolled", 9)})
     with pytest.raises(ValueError, match="^unroll-mix:"):
         unroll_settings(tmp_path, unroll=0, unroll_mix=0.5)
+
+
+def test_a_distilled_unroll_regresses_the_teachers_one_step_estimates_of_the_students_chain(tmp_path):
+    """--distill-from: a student that is its teacher (same pair, same pattern) has nothing to learn; a clean-context
+    student of it is scored against the teacher's estimates of the student's own chain, and trains towards them."""
+    teacher_folder = tmp_path / "teacher"
+    train(unroll_settings(teacher_folder, steps=3, lr=2e-2), progress=False)  # a head that changes the chunk
+    latents, zero = story_latents(9), torch.Generator().manual_seed(0)
+    twin_settings = unroll_settings(tmp_path / "twin", init_from=teacher_folder, distill_from=teacher_folder)
+    with torch.no_grad():
+        assert unrolled_loss(build_models(twin_settings), latents, twin_settings, zero).item() < 1e-12
+
+    settings = unroll_settings(tmp_path / "clean", init_from=teacher_folder, clean_context=True,
+                               distill_from=teacher_folder, steps=30, lr=1e-3)
+    student, teacher = build_models(settings), build_models(replace(settings, clean_context=False, distill_from=None))
+    gen, history, by_hand = torch.Generator().manual_seed(0), latents[:, :, :6], []
+    text, full_noise = torch.zeros(2, 1, student.dit.config.text_dim), torch.full((2,), 1000.0)
+    with torch.no_grad():
+        for start in range(6, 9):
+            memory, frame_times = encode_memory(student, history, settings), torch.arange(start, start + 1).expand(2, -1)
+            noise = chunk_noise(latents[:, :, start:start + 1].shape, memory, gen, latents.device)
+            estimate = noise - student.dit(noise, full_noise, text, memory, frame_times)
+            target = noise - teacher.dit(noise, full_noise, text, encode_memory(teacher, history, settings), frame_times)
+            by_hand.append((estimate - target).pow(2).mean())
+            history = torch.cat((history, SpaceToDepthVAE().encode(SpaceToDepthVAE().decode(estimate))), dim=2)
+        distilled = unrolled_loss(student, latents, settings, torch.Generator().manual_seed(0))
+    assert distilled.item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-4) and distilled > 1e-6
+    losses = train(settings, progress=False)
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+
+
+def test_distill_from_refuses_what_it_cannot_teach_in_one_line(tmp_path):
+    train(unroll_settings(tmp_path / "teacher", steps=1), progress=False)
+    with pytest.raises(ValueError, match="^distill-from: .*--unroll K"):
+        unroll_settings(tmp_path / "s", unroll=0, distill_from=tmp_path / "teacher")
+    with pytest.raises(ValueError, match="^distill-from: .* holds no encoder.safetensors"):
+        build_models(unroll_settings(tmp_path / "s", distill_from=tmp_path / "s"))
+    with pytest.raises(ValueError, match="^distill-from: .*--anchor-noise"):
+        build_models(unroll_settings(tmp_path / "s", anchor_noise=0.25, distill_from=tmp_path / "teacher"))
 
 
 def test_a_change_finetune_starts_from_wans_zero_head_and_records_it(tmp_path):
