@@ -161,7 +161,7 @@ class TrainSettings:
         if self.change_weighting and self.batch < 2:
             raise ValueError("change-weighting: weighs a batch's samples against each other, which a batch of 1 "
                              "cannot; use --batch 2 or more, or drop --change-weighting")
-        if self.distill_from is not None and not (self.unroll and self.use_memory) or self.distill_from and self.fsdp:
+        if self.distill_from is not None and (not self.unroll or not self.use_memory or self.fsdp):
             raise ValueError("distill-from: a pair's one-step estimates replace the real chunks of unrolled steps with "
                              "memory, in one process or under DDP; pass --unroll K without --no-memory or --fsdp, or "
                              "drop --distill-from")
@@ -205,16 +205,19 @@ class Teacher(torch.nn.Module):
         if not (folder / "encoder.safetensors").is_file():
             raise ValueError(f"distill-from: {folder} holds no encoder.safetensors; pass the training folder of a pair "
                              "with memory (dit.safetensors and encoder.safetensors)")
-        self.dit, self.encoder = load_dit(folder / "dit.safetensors", "distill-from"), load_encoder(folder / "encoder.safetensors")
+        self.dit = load_dit(folder / "dit.safetensors", "distill-from")
+        self.encoder = load_encoder(folder / "encoder.safetensors")
         self.requires_grad_(False)
 
-    def check_student(self, student: WanDiT, settings: TrainSettings) -> None:
-        """The teacher must read the chunks the student is given: the same latent and text layout, the same start."""
-        reads = lambda chunk, dit: (dit.in_dim, dit.patch_size, dit.text_dim, chunk.anchor_noise, chunk.predict_change)
-        if reads(self.encoder.config, self.dit.config) != reads(settings, student.config):
-            raise ValueError(f"distill-from: {settings.distill_from} reads chunks otherwise than this student (latent "
-                             "channels, patch, text width, --anchor-noise, --predict-change); pass a pair trained with "
-                             "the student's flags")
+    def check_student(self, dit: WanDiT, encoder: MemoryEncoder, folder: Path) -> None:
+        """The teacher must read what the student is given: the same latents, chunk start and caption padding."""
+        reads = lambda dit, encoder: (dit.config.in_dim, dit.config.patch_size, dit.config.text_dim,
+                                      encoder.config.anchor_noise, encoder.config.predict_change,
+                                      encoder.config.text_padding)
+        if reads(self.dit, self.encoder) != reads(dit, encoder):
+            raise ValueError(f"distill-from: {folder} reads chunks otherwise than this student (latent channels, "
+                             "patch, text width, --anchor-noise, --predict-change, --text-padding); pass a pair "
+                             "trained with the student's flags")
 
     @torch.no_grad()
     def estimate(self, start: torch.Tensor, text: torch.Tensor, history: torch.Tensor, frame_times: torch.Tensor,
@@ -294,7 +297,7 @@ def build_models(settings: TrainSettings) -> Models:
         torch.nn.init.zeros_(dit.head.head.bias)
     teacher = Teacher(Path(settings.distill_from)) if settings.distill_from is not None else None
     if teacher is not None:
-        teacher.check_student(dit, settings)
+        teacher.check_student(dit, encoder, Path(settings.distill_from))
     models = Models(dit, encoder, build_lora(settings, dit, saved_lora), teacher)
     set_grad_checkpointing(models, settings.grad_checkpointing)
     return models.train()

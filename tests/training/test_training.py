@@ -386,10 +386,11 @@ def test_a_distilled_unroll_regresses_the_teachers_one_step_estimates_of_the_stu
     text, full_noise = torch.zeros(2, 1, student.dit.config.text_dim), torch.full((2,), 1000.0)
     with torch.no_grad():
         for start in range(6, 9):
-            memory, frame_times = encode_memory(student, history, settings), torch.arange(start, start + 1).expand(2, -1)
+            frame_times = torch.arange(start, start + 1).expand(2, -1)
+            memory, teacher_memory = encode_memory(student, history, settings), encode_memory(teacher, history, settings)
             noise = chunk_noise(latents[:, :, start:start + 1].shape, memory, gen, latents.device)
             estimate = noise - student.dit(noise, full_noise, text, memory, frame_times)
-            target = noise - teacher.dit(noise, full_noise, text, encode_memory(teacher, history, settings), frame_times)
+            target = noise - teacher.dit(noise, full_noise, text, teacher_memory, frame_times)
             by_hand.append((estimate - target).pow(2).mean())
             history = torch.cat((history, SpaceToDepthVAE().encode(SpaceToDepthVAE().decode(estimate))), dim=2)
         distilled = unrolled_loss(student, latents, settings, torch.Generator().manual_seed(0))
