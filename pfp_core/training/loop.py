@@ -205,7 +205,10 @@ class Teacher(torch.nn.Module):
         if not (folder / "encoder.safetensors").is_file():
             raise ValueError(f"distill-from: {folder} holds no encoder.safetensors; pass the training folder of a pair "
                              "with memory (dit.safetensors and encoder.safetensors)")
-        self.dit = load_dit(folder / "dit.safetensors", "distill-from")
+        base, lora = folder_files(folder, "distill-from")
+        self.dit = load_dit(base, "distill-from")
+        if lora is not None:  # a LoRA run's teacher: its adapter merged into the base it names
+            merge_into(self.dit, read_lora(lora, "distill-from")[0])
         self.encoder = load_encoder(folder / "encoder.safetensors")
         self.requires_grad_(False)
 
@@ -292,6 +295,10 @@ def build_models(settings: TrainSettings) -> Models:
     if encoder is not None:  # the prompts generation gives the DiT must be padded as its training captions were
         encoder.config = replace(encoder.config, text_padding=recorded_text_padding(settings))
     if settings.predict_change and not predicted_change_before(settings):
+        if settings.lora_rank:  # the zero head would stay zero and pass no gradient to the adapter or the encoder
+            raise ValueError("predict-change: a DiT that starts reading changes starts from a zero head, which a LoRA "
+                             "run cannot train (its base is frozen); run that finetune without --lora-rank first and "
+                             "pass its folder as --init-from, or drop --predict-change")
         # the head knew velocities of whole chunks, not of changes: start from Wan's zero head
         torch.nn.init.zeros_(dit.head.head.weight)
         torch.nn.init.zeros_(dit.head.head.bias)

@@ -399,6 +399,24 @@ def test_a_distilled_unroll_regresses_the_teachers_one_step_estimates_of_the_stu
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
 
 
+def test_a_lora_runs_teacher_is_its_base_with_the_adapter_merged(tmp_path, wan_file):
+    """A LoRA training folder holds lora.safetensors naming its base file: the teacher merges the adapter into that
+    base, so a whole-DiT student started from the same folder (which merges it too) has nothing to learn. A LoRA
+    run cannot be the one that starts reading changes (its zero head would stay zero)."""
+    with pytest.raises(ValueError, match="^predict-change: .*LoRA"):
+        build_models(unroll_settings(tmp_path / "refused", dit_init=wan_file, lora_rank=4))
+    train(unroll_settings(tmp_path / "whole", dit_init=wan_file, lr=2e-2, steps=2), progress=False)
+    train(unroll_settings(tmp_path / "teacher", init_from=tmp_path / "whole", lora_rank=4, lr=2e-2, steps=2),
+          progress=False)
+    settings = unroll_settings(tmp_path / "s", init_from=tmp_path / "teacher", distill_from=tmp_path / "teacher")
+    student, base = build_models(settings), build_models(unroll_settings(tmp_path / "b", init_from=tmp_path / "whole"))
+    merged = student.teacher.dit.blocks[0].self_attn.q.weight
+    assert torch.equal(merged, student.dit.blocks[0].self_attn.q.weight)
+    assert not torch.allclose(merged, base.dit.blocks[0].self_attn.q.weight)
+    with torch.no_grad():
+        assert unrolled_loss(student, story_latents(9), settings, torch.Generator().manual_seed(0)).item() < 1e-12
+
+
 def test_distill_from_refuses_what_it_cannot_teach_in_one_line(tmp_path):
     train(unroll_settings(tmp_path / "teacher", steps=1), progress=False)
     with pytest.raises(ValueError, match="^distill-from: .*--unroll K"):
