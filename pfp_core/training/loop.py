@@ -197,8 +197,9 @@ def trainable_size(config: DiTConfig, field: str) -> str:
 class Teacher(torch.nn.Module):
     """A frozen pair whose one-step estimates an unrolled finetune regresses instead of the real chunks, as CausVid
     starts its causal student on its bidirectional teacher's outputs: a deterministic target teaches another
-    attention pattern (a joint-pattern teacher, a --clean-context student) in far fewer steps than the data's
-    conditional mean. It reads the student's own chain of chunks through its own encoder and pattern."""
+    attention pattern (a joint-pattern teacher, a --clean-context student) in fewer steps than the data's
+    conditional mean did (docs/results/clean_context.md). It reads the student's own chain of chunks through its
+    own encoder and pattern."""
 
     def __init__(self, folder: Path):
         super().__init__()
