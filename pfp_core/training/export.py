@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..model.checkpoint import load_dit, read_safetensors, save_model
+from ..model.dit import WanDiT
 from .lora import merge_into, read_lora, save_lora
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -29,11 +30,17 @@ def folder_files(folder: Path, field: str) -> tuple[Path, Path | None]:
     return Path(metadata["base"]), lora
 
 
-def export_dit(folder: Path, out: Path, dtype: torch.dtype) -> Path:
-    base, lora = folder_files(folder, "from")
-    dit = load_dit(base, "from")
+def merged_dit(folder: Path, field: str) -> WanDiT:
+    """The DiT a training folder trained: its own file, or the base a LoRA run names with the adapter merged in."""
+    base, lora = folder_files(folder, field)
+    dit = load_dit(base, field)
     if lora is not None:
-        merge_into(dit, read_lora(lora, "from")[0])
+        merge_into(dit, read_lora(lora, field)[0])
+    return dit
+
+
+def export_dit(folder: Path, out: Path, dtype: torch.dtype) -> Path:
+    dit = merged_dit(folder, "from")
     return save_model(dit.to(dtype), dit.config, out, "dit", {"exported_from": str(folder)})
 
 

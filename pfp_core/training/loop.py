@@ -43,7 +43,7 @@ from ..config import DIT_CONFIGS, DiTConfig, check_text_padding, dit_config, enc
 from .distributed import Process
 from ..model.dit import WanDiT
 from ..model.encoder import MemoryEncoder
-from .export import folder_files
+from .export import folder_files, merged_dit
 from ..model.flow import add_noise, flow_loss, sample, sampling_sigmas, training_sigmas
 from .lora import LoRA, attach, freeze_base, load_lora_into, lora_for, merge_into, read_lora, save_lora
 from ..model.context import build_context
@@ -206,10 +206,7 @@ class Teacher(torch.nn.Module):
         if not (folder / "encoder.safetensors").is_file():
             raise ValueError(f"distill-from: {folder} holds no encoder.safetensors; pass the training folder of a pair "
                              "with memory (dit.safetensors and encoder.safetensors)")
-        base, lora = folder_files(folder, "distill-from")
-        self.dit = load_dit(base, "distill-from")
-        if lora is not None:  # a LoRA run's teacher: its adapter merged into the base it names
-            merge_into(self.dit, read_lora(lora, "distill-from")[0])
+        self.dit = merged_dit(folder, "distill-from")
         self.encoder = load_encoder(folder / "encoder.safetensors")
         self.requires_grad_(False)
 
