@@ -23,6 +23,11 @@ beat is never shown early. A start snapping to the video's end is pulled back to
 keeps at least one chunk, so a line inside the video only vanishes when a later line snaps onto the same chunk
 (the later wins). After a range, chunks take the global prompt alone until the next segment; with no global
 prompt they keep the range's prompt, since an empty prompt gives the model nothing to generate.
+
+Camera returns: "camera comes back" is relative to the storyboard's own pans, so planning resolves it to the way
+back ("camera comes back left" after a pan right), from the seconds of "camera pans left/right" before it. The
+model is trained on the same resolved captions (pfp_core.training.storyworld); left alone, the tiny DiT read no
+direction from the bare words and did not move on any of 8 returns (docs/results/drift_defences.md).
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ _RANGE = re.compile(rf"\[\s*({_TIME})\s*-\s*({_TIME})\s*(?::\s*([^\]]*)\]|\]\s*(
 _GLOBAL = re.compile(r"(?:global|\*)\s*:\s*(.*)", re.I)
 _TIMELIKE = re.compile(r"\[+\s*[-+]?\d|[-+]?\d\S*?\s*:")  # how a time (or a range) starts
 _PATHLIKE = re.compile(r"\S*(?:[/\\]\S*|\.(?:txt|text|md|storyboard))", re.I)
+_CAMERA = re.compile(r"\bcamera (?:pans (left|right)|comes back( (?:left|right))?)\b", re.I)
 _SPLIT = re.compile(rf"\s+/\s+(?={_TIME}\s*:|\[\s*{_TIME}\s*-|(?:global|\*)\s*:)", re.I)
 
 
@@ -169,7 +175,24 @@ def plan_chunks(storyboard: Storyboard, total_seconds: float, chunk_seconds: flo
             line = seg.line if seg.prompt else None
         end = total if index == count - 1 else (index + 1) * step
         chunks.append(ChunkPrompt(index, index * step, end, prompt, line))
-    return chunks
+    prompts = resolve_camera_returns([c.prompt for c in chunks], [c.end - c.start for c in chunks])
+    return [dataclasses.replace(c, prompt=prompt) for c, prompt in zip(chunks, prompts)]
+
+
+def resolve_camera_returns(prompts: list[str], seconds: list[float]) -> list[str]:
+    """Each "camera comes back" given its way back ("camera comes back left" while the camera is right of where it
+    started), from the seconds spent panning in each direction before it; a return moves the camera back as long."""
+    offset, resolved = 0.0, []  # seconds of panning right of the start, negative when left of it
+    for prompt, duration in zip(prompts, seconds):
+        match = _CAMERA.search(prompt)
+        if match and match.group(1):
+            offset += duration if match.group(1).lower() == "right" else -duration
+        elif match and abs(offset) > _EPS:
+            if not match.group(2):
+                prompt = f"{prompt[:match.end()]} {'left' if offset > 0 else 'right'}{prompt[match.end():]}"
+            offset = math.copysign(max(0.0, abs(offset) - duration), offset)
+        resolved.append(prompt)
+    return resolved
 
 
 def format_plan(chunks: list[ChunkPrompt]) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..generation.storyboard import resolve_camera_returns
 from .procedural import HELDOUT_SEED_BASE, _apply_lighting, _background, _crop_views, _lighting, _paste, returned_frames
 
 SCENES = ("static", "panning")
@@ -51,8 +52,10 @@ class StoryVideo:
         return " / ".join(f"{second}s: {event}" for second, event in enumerate(self.events))
 
     def captions(self) -> list[str]:
-        """The caption active at each frame."""
-        return [self.events[t // self.fps] for t in range(len(self.frames))]
+        """The caption active at each frame, with each camera return's way back resolved as generation resolves
+        the storyboard's (pfp_core.generation.storyboard.resolve_camera_returns)."""
+        captions = [self.events[t // self.fps] for t in range(len(self.frames))]
+        return resolve_camera_returns(captions, [1 / self.fps] * len(captions))
 
     def any_object(self) -> np.ndarray:
         return self.object_masks.any(axis=0)

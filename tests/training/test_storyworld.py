@@ -11,9 +11,27 @@ def test_same_seed_same_bytes_and_one_caption_a_second(scene):
     again = storyworld.make_story_video(3, 8, scene)
     assert np.array_equal(video.frames, again.frames) and video.events == again.events
     assert video.frames.shape == (64, 32, 32, 3) and len(video.events) == 8
-    assert video.captions()[8:16] == [video.events[1]] * 8
+    assert video.captions()[8:16] == [video.captions()[8]] * 8 and video.captions()[8].startswith(video.events[1])
     plan = plan_chunks(parse_storyboard(video.storyboard), 8.0, 1.0)
-    assert [chunk.prompt for chunk in plan] == video.events  # the storyboard parser reads the world's captions back
+    # the storyboard parser reads the world's captions back, returns resolved as in training
+    assert [chunk.prompt for chunk in plan] == video.captions()[::8]
+
+
+@pytest.mark.parametrize("chunk_seconds", [1.0, 0.25])
+def test_a_camera_return_is_captioned_with_the_way_the_camera_moves(chunk_seconds):
+    returns = 0
+    for seed in range(20):
+        video = storyworld.make_story_video(seed, 8, "panning")
+        plan = plan_chunks(parse_storyboard(video.storyboard), 8.0, chunk_seconds)
+        frames = round(chunk_seconds * video.fps)
+        assert [chunk.prompt for chunk in plan] == video.captions()[::frames]  # generation sees what training saw
+        for chunk in plan:
+            if "comes back" in chunk.prompt:
+                first, last = round(chunk.start * video.fps), round(chunk.end * video.fps) - 1
+                moved = video.camera[last] - video.camera[first - 1]
+                assert chunk.prompt == f"camera comes back {'left' if moved < 0 else 'right'}" and moved != 0
+                returns += 1
+    assert returns >= 20
 
 
 def test_pans_move_one_token_a_frame_and_come_back_exactly():
