@@ -161,7 +161,6 @@ def cmd_train(args: argparse.Namespace) -> None:
                              data=optional_path(args.data), text_embeddings=optional_path(args.text_embeddings),
                              world=args.world, scenes=tuple(args.scenes), text_padding=args.text_padding,
                              recent_frames=args.recent_frames, context_noise=args.context_noise,
-                             context_blur=args.context_blur,
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
@@ -432,9 +431,6 @@ def add_objective_flags(p: argparse.ArgumentParser) -> None:
     reading, the loss weight and the rollouts."""
     p.add_argument("--context-noise", type=float, default=0.0, metavar="LEVEL",
                    help="finetune: corrupt the history with noise of a random level up to LEVEL (drift defence)")
-    p.add_argument("--context-blur", type=number(float, 0, 16), default=0.0, metavar="PX",
-                   help="finetune: blur the history after its first second by a random Gaussian up to PX pixels, as "
-                        "one-step generation blurs what it cannot know (drift defence)")
     p.add_argument("--shift", type=number(float, 0, 100), default=1.0,
                    help="noise-level shift of the training schedule (> 1: more high-noise steps, where the context "
                         "decides the content)")

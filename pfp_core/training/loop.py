@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed, procedural, storyworld
@@ -57,9 +56,6 @@ from .video_dataset import VideoClips, VideoFolder, report
 
 STAGES = ("pretrain", "finetune")
 WORLDS = ("story", "texture")  # procedural data: the captioned story world, or Table 1's fine-texture world
-
-
-MAX_BLUR = 16.0  # px, --context-blur: past half a 32 px view a blur is a flat colour
 
 
 @dataclass
@@ -100,7 +96,6 @@ class TrainSettings:
     scenes: tuple[str, ...] = storyworld.SCENES  # story world: the scenes clips are drawn from
     recent_frames: int = 0  # history latents given uncompressed beside the memory (pfp_core.model.context)
     context_noise: float = 0.0  # finetune: history plus noise of standard deviation U(0, context_noise)
-    context_blur: float = 0.0  # finetune: history after its first second blurred, Gaussian sigma U(0, context_blur) px
     clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.model.dit.context_stream)
     anchor_noise: float | None = None  # finetune: chunks flow from the last recent latent plus this much noise
     predict_change: bool = False  # finetune: the DiT reads the chunk's change from the last history latent
@@ -143,9 +138,6 @@ class TrainSettings:
                              "or drop --scenes")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"context-noise: must be in [0, 1), got {self.context_noise}")
-        if not 0.0 <= self.context_blur <= MAX_BLUR or (self.context_blur and self.stage != "finetune"):
-            raise ValueError(f"context-blur: a blur in px from 0 to {MAX_BLUR:g}, in a finetune; got "
-                             f"{self.context_blur} with stage {self.stage}")
         if not 0.0 <= self.rollout_mix <= 1.0 or (self.rollout_mix and self.stage != "finetune"):
             raise ValueError(f"rollout-mix: a share of finetune steps, from 0 to 1; got {self.rollout_mix} with stage "
                              f"{self.stage}")
@@ -393,42 +385,6 @@ def encode_memory(models: Models, history_latents: torch.Tensor, settings: Train
     return None
 
 
-def corrupt_history(history_latents: torch.Tensor, settings: TrainSettings, gen: torch.Generator) -> torch.Tensor:
-    """The history a finetune step continues: the real one, made like what generation gives the model."""
-    fps = dit_config(settings.model).fps
-    blurred = blur_after(history_latents, fps, settings.context_blur, gen)
-    return corrupt(blurred, settings.context_noise, gen)
-
-
-def blur_after(history_latents: torch.Tensor, given_frames: int, max_sigma: float,
-               gen: torch.Generator) -> torch.Tensor:
-    """History whose frames after the first `given_frames` are blurred by a Gaussian of a random sigma in
-    [0, max_sigma) px per clip, in pixels. A one-step generator gives the conditional mean: what it cannot know
-    comes out blurred towards a flat colour and goes back into the history, while the given start stays sharp;
-    continuing such history, the model must take what it needs from the sharp start in its memory."""
-    if not max_sigma or history_latents.shape[2] <= given_frames:
-        return history_latents
-    vae = SpaceToDepthVAE()
-    pixels = vae.decode(history_latents)
-    sigmas = torch.rand(pixels.shape[0], generator=gen) * max_sigma
-    later = torch.stack([gaussian_blur(clip, float(sigma)) for clip, sigma in zip(pixels[:, :, given_frames:], sigmas)])
-    return vae.encode(torch.cat((pixels[:, :, :given_frames], later), dim=2))
-
-
-def gaussian_blur(frames: torch.Tensor, sigma: float) -> torch.Tensor:
-    """[C, T, H, W] blurred over H and W by a separable Gaussian, edges replicated."""
-    if sigma < 0.1:
-        return frames
-    radius = min(math.ceil(3 * sigma), frames.shape[-1] - 1)
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=frames.dtype) / sigma) ** 2)
-    taps = (taps / taps.sum()).to(frames.device)
-    c, t, h, w = frames.shape
-    flat = frames.transpose(0, 1).reshape(t * c, 1, h, w)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
-    return flat.reshape(t, c, h, w).transpose(0, 1)
-
-
 def corrupt(history_latents: torch.Tensor, max_level: float, gen: torch.Generator) -> torch.Tensor:
     """History plus Gaussian noise of a random standard deviation in [0, max_level) per clip: practice for
     continuing imperfect history. Added, not mixed in as the flow mixes noise: a mix would also dim the history
@@ -461,7 +417,7 @@ def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettin
     history = latents[:, :, :split]
     if rollout and split > rollout_chunks(settings) * settings.chunk_frames:
         history = recycled_history(models, history, settings, gen, text)
-    memory = encode_memory(models, corrupt_history(history, settings, gen), settings)
+    memory = encode_memory(models, corrupt(history, settings.context_noise, gen), settings)
     frame_times = torch.arange(split, latents.shape[2]).expand(latents.shape[0], -1)
     return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen, text)
 
@@ -476,7 +432,7 @@ def unrolled_loss(models: Models, latents: torch.Tensor, settings: TrainSettings
     as autoregressive forecasters are finetuned on multi-step rollouts. With a teacher (--distill-from), each
     chunk's target is the teacher's one-step estimate given the same chain, not the real chunk."""
     split = latents.shape[2] - settings.unroll * settings.chunk_frames
-    history = corrupt_history(latents[:, :, :split], settings, gen)
+    history = corrupt(latents[:, :, :split], settings.context_noise, gen)
     vae = SpaceToDepthVAE()
     losses = []
     for start in range(split, latents.shape[2], settings.chunk_frames):

@@ -472,42 +472,6 @@ def test_context_noise_adds_noise_without_dimming_the_history():
     assert per_clip_std.max() < 0.2 and per_clip_std.min() < 0.05 < per_clip_std.max()
 
 
-def test_context_blur_keeps_the_first_second_and_flattens_the_rest():
-    """What a one-step generator cannot know comes out as a blur; the given start stays exactly as it was."""
-    from pfp_core.training.loop import blur_after
-
-    vae = SpaceToDepthVAE()
-    pixels = torch.rand(32, 3, 12, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    blurred = vae.decode(blur_after(vae.encode(pixels), 8, 8.0, torch.Generator().manual_seed(0)))
-    assert torch.equal(blurred[:, :, :8], pixels[:, :, :8])
-    detail = lambda frames: (frames[..., 1:] - frames[..., :-1]).abs().flatten(1).mean(dim=1)  # per clip
-    assert (detail(blurred[:, :, 8:]) < detail(pixels[:, :, 8:])).all()
-    assert detail(blurred[:, :, 8:]).max() > 3 * detail(blurred[:, :, 8:]).min()  # a random sigma per clip
-    assert blurred[:, :, 8:].mean().item() == pytest.approx(pixels[:, :, 8:].mean().item(), abs=0.01)  # no dimming
-
-
-def test_an_unrolled_chain_continues_the_blurred_history(tmp_path):
-    """With the zero head a chain copies the last history frame forward: under --context-blur, that frame as
-    blurred (it comes after the first second)."""
-    from pfp_core.training.loop import blur_after
-
-    settings = unroll_settings(tmp_path, history_frames=(10,), context_blur=8.0)
-    latents = story_latents(13)
-    with torch.no_grad():
-        loss = unrolled_loss(build_models(settings), latents, settings, torch.Generator().manual_seed(0))
-    blurred = blur_after(latents[:, :, :10], 8, 8.0, torch.Generator().manual_seed(0))
-    copied = (blurred[:, :, 9:10] - latents[:, :, 10:]).pow(2).mean()
-    assert loss.item() == pytest.approx(copied.item(), rel=1e-5)
-    assert abs(copied - (latents[:, :, 9:10] - latents[:, :, 10:]).pow(2).mean()) > 1e-3
-
-
-def test_context_blur_is_a_finetune_setting_within_range(tmp_path):
-    with pytest.raises(ValueError, match="^context-blur: a blur in px from 0 to 16, in a finetune"):
-        small(tmp_path, stage="finetune", context_blur=17.0)
-    with pytest.raises(ValueError, match="^context-blur: .* stage pretrain"):
-        small(tmp_path, stage="pretrain", context_blur=4.0)
-
-
 def test_scenes_choose_the_story_clips_a_stage_trains_on(tmp_path):
     """--scenes panning draws panning clips only (camera captions, no object events); the default draws both
     scenes; a texture-world run with scenes is refused in one line."""
