@@ -27,7 +27,7 @@ prompt they keep the range's prompt, since an empty prompt gives the model nothi
 Camera returns: "camera comes back" is relative to the storyboard's own pans, so planning resolves it to the way
 back ("camera comes back left" after a pan right), from the seconds of "camera pans left/right" before it. The
 model is trained on the same resolved captions (pfp_core.training.storyworld); left alone, the tiny DiT read no
-direction from the bare words and did not move on any of 8 returns (docs/results/drift_defences.md).
+direction from the bare words and moved on none of 17 returns given the real history (docs/results/drift_defences.md).
 """
 from __future__ import annotations
 
