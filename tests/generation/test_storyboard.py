@@ -258,8 +258,8 @@ def test_example_with_one_second_chunks() -> None:
 
 
 def test_camera_returns_are_resolved_from_the_storyboards_own_pans() -> None:
-    text = ("0s: camera pans right / 2s: camera comes back / 3s: camera comes back, red ball rolls / 5s: camera pans left"
-            " / 6s: camera comes back / 7s: red object comes back from the left")
+    text = ("0s: camera pans right / 2s: camera comes back / 3s: camera comes back, red ball rolls"
+            " / 5s: camera pans left / 6s: camera comes back / 7s: red object comes back from the left")
     assert prompts(plan_chunks(parse_storyboard(text), 8, 1)) == [
         "camera pans right", "camera pans right", "camera comes back left", "camera comes back left, red ball rolls",
         "camera comes back, red ball rolls",  # back at the start: no way to go, the words stay as written
@@ -268,7 +268,8 @@ def test_camera_returns_are_resolved_from_the_storyboards_own_pans() -> None:
 
 def test_a_written_way_back_is_kept_and_counted() -> None:
     written = ["camera pans right", "camera comes back left", "camera comes back", "camera comes back"]
-    assert resolve_camera_returns(written, [2, 1, 1, 1]) == [*written[:2], "camera comes back left", "camera comes back"]
+    resolved = resolve_camera_returns(written, [2, 1, 1, 1])
+    assert resolved == [*written[:2], "camera comes back left", "camera comes back"]
 
 
 @pytest.mark.parametrize(("start", "chunk"), [(12, 2), (13, 3), (12.5, 3), (10, 2)])
