@@ -83,6 +83,14 @@ def test_route_plans_like_the_node(server, overrides):
                                                       for c in expected]
 
 
+def test_route_shows_a_camera_return_with_its_way_back(server):
+    """The timeline labels a return with the direction the plan gives the model, not the words as typed."""
+    status, answer = server.post(ROUTE, request("0s: camera pans right / 10s: camera comes back"))
+    assert status == 200, answer
+    assert [c["label"] for c in answer["chunks"]] == ["camera pans right"] * 2 + ["camera comes back left"] * 2
+    assert "camera comes back left" in answer["plan_text"]
+
+
 def test_route_reports_the_storyboard_error_and_its_line(server):
     status, answer = server.post(ROUTE, request(INVALID))
     assert status == 200, answer
