@@ -69,7 +69,8 @@ class AutoregressiveSampler(io.ComfyNode):
                        "frames": [total_frames, chunk_frames], "history_seconds": history_seconds,
                        "start": start_hash(start)}
         request = GenerationRequest(start, prompts, total_frames, chunk_frames, round(history_seconds * storyboard.fps),
-                                    seed, steps, memory_encoder.config.latent_stride[0], keep_frames=False)
+                                    seed, steps, memory_encoder.config.latent_stride[0], keep_frames=False,
+                                    camera_speed=memory_encoder.config.camera_speed)
         sampler = ComfyChunkSampler(model, storyboard.conditioning, storyboard.negative, steps, cfg, sampler_name,
                                     scheduler, memory_encoder)
         compress = memory_encoder.updater(storyboard.fps, adapter.config.temporal_factor)

@@ -164,6 +164,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
+                             camera_speed=args.camera_speed,
                              change_weighting=args.change_weighting, unroll=args.unroll,
                              unroll_mix=args.unroll_mix, distill_from=optional_path(args.distill_from))
     losses = train(settings, progress=not args.quiet)
@@ -172,13 +173,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
-    from .training.recipes import CHANGE_STEPS, COOLDOWN_STEPS, UNROLL_STEPS, train_tiny
+    from .training.recipes import CAMERA_STEPS, CHANGE_STEPS, COOLDOWN_STEPS, UNROLL_STEPS, train_tiny
 
     train_tiny(Path(args.out), Path(args.init_from), args.steps, progress=not args.quiet,
                change_steps=args.change_steps or CHANGE_STEPS, unroll_steps=args.unroll_steps or UNROLL_STEPS,
-               cooldown_steps=args.cooldown_steps or COOLDOWN_STEPS)
-    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_cooldown'}, sliding-window baseline in "
-          f"{Path(args.out) / 'sw_cooldown'}")
+               cooldown_steps=args.cooldown_steps or COOLDOWN_STEPS, camera_steps=args.camera_steps or CAMERA_STEPS)
+    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_camera'}, sliding-window baseline in "
+          f"{Path(args.out) / 'sw_camera'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -445,6 +446,11 @@ def add_objective_flags(p: argparse.ArgumentParser) -> None:
                    help="finetune: the DiT reads each noisy chunk minus the last history latent, so it denoises the "
                         "chunk's change from that frame and an unchanged region needs no copy (needs --recent-frames "
                         "and --anchor-noise; the encoder file records it)")
+    p.add_argument("--camera-speed", type=number(float, 0, 64, low_allowed=True), default=0.0, metavar="TOKENS",
+                   help="DiT tokens the view moves per frame of a caption that pans (story world: 1): the context "
+                        "and the chunk sit at their places in the world and each chunk starts from the last frame "
+                        "moved with the camera (pfp_core.model.camera; the encoder file records it); 0: screen "
+                        "positions")
     p.add_argument("--change-weighting", action="store_true",
                    help="finetune, with --predict-change and a batch of 2 or more: the loss is the mean of the "
                         "samples' errors weighted by one over the variance the skip leaves of their velocity (EDM's "
@@ -563,8 +569,8 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_train)
     p = sub.add_parser("train-tiny", help="reproduce the embedded tiny pair and its sliding-window baseline (resumable)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for the nine runs (pfp_pre, pfp_ft, sw_ft, pfp_change, sw_change, pfp_unroll, "
-                        "sw_unroll, then the shipped pfp_cooldown and sw_cooldown)")
+                   help="folder for the eleven runs (pfp_pre, pfp_ft, sw_ft, pfp_change, sw_change, pfp_unroll, "
+                        "sw_unroll, pfp_cooldown, sw_cooldown, then the shipped pfp_camera and sw_camera)")
     p.add_argument("--init-from", required=True, metavar="DIR",
                    help="folder with the starting dit.safetensors and encoder.safetensors (README: which ones)")
     p.add_argument("--steps", type=positive_int, default=8000, help="finetuning steps of pfp (the baseline gets "
@@ -574,8 +580,10 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unroll-steps", type=positive_int, default=None,
                    help="steps of the unrolled finetune (stage 4; default: as shipped)")
     p.add_argument("--cooldown-steps", type=positive_int, default=None,
-                   help="steps of the cooldown at a fifth of the learning rate that makes the shipped pair and its "
-                        "baseline (stage 5; default: as shipped)")
+                   help="steps of the cooldown at a fifth of the learning rate (stage 5; default: as shipped)")
+    p.add_argument("--camera-steps", type=positive_int, default=None,
+                   help="steps of the camera finetune that makes the shipped pair and its baseline (stage 6; "
+                        "default: as shipped)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_tiny)
     p = sub.add_parser("export", help="a training folder -> a DiT or LoRA file for ComfyUI's stock loaders")

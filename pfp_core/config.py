@@ -141,6 +141,10 @@ class EncoderConfig(JsonConfig):
     # how the tiny word-hash text encoder padded the prompts the DiT was trained on (pfp_core.model.text): files
     # that do not record it were trained on zero padding
     text_padding: str = "zeros"
+    # DiT tokens the view moves per frame of a pan caption: > 0 places the context and the chunk in the world the
+    # camera pans over and starts a chunk from the last frame moved with the camera (pfp_core.model.camera); 0:
+    # screen positions, as Wan has them
+    camera_speed: float = 0.0
 
     def __post_init__(self) -> None:
         if self.variant not in ENCODER_VARIANTS:
@@ -161,6 +165,9 @@ class EncoderConfig(JsonConfig):
         if self.predict_change and self.anchor_noise is None:
             raise ValueError("predict_change: the change flows from the last recent frame; it needs anchor_noise "
                              "(chunks that start there) and recent frames")
+        if not self.camera_speed >= 0:
+            raise ValueError(f"camera_speed: must be 0 (screen positions) or the tokens a pan moves per frame, got "
+                             f"{self.camera_speed}")
         if self.anchor_noise is not None and not (self.anchor_noise > 0 and self.recent_frames):
             raise ValueError(f"anchor_noise: {self.anchor_noise} needs a positive scale and recent frames (> 0) to "
                              "start from; leave it unset for pure noise")

@@ -66,7 +66,8 @@ def continue_video(engine: Engine, video: storyworld.StoryVideo, settings: Conti
     steps = engine.steps_for(settings.steps)
     request = GenerationRequest(to_pixels(video.frames[None, :settings.given_frames]), [c.prompt for c in plan],
                                 settings.total_frames, chunk_frames, round(settings.history_seconds * fps), seed,
-                                steps, engine.encoder.config.latent_stride[0], settings.project_chunks)
+                                steps, engine.encoder.config.latent_stride[0], settings.project_chunks,
+                                camera_speed=engine.encoder.config.camera_speed)
     sampler = FlowChunkSampler(engine.dit, engine.text_encoder, SamplerSettings(steps=steps, shift=settings.shift))
     with torch.no_grad():
         return AutoregressiveGenerator(engine.memory_updater(), sampler, engine.vae).run(request).frames.numpy()

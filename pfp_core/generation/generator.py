@@ -8,13 +8,14 @@ so N chunks give exactly the promised frames with nothing duplicated or dropped 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import torch
 
 from .chunk_store import ChunkStore
 from ..errors import GenerationCancelled
+from ..model.camera import camera_path
 from ..model.memory import Memory
 from ..model.vae import VAE
 
@@ -86,6 +87,17 @@ def frame_grid(seconds: float, chunk_seconds: float, fps: float, temporal_factor
     return 1 + f * max(1, round((total - 1) / f)), f * max(1, round(chunk / f))
 
 
+def latent_camera(spans: list[ChunkSpan], request: GenerationRequest, factor: int) -> torch.Tensor | None:
+    """float [latent frames]: the view's position the storyboard plans at each latent frame (each frame moves as
+    its chunk's prompt pans; the given frames hold), or None for a pair that reads screen positions."""
+    if not request.camera_speed:
+        return None
+    captions = [""] * request.total_frames
+    for span in spans:
+        captions[span.first_frame:span.end_frame] = [request.prompts[span.index]] * span.frames
+    return camera_path(captions, request.camera_speed)[::factor]  # latent k ends at frame k * factor
+
+
 def chunk_seed(seed: int, index: int) -> int:
     """Each chunk's noise depends only on (seed, chunk), so a resumed run draws the same noise."""
     return (seed * 1_000_003 + index) % (2**63)
@@ -111,6 +123,7 @@ class GenerationRequest:
     slab_frames: int = 1  # memory cell length in latent frames: windows start on slab boundaries
     project_chunks: bool = True  # drift defence: a chunk joins the history as the VAE would encode its frames
     keep_frames: bool = True  # False: frames stay in the chunk store only, so RAM does not grow with the video
+    camera_speed: float = 0.0  # the pair's EncoderConfig.camera_speed: > 0 places context in the world (model.camera)
 
 
 @dataclass
@@ -181,6 +194,7 @@ class AutoregressiveGenerator:
         if len(request.prompts) < spans[-1].index + 1:
             raise ValueError(f"prompts: {len(request.prompts)} given for {spans[-1].index + 1} chunks; plan the storyboard "
                              "for the whole video")
+        camera = latent_camera(spans, request, factor)
         total_steps, resumed, token_counts = len(spans) * request.steps_per_chunk, 0, []
         for n, span in enumerate(spans):
             if self.store is not None and self.store.has(span.index):
@@ -190,6 +204,8 @@ class AutoregressiveGenerator:
             else:
                 window, offset = history.window(request.window_frames // factor, request.slab_frames)
                 memory = self.compress(window, offset)
+                if camera is not None:  # the window's frames and the chunk's, from the window's start
+                    memory = replace(memory, camera=camera[None, offset:history.length + span.frames // factor])
                 token_counts.append(memory.token_count)
                 latents = self._sample(span, memory, history.length - offset, window.shape, request, n, total_steps)
                 chunk_frames = to_uint8(self.decode_continuation(history, latents))

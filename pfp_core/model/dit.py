@@ -239,6 +239,8 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
     if frame_times is None:
         frame_times = torch.arange(grid[0], device=x.device)
     positions = grid_positions(frame_times.to(x.device).expand(x.shape[0], -1), grid[1], grid[2])
+    if memory is not None:
+        positions = memory.placed(positions)
     video_tokens = x.shape[1]
     context_layers = [None] * len(model.blocks)
     if memory is not None and memory.clean_context and memory.token_count:

@@ -20,6 +20,7 @@ import torch
 
 from ..atomic import save_tensors
 from ..config import CHANGE_STD
+from .camera import camera_at, reproject, world_positions
 from .rope import grid_positions
 
 
@@ -42,6 +43,9 @@ class Memory:
     anchor_noise: float | None = None  # the chunk's flow starts at the last recent latent (EncoderConfig.anchor_noise)
     predict_change: bool = False  # the DiT reads the chunk's change from the last recent latent (change_input)
     change_std: float = CHANGE_STD  # the spread of a change its velocity's skip assumes (change_skip)
+    # [B or 1, T]: the view's position in DiT tokens at each latent time from the window's start through the chunk
+    # after it (pfp_core.model.camera), which the generator or the training step attaches; None: screen positions
+    camera: torch.Tensor | None = None
 
     @property
     def reads_change(self) -> bool:
@@ -65,8 +69,19 @@ class Memory:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Memory":
         moved = lambda t: None if t is None else t.to(device=device, dtype=dtype)
+        camera = None if self.camera is None else self.camera.to(device=device)
         return replace(self, tokens=moved(self.tokens), positions=self.positions.to(device=device),
-                       recent_latents=moved(self.recent_latents))
+                       recent_latents=moved(self.recent_latents), camera=camera)
+
+    def placed(self, positions: torch.Tensor) -> torch.Tensor:
+        """Token positions [L, 3] or [B, L, 3] (t from the window's start) where the DiT reads them: in the world
+        when the memory has a camera path, else on the screen as given."""
+        return positions if self.camera is None else world_positions(positions, self.camera)
+
+    @property
+    def window_length(self) -> int:
+        """Latent frames of the history window: the chunk's first frame comes right after them."""
+        return self.recent_start + self.recent_latents.shape[2]
 
     def flow_start(self, noise: torch.Tensor) -> torch.Tensor:
         """Where the chunk's flow starts, given standard noise [B, C, T, h, w]: the noise itself, or the last recent
@@ -78,15 +93,22 @@ class Memory:
         return self.last_latent(noise).expand(-1, -1, noise.shape[2], -1, -1) + self.anchor_noise * noise
 
     def last_latent(self, like: torch.Tensor) -> torch.Tensor:
-        """The last recent latent [B, C, 1, h, w] on `like`'s device and dtype, for `like`'s batch."""
-        return self.repeat(like.shape[0]).recent_latents[:, :, -1:].to(like)
+        """The last recent latent on `like`'s device and dtype, for `like`'s batch: [B, C, 1, h, w], or with a
+        camera path [B, C, T, h, w], seen from the view of each of the chunk's T frames (camera.reproject)."""
+        last = self.repeat(like.shape[0]).recent_latents[:, :, -1:].to(like)
+        if self.camera is None:
+            return last
+        times = torch.arange(self.window_length - 1, self.window_length + like.shape[2])
+        views = camera_at(self.camera, times).expand(like.shape[0], -1)
+        return reproject(last, (views[:, 1:] - views[:, :1]) * self.patch_size[2])
 
     def repeat(self, batch: int) -> "Memory":
         """The same context for `batch` samples (e.g. the conditional and unconditional halves of CFG)."""
         if self.tokens.shape[0] == batch:
             return self
         recent = None if self.recent_latents is None else self.recent_latents.expand(batch, -1, -1, -1, -1)
-        return replace(self, tokens=self.tokens.expand(batch, -1, -1), recent_latents=recent)
+        camera = None if self.camera is None else self.camera.expand(batch, -1)
+        return replace(self, tokens=self.tokens.expand(batch, -1, -1), recent_latents=recent, camera=camera)
 
 
 def empty_memory(batch: int, dim: int, latent_frames: int = 0, seconds: float = 0.0) -> Memory:
@@ -116,7 +138,7 @@ def embed_recent(model: torch.nn.Module, memory: Memory, batch: int) -> tuple[to
     tokens = model.patch_embedding(latents.float())
     times = torch.arange(tokens.shape[2], device=tokens.device) + memory.recent_start
     positions = grid_positions(times.expand(batch, -1), tokens.shape[3], tokens.shape[4])
-    return tokens.flatten(2).transpose(1, 2), positions
+    return tokens.flatten(2).transpose(1, 2), memory.placed(positions)
 
 
 def context_tokens(model: torch.nn.Module, memory: Memory, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +151,8 @@ def context_tokens(model: torch.nn.Module, memory: Memory, batch: int) -> tuple[
         where.append(recent_positions)
     if memory.tokens.shape[1]:
         parts.append(memory.repeat(batch).tokens)
-        where.append(latent_to_token_positions(memory.positions.float(), tuple(model.patch_size)).expand(batch, -1, -1))
+        positions = latent_to_token_positions(memory.positions.float(), tuple(model.patch_size))
+        where.append(memory.placed(positions).expand(batch, -1, -1))
     device = parts[0].device  # float32 here; the caller casts to its own dtype
     return (torch.cat([part.to(device, torch.float32) for part in parts], dim=1),
             torch.cat([w.to(device, torch.float32) for w in where], dim=1))

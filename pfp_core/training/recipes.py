@@ -8,8 +8,10 @@ then the change finetune (stage 3): the DiT reads each chunk's change from the l
 (it taught the change reading to smooth the last frame) and at shift 3 (more high-noise steps), then the unrolled
 finetune (stage 4): each step predicts 3 chunks in a row, each the one-step estimate continuing the model's own
 chunks before it, with the loss on all three (TrainSettings.unroll), so the pair samples with one step, then
-the same at a fifth of the learning rate (stage 5, the cooldown).
-Sliding window: the same stages 2 to 5 from the same start, its context the last 9 latent frames alone (576
+the same at a fifth of the learning rate (stage 5, the cooldown), then the camera finetune (stage 6): the
+cooldown's settings with the context and the chunk placed in the world the captions pan over, each chunk starting
+from the last frame moved with the camera (TrainSettings.camera_speed, pfp_core.model.camera).
+Sliding window: the same stages 2 to 6 from the same start, its context the last 9 latent frames alone (576
 tokens; pfp's context is at most 560 tokens within eval-continuation's 8 s videos). Every run checkpoints and
 resumes, so the recipe can be stopped and continued; the step counts cap the stages.
 """
@@ -28,16 +30,18 @@ CHANGE_STEPS = 2600  # stage 3 of the shipped pair (README: Tiny default)
 UNROLL_STEPS = 3000  # stage 4
 UNROLL_CHUNKS = 3
 UNROLL_HISTORY = (8, 16, 24, 32, 40)  # plus the 3 unrolled chunks: at most 64 frames, eval-continuation's length
-COOLDOWN_STEPS = 800  # stage 5, the shipped pair
+COOLDOWN_STEPS = 800  # stage 5
 COOLDOWN_LR = 1e-4
+CAMERA_STEPS = 1200  # stage 6, the shipped pair
+CAMERA_SPEED = 1.0  # DiT tokens per frame: the story world pans one view (8 tokens) a second at 8 fps
 
 
 def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain_steps: int = 500,
                 change_steps: int = CHANGE_STEPS, unroll_steps: int = UNROLL_STEPS,
-                cooldown_steps: int = COOLDOWN_STEPS) -> list[dict]:
+                cooldown_steps: int = COOLDOWN_STEPS, camera_steps: int = CAMERA_STEPS) -> list[dict]:
     """TrainSettings arguments of every stage in the order they run (a stage's --init-from folder exists only
     once the stage before it ran); `init_from` holds the starting dit.safetensors and encoder.safetensors. The
-    shipped pair is pfp_cooldown, its baseline sw_cooldown."""
+    shipped pair is pfp_camera, its baseline sw_camera."""
     # zero-padded captions: the shipped pair was trained before mean padding existed (pfp_core.model.text)
     common = dict(world="story", batch=4, lr=5e-4, checkpoint_every=100, rate="2x2x2", text_padding="zeros")
     finetune = dict(stage="finetune", history_frames=FINETUNE_HISTORY, context_noise=0.15, **common)
@@ -47,6 +51,7 @@ def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain
     # a fifth of the learning rate settles the weights between stage 4's noisy checkpoints; another seed draws
     # other batches than stage 4's first ones
     cooldown = dict(unroll, steps=cooldown_steps, lr=COOLDOWN_LR, seed=1)
+    camera = dict(cooldown, steps=camera_steps, camera_speed=CAMERA_SPEED, seed=2)
     pfp = dict(recent_frames=RECENT_FRAMES, retrieval_mix=0.2)
     window = dict(variant="none", recent_frames=SLIDING_WINDOW_FRAMES, retrieval_mix=0.0)
     return [dict(stage="pretrain", out=out / "pfp_pre", init_from=init_from, steps=pretrain_steps,
@@ -58,15 +63,17 @@ def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain
             dict(out=out / "pfp_unroll", init_from=out / "pfp_change", **pfp, **unroll),
             dict(out=out / "sw_unroll", init_from=out / "sw_change", **window, **unroll),
             dict(out=out / "pfp_cooldown", init_from=out / "pfp_unroll", **pfp, **cooldown),
-            dict(out=out / "sw_cooldown", init_from=out / "sw_unroll", **window, **cooldown)]
+            dict(out=out / "sw_cooldown", init_from=out / "sw_unroll", **window, **cooldown),
+            dict(out=out / "pfp_camera", init_from=out / "pfp_cooldown", **pfp, **camera),
+            dict(out=out / "sw_camera", init_from=out / "sw_cooldown", **window, **camera)]
 
 
 def train_tiny(out: Path, init_from: Path, finetune_steps: int, progress: bool = True, pretrain_steps: int = 500,
                change_steps: int = CHANGE_STEPS, unroll_steps: int = UNROLL_STEPS,
-               cooldown_steps: int = COOLDOWN_STEPS) -> None:
+               cooldown_steps: int = COOLDOWN_STEPS, camera_steps: int = CAMERA_STEPS) -> None:
     """Run (or resume) the whole recipe."""
     from .loop import train
 
     for arguments in tiny_recipe(out, init_from, finetune_steps, pretrain_steps, change_steps, unroll_steps,
-                                 cooldown_steps):
+                                 cooldown_steps, camera_steps):
         train(TrainSettings(**arguments), progress=progress)

@@ -1,9 +1,12 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from pfp_core.generation.chunk_store import ChunkStore, ChunkStoreError
 from pfp_core.errors import GenerationCancelled
 from pfp_core.config import VAEConfig, dit_config, encoder_config_for
+from pfp_core.model.camera import reproject
 from pfp_core.model.dit import WanDiT
 from pfp_core.model.encoder import MemoryEncoder
 from pfp_core.generation.generator import (AutoregressiveGenerator, Callbacks, GenerationRequest, chunk_seed,
@@ -171,3 +174,18 @@ def test_an_anchored_chunk_starts_from_the_last_frame_of_its_history(start_image
     latents = run(engine, None, request).latents
     noise = torch.randn((1, 16, 3, 16, 16), generator=torch.Generator().manual_seed(chunk_seed(request.seed, 0)))
     assert torch.allclose(latents[:, :, 1:], latents[:, :, :1] + 0.5 * noise, atol=1e-6)
+
+
+def test_a_camera_placed_chunk_starts_from_the_last_frame_moved_as_its_prompt_pans(start_image):
+    """With the zero velocity of the untrained head the chunk is its flow start: for a pair with camera_speed 1 and
+    the prompt `camera pans right`, the start image moved one token (2 latent cells) further each frame, what comes
+    into view at the image's mean, plus the chunk's scaled noise; a holding prompt leaves it where it was."""
+    dit = WanDiT(dit_config("tiny")).eval()
+    config = replace(encoder_config_for("tiny", variant="none", recent_frames=1, anchor_noise=0.5), camera_speed=1.0)
+    engine = Engine(dit, MemoryEncoder(config).eval(), SpaceToDepthVAE(), HashTextEncoder(4096, 32))
+    noise = torch.randn((1, 16, 3, 16, 16), generator=torch.Generator().manual_seed(chunk_seed(5, 0)))
+    for prompt, cells in (("camera pans right", [2.0, 4.0, 6.0]), ("camera holds", [0.0, 0.0, 0.0])):
+        request = GenerationRequest(start_image, [prompt], 4, 4, 8, seed=5, project_chunks=False, camera_speed=1.0)
+        latents = run(engine, None, request).latents
+        expected = reproject(latents[:, :, :1], torch.tensor([cells])) + 0.5 * noise
+        assert torch.allclose(latents[:, :, 1:], expected, atol=1e-6), prompt

@@ -20,7 +20,9 @@ from pfp_core.model.dit import WanDiT
 from pfp_core.training.loop import (TrainSettings, build_models, chunk_noise, encode_memory, next_chunk_loss,
                                     recycled_history, retrieval_loss, set_grad_checkpointing, step_rng, story_clips,
                                     train, train_step, unrolled_loss)
+from pfp_core.model.text import HashTextEncoder
 from pfp_core.model.vae import SpaceToDepthVAE
+from pfp_core.training.text_embeddings import FrameCaptions
 
 
 def small(tmp_path, **changes) -> TrainSettings:
@@ -482,3 +484,25 @@ def test_scenes_choose_the_story_clips_a_stage_trains_on(tmp_path):
     assert any("object" in c for c in both) and any("pans" in c for c in both)
     with pytest.raises(ValueError, match="^scenes: only the procedural story world has scenes"):
         small(tmp_path, stage="finetune", world="texture", scenes=("panning",))
+
+
+def test_a_camera_placed_step_starts_each_chunk_from_the_last_frame_moved_with_its_captions(tmp_path):
+    """With --camera-speed the chunks of a pan start from the last frame moved the way their captions pan, so the
+    zero head's one-step predictions (that start itself) are far closer to the real frames than the last frame
+    left where it was; the encoder file records the speed, so generation places the context as training did."""
+    videos = [storyworld.make_story_video(storyworld.story_seed(seed), 2, "panning") for seed in (4, 5)]
+    latents = SpaceToDepthVAE().encode(procedural.to_pixels(np.stack([v.frames[2:11] for v in videos])))
+    text = FrameCaptions([v.captions()[2:11] for v in videos], HashTextEncoder(4096, 32, padding="mean"), 32)
+    assert all(caption.startswith("camera pans") for v in videos for caption in v.captions()[8:11])
+    losses = {}
+    for speed in (1.0, 0.0):
+        settings = unroll_settings(tmp_path / str(speed), camera_speed=speed)
+        with torch.no_grad():
+            losses[speed] = unrolled_loss(build_models(settings), latents, settings, torch.Generator().manual_seed(0),
+                                          text).item()
+    assert losses[1.0] < 0.5 * losses[0.0]
+    settings = unroll_settings(tmp_path / "trained", camera_speed=1.0, steps=2)
+    train(settings, progress=False)
+    assert load_encoder(tmp_path / "trained" / "encoder.safetensors").config.camera_speed == 1.0
+    with pytest.raises(ValueError, match="^camera-speed: .*--world story"):
+        small(tmp_path, stage="finetune", recent_frames=1, camera_speed=1.0)
