@@ -1,8 +1,9 @@
 """`bench continuation`: the embedded tiny pair against its baselines on held-out story-world videos, in one run.
 
 Writes continuation.{json,md,png} and continuation_frames.png:
-- eval-continuation's figures for the model (what `eval-continuation` prints), and the same model with generated
-  chunks appended as sampled instead of projected back through the VAE (the drift-defence ablation);
+- eval-continuation's figures for the model (what `eval-continuation` prints), the same model with generated
+  chunks appended as sampled instead of projected back through the VAE (the drift-defence ablation) and, for a
+  pair that places its context in the world, at screen positions (the camera ablation);
 - a rollout far past the training length (30 s by default, 240 frames) with the colour drift per second of the
   model, the sliding-window baseline and the last given frame repeated;
 - truth | model | sliding window frames of one video per scene, to look at.
@@ -18,9 +19,10 @@ import numpy as np
 from ..training import storyworld
 from .continuation import (BASELINES, ContinuationSettings, Generate, baseline_frames, colour_drift, engine_generator,
                            evaluate_continuation, steps_used)
-from ..generation.pipeline import BASELINE_DIT, BASELINE_ENCODER, load_engine
+from ..generation.pipeline import BASELINE_DIT, BASELINE_ENCODER, Engine, load_engine
 
 ROLLOUT_SEEDS = 500  # held-out seeds of the rollouts start here, past eval-continuation's
+ABLATION_NAMES = {"no_projection": "pfp, chunks not projected", "screen_positions": "pfp, screen positions (no camera)"}
 
 
 @dataclass
@@ -74,6 +76,13 @@ def example_frames(generators: dict[str, Generate], bench: ContinuationBench) ->
     return np.concatenate(sheets)
 
 
+def ablation(model: Engine, window: Generate, settings: ContinuationSettings,
+             progress: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """The model's figures per scene under changed settings (its baselines are those of the main run)."""
+    report = evaluate_continuation(engine_generator(model, settings), window, settings, progress)
+    return {scene: report["scenes"][scene]["model"] for scene in storyworld.SCENES}
+
+
 def run_bench(bench: ContinuationBench, progress: Callable[[str], None] = lambda text: None) -> tuple[dict, np.ndarray]:
     settings = ContinuationSettings(videos=bench.videos, seed=bench.seed, steps=bench.steps)
     model, baseline = load_engine(), load_engine(BASELINE_ENCODER, BASELINE_DIT)
@@ -81,9 +90,9 @@ def run_bench(bench: ContinuationBench, progress: Callable[[str], None] = lambda
     main = cached(engine_generator(model, settings))
     report = {"bench": vars(bench).copy(), "model": evaluate_continuation(main, window, settings, progress)}
     report["bench"]["sampling_steps"] = steps_used(settings, model, baseline)
-    unprojected = replace(settings, project_chunks=False)
-    ablation = evaluate_continuation(engine_generator(model, unprojected), window, unprojected, progress)
-    report["ablations"] = {"no_projection": {scene: ablation["scenes"][scene]["model"] for scene in storyworld.SCENES}}
+    report["ablations"] = {"no_projection": ablation(model, window, replace(settings, project_chunks=False), progress)}
+    if model.encoder.config.camera_speed:
+        report["ablations"]["screen_positions"] = ablation(model, window, replace(settings, camera=False), progress)
     long_settings = replace(settings, total_frames=bench.rollout_seconds * 8)
     long_runs = {"model": engine_generator(model, long_settings),
                  "sliding_window": engine_generator(baseline, long_settings)}
@@ -101,8 +110,8 @@ def markdown(report: dict, command: str) -> str:
              "Euler steps per chunk, each pair the steps it was finetuned for: " + ", ".join(
                  f"{name} {steps}" for name, steps in report["bench"]["sampling_steps"].items()) + ".", ""]
     for scene, figures in model["scenes"].items():
-        rows = {"pfp (embedded)": figures["model"],
-                "pfp, chunks not projected": report["ablations"]["no_projection"][scene],
+        ablations = {ABLATION_NAMES[name]: rows[scene] for name, rows in report["ablations"].items()}
+        rows = {"pfp (embedded)": figures["model"], **ablations,
                 **{name: figures["baselines"][name] for name in BASELINES}}
         columns = list(figures["model"])
         lines += [f"## {scene}", "", "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]

@@ -35,9 +35,11 @@ def test_report_renders_as_markdown_and_a_figure():
     settings = ContinuationSettings(videos=1)
     model = evaluate_continuation(truth, repeat_last, settings)
     report = {"bench": {"sampling_steps": {"model": 1, "sliding_window": 2}}, "model": model,
-              "ablations": {"no_projection": {s: model["scenes"][s]["model"] for s in model["scenes"]}},
+              "ablations": {name: {s: model["scenes"][s]["model"] for s in model["scenes"]}
+                            for name in ("no_projection", "screen_positions")},
               "rollout": rollout_drift({"model": truth}, ContinuationBench(rollout_seconds=9, rollout_videos=1), settings)}
     text = markdown(json.loads(json.dumps(report)), "python -m pfp_core bench continuation")
+    assert "| pfp, chunks not projected |" in text and "| pfp, screen positions (no camera) |" in text
     assert "| pfp (embedded) |" in text and "adherence_at_least_0.9" in text and "## Drift over a 9 s rollout" in text
     assert "Euler steps per chunk, each pair the steps it was finetuned for: model 1, sliding_window 2." in text
     image = figure(report)

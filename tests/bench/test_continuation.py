@@ -65,3 +65,33 @@ def test_eval_continuation_prints_the_fixed_fields_last(capsys):
         assert set(scene["baselines"]) == {"repeat_last", "mean_given", "repeat_first", "sliding_window"}
     assert {"adherence", "shuffled_control"} <= set(report["storyboard"])
     assert report["settings"]["seed"] == 7
+
+
+def test_a_camera_pair_with_its_zero_head_pans_as_asked_and_the_camera_ablation_does_not():
+    """The untrained head's chunk is its flow start: for a pair with camera_speed 1 the last frame moved with the
+    planned camera, so its frames follow the storyboard's first pan; with settings.camera False the same pair
+    reads screen positions and holds still, as a pair that records no camera speed does."""
+    from dataclasses import replace
+
+    import torch
+
+    from pfp_core.bench.continuation import continue_video, segment_motions, storyboard_motions
+    from pfp_core.config import dit_config, encoder_config_for
+    from pfp_core.generation.pipeline import Engine
+    from pfp_core.model.dit import WanDiT
+    from pfp_core.model.encoder import MemoryEncoder
+    from pfp_core.model.text import HashTextEncoder
+    from pfp_core.model.vae import SpaceToDepthVAE
+
+    config = encoder_config_for("tiny", variant="none", recent_frames=1, anchor_noise=1e-3)
+    engine = lambda speed: Engine(WanDiT(dit_config("tiny")).eval(), MemoryEncoder(replace(config, camera_speed=speed,
+                                  chunk_frames=8, sampling_steps=1)), SpaceToDepthVAE(), HashTextEncoder(4096, 32))
+    video = next(v for v in (storyworld.make_story_video(storyworld.story_seed(s), 2, "panning") for s in range(20))
+                 if v.events[1] == "camera pans right")
+    settings = ContinuationSettings(videos=1, total_frames=16)
+    with torch.no_grad():
+        placed = continue_video(engine(1.0), video, settings, 0)
+        screen = continue_video(engine(1.0), video, replace(settings, camera=False), 0)
+        plain = continue_video(engine(0.0), video, settings, 0)
+    assert storyboard_motions(video, 8) == segment_motions(placed, 8, 8) == [1]
+    assert segment_motions(screen, 8, 8) == [0] and np.array_equal(screen, plain)
