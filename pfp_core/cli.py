@@ -173,13 +173,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
-    from .training.recipes import CAMERA_STEPS, CHANGE_STEPS, COOLDOWN_STEPS, UNROLL_STEPS, train_tiny
+    from .training import recipes
 
-    train_tiny(Path(args.out), Path(args.init_from), args.steps, progress=not args.quiet,
-               change_steps=args.change_steps or CHANGE_STEPS, unroll_steps=args.unroll_steps or UNROLL_STEPS,
-               cooldown_steps=args.cooldown_steps or COOLDOWN_STEPS, camera_steps=args.camera_steps or CAMERA_STEPS)
-    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_camera'}, sliding-window baseline in "
-          f"{Path(args.out) / 'sw_camera'}")
+    recipes.train_tiny(Path(args.out), Path(args.init_from), args.steps, progress=not args.quiet,
+                       change_steps=args.change_steps or recipes.CHANGE_STEPS,
+                       unroll_steps=args.unroll_steps or recipes.UNROLL_STEPS,
+                       cooldown_steps=args.cooldown_steps or recipes.COOLDOWN_STEPS,
+                       camera_steps=args.camera_steps or recipes.CAMERA_STEPS,
+                       camera_cooldown_steps=args.camera_cooldown_steps or recipes.CAMERA_COOLDOWN_STEPS)
+    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_camera_cooldown'}, sliding-window baseline in "
+          f"{Path(args.out) / 'sw_camera_cooldown'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -569,8 +572,9 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_train)
     p = sub.add_parser("train-tiny", help="reproduce the embedded tiny pair and its sliding-window baseline (resumable)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for the eleven runs (pfp_pre, pfp_ft, sw_ft, pfp_change, sw_change, pfp_unroll, "
-                        "sw_unroll, pfp_cooldown, sw_cooldown, then the shipped pfp_camera and sw_camera)")
+                   help="folder for the thirteen runs (pfp_pre, pfp_ft, sw_ft, pfp_change, sw_change, pfp_unroll, "
+                        "sw_unroll, pfp_cooldown, sw_cooldown, pfp_camera, sw_camera, then the shipped "
+                        "pfp_camera_cooldown and sw_camera_cooldown)")
     p.add_argument("--init-from", required=True, metavar="DIR",
                    help="folder with the starting dit.safetensors and encoder.safetensors (README: which ones)")
     p.add_argument("--steps", type=positive_int, default=8000, help="finetuning steps of pfp (the baseline gets "
@@ -582,8 +586,10 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cooldown-steps", type=positive_int, default=None,
                    help="steps of the cooldown at a fifth of the learning rate (stage 5; default: as shipped)")
     p.add_argument("--camera-steps", type=positive_int, default=None,
-                   help="steps of the camera finetune that makes the shipped pair and its baseline (stage 6; "
-                        "default: as shipped)")
+                   help="steps of the camera finetune (stage 6; default: as shipped)")
+    p.add_argument("--camera-cooldown-steps", type=positive_int, default=None,
+                   help="steps of the camera finetune's cooldown that makes the shipped pair and its baseline "
+                        "(stage 7; default: as shipped)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_tiny)
     p = sub.add_parser("export", help="a training folder -> a DiT or LoRA file for ComfyUI's stock loaders")

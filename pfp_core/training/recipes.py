@@ -10,8 +10,9 @@ finetune (stage 4): each step predicts 3 chunks in a row, each the one-step esti
 chunks before it, with the loss on all three (TrainSettings.unroll), so the pair samples with one step, then
 the same at a fifth of the learning rate (stage 5, the cooldown), then the camera finetune (stage 6): the
 cooldown's settings with the context and the chunk placed in the world the captions pan over, each chunk starting
-from the last frame moved with the camera (TrainSettings.camera_speed, pfp_core.model.camera).
-Sliding window: the same stages 2 to 6 from the same start, its context the last 9 latent frames alone (576
+from the last frame moved with the camera (TrainSettings.camera_speed, pfp_core.model.camera), and its cooldown at
+a fifth of that learning rate (stage 7).
+Sliding window: the same stages 2 to 7 from the same start, its context the last 9 latent frames alone (576
 tokens; pfp's context is at most 560 tokens within eval-continuation's 8 s videos). Every run checkpoints and
 resumes, so the recipe can be stopped and continued; the step counts cap the stages.
 """
@@ -32,16 +33,19 @@ UNROLL_CHUNKS = 3
 UNROLL_HISTORY = (8, 16, 24, 32, 40)  # plus the 3 unrolled chunks: at most 64 frames, eval-continuation's length
 COOLDOWN_STEPS = 800  # stage 5
 COOLDOWN_LR = 1e-4
-CAMERA_STEPS = 1200  # stage 6, the shipped pair
+CAMERA_STEPS = 1200  # stage 6
 CAMERA_SPEED = 1.0  # DiT tokens per frame: the story world pans one view (8 tokens) a second at 8 fps
+CAMERA_COOLDOWN_STEPS = 400  # stage 7, the shipped pair
+CAMERA_COOLDOWN_LR = 2e-5
 
 
 def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain_steps: int = 500,
                 change_steps: int = CHANGE_STEPS, unroll_steps: int = UNROLL_STEPS,
-                cooldown_steps: int = COOLDOWN_STEPS, camera_steps: int = CAMERA_STEPS) -> list[dict]:
+                cooldown_steps: int = COOLDOWN_STEPS, camera_steps: int = CAMERA_STEPS,
+                camera_cooldown_steps: int = CAMERA_COOLDOWN_STEPS) -> list[dict]:
     """TrainSettings arguments of every stage in the order they run (a stage's --init-from folder exists only
     once the stage before it ran); `init_from` holds the starting dit.safetensors and encoder.safetensors. The
-    shipped pair is pfp_camera, its baseline sw_camera."""
+    shipped pair is pfp_camera_cooldown, its baseline sw_camera_cooldown."""
     # zero-padded captions: the shipped pair was trained before mean padding existed (pfp_core.model.text)
     common = dict(world="story", batch=4, lr=5e-4, checkpoint_every=100, rate="2x2x2", text_padding="zeros")
     finetune = dict(stage="finetune", history_frames=FINETUNE_HISTORY, context_noise=0.15, **common)
@@ -52,6 +56,8 @@ def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain
     # other batches than stage 4's first ones
     cooldown = dict(unroll, steps=cooldown_steps, lr=COOLDOWN_LR, seed=1)
     camera = dict(cooldown, steps=camera_steps, camera_speed=CAMERA_SPEED, seed=2)
+    # the same data seed as stage 6: it ran so, and drew stage 6's first batches again
+    camera_cooldown = dict(camera, steps=camera_cooldown_steps, lr=CAMERA_COOLDOWN_LR)
     pfp = dict(recent_frames=RECENT_FRAMES, retrieval_mix=0.2)
     window = dict(variant="none", recent_frames=SLIDING_WINDOW_FRAMES, retrieval_mix=0.0)
     return [dict(stage="pretrain", out=out / "pfp_pre", init_from=init_from, steps=pretrain_steps,
@@ -65,15 +71,18 @@ def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain
             dict(out=out / "pfp_cooldown", init_from=out / "pfp_unroll", **pfp, **cooldown),
             dict(out=out / "sw_cooldown", init_from=out / "sw_unroll", **window, **cooldown),
             dict(out=out / "pfp_camera", init_from=out / "pfp_cooldown", **pfp, **camera),
-            dict(out=out / "sw_camera", init_from=out / "sw_cooldown", **window, **camera)]
+            dict(out=out / "sw_camera", init_from=out / "sw_cooldown", **window, **camera),
+            dict(out=out / "pfp_camera_cooldown", init_from=out / "pfp_camera", **pfp, **camera_cooldown),
+            dict(out=out / "sw_camera_cooldown", init_from=out / "sw_camera", **window, **camera_cooldown)]
 
 
 def train_tiny(out: Path, init_from: Path, finetune_steps: int, progress: bool = True, pretrain_steps: int = 500,
                change_steps: int = CHANGE_STEPS, unroll_steps: int = UNROLL_STEPS,
-               cooldown_steps: int = COOLDOWN_STEPS, camera_steps: int = CAMERA_STEPS) -> None:
+               cooldown_steps: int = COOLDOWN_STEPS, camera_steps: int = CAMERA_STEPS,
+               camera_cooldown_steps: int = CAMERA_COOLDOWN_STEPS) -> None:
     """Run (or resume) the whole recipe."""
     from .loop import train
 
     for arguments in tiny_recipe(out, init_from, finetune_steps, pretrain_steps, change_steps, unroll_steps,
-                                 cooldown_steps, camera_steps):
+                                 cooldown_steps, camera_steps, camera_cooldown_steps):
         train(TrainSettings(**arguments), progress=progress)
