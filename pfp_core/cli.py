@@ -259,11 +259,10 @@ def bench_gpu(args: argparse.Namespace) -> None:
 
 
 def bench_continuation(args: argparse.Namespace) -> None:
-    from .bench.bench_continuation import ContinuationBench, run_bench, write
+    from .bench.bench_continuation import ContinuationBench, progress_total, run_bench, write
 
     bench = ContinuationBench(videos=2, rollout_seconds=10, rollout_videos=1) if args.quick else ContinuationBench()
-    steps = 2 * 2 * bench.videos + 1
-    with tqdm(total=steps, desc="bench continuation", disable=args.quiet) as bar:
+    with tqdm(total=progress_total(bench), desc="bench continuation", disable=args.quiet) as bar:
         report, frames = run_bench(bench, lambda text: bar.update(1))
     command = "python -m pfp_core bench continuation" + (" --quick" if args.quick else "")
     write(report, frames, Path(args.out), command)

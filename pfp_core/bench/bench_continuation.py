@@ -19,7 +19,8 @@ import numpy as np
 from ..training import storyworld
 from .continuation import (BASELINES, ContinuationSettings, Generate, baseline_frames, colour_drift, engine_generator,
                            evaluate_continuation, steps_used)
-from ..generation.pipeline import BASELINE_DIT, BASELINE_ENCODER, Engine, load_engine
+from ..generation.pipeline import BASELINE_DIT, BASELINE_ENCODER, DEFAULT_ENCODER, Engine, load_engine
+from ..model.checkpoint import load_encoder
 
 ROLLOUT_SEEDS = 500  # held-out seeds of the rollouts start here, past eval-continuation's
 ABLATION_NAMES = {"no_projection": "pfp, chunks not projected", "screen_positions": "pfp, screen positions (no camera)"}
@@ -76,6 +77,22 @@ def example_frames(generators: dict[str, Generate], bench: ContinuationBench) ->
     return np.concatenate(sheets)
 
 
+def ablation_settings(settings: ContinuationSettings, camera: bool) -> dict[str, ContinuationSettings]:
+    """The ablations the bench measures: chunks appended unprojected, and for a pair that records a camera speed,
+    screen positions."""
+    changed = {"no_projection": replace(settings, project_chunks=False)}
+    if camera:
+        changed["screen_positions"] = replace(settings, camera=False)
+    return changed
+
+
+def progress_total(bench: ContinuationBench) -> int:
+    """Progress ticks of run_bench for the embedded pair: one per video and scene of every evaluation, one for the
+    rollouts."""
+    camera = bool(load_encoder(DEFAULT_ENCODER).config.camera_speed)
+    return (1 + len(ablation_settings(ContinuationSettings(), camera))) * 2 * bench.videos + 1
+
+
 def ablation(model: Engine, window: Generate, settings: ContinuationSettings,
              progress: Callable[[str], None]) -> dict[str, dict[str, float]]:
     """The model's figures per scene under changed settings (its baselines are those of the main run)."""
@@ -90,9 +107,8 @@ def run_bench(bench: ContinuationBench, progress: Callable[[str], None] = lambda
     main = cached(engine_generator(model, settings))
     report = {"bench": vars(bench).copy(), "model": evaluate_continuation(main, window, settings, progress)}
     report["bench"]["sampling_steps"] = steps_used(settings, model, baseline)
-    report["ablations"] = {"no_projection": ablation(model, window, replace(settings, project_chunks=False), progress)}
-    if model.encoder.config.camera_speed:
-        report["ablations"]["screen_positions"] = ablation(model, window, replace(settings, camera=False), progress)
+    report["ablations"] = {name: ablation(model, window, changed, progress) for name, changed in
+                           ablation_settings(settings, bool(model.encoder.config.camera_speed)).items()}
     long_settings = replace(settings, total_frames=bench.rollout_seconds * 8)
     long_runs = {"model": engine_generator(model, long_settings),
                  "sliding_window": engine_generator(baseline, long_settings)}

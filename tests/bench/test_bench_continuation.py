@@ -2,7 +2,8 @@ import json
 
 import numpy as np
 
-from pfp_core.bench.bench_continuation import ContinuationBench, cached, figure, markdown, rollout_drift
+from pfp_core.bench.bench_continuation import (ContinuationBench, cached, figure, markdown, progress_total, rollout_drift,
+                                             run_bench)
 from pfp_core.bench.continuation import ContinuationSettings, baseline_frames, evaluate_continuation
 
 
@@ -44,3 +45,15 @@ def test_report_renders_as_markdown_and_a_figure():
     assert "Euler steps per chunk, each pair the steps it was finetuned for: model 1, sliding_window 2." in text
     image = figure(report)
     assert image.dtype == np.uint8 and image.shape[2] == 3 and (image < 250).mean() > 0.01  # something is drawn
+
+
+def test_the_bench_on_the_embedded_pair_ticks_its_progress_total_and_measures_the_camera_ablation():
+    """The embedded pair records a camera speed, so the bench adds the screen-position ablation, and its progress
+    bar ends at its total."""
+    bench = ContinuationBench(videos=1, rollout_seconds=9, rollout_videos=1)
+    ticks = []
+    report, frames = run_bench(bench, ticks.append)
+    assert len(ticks) == progress_total(bench)
+    assert set(report["ablations"]) == {"no_projection", "screen_positions"}
+    placed, screen = report["model"]["scenes"]["panning"]["model"], report["ablations"]["screen_positions"]["panning"]
+    assert placed != screen and report["ablations"]["screen_positions"]["static"] == report["model"]["scenes"]["static"]["model"]
