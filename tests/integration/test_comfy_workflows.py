@@ -9,6 +9,7 @@ import torch
 
 from comfy_env import API_WORKFLOWS, comfy_path, comfy_server, run_folders, saved_video, tiny_workflow
 
+from pfp_core.bench.continuation import camera_motion
 from pfp_core.training.procedural import heldout_seed, make_video
 from pfp_core.generation.run_folders import KEEP_RUNS
 from pfp_core.video_io import load_image
@@ -53,6 +54,17 @@ def test_tiny_workflow_saves_a_video_with_the_promised_frames(server):
     assert len(list(folder.glob("chunk_*.safetensors"))) == 4
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir())
     assert summary(entry).startswith(f"new run tiny_full/{folder.name}: 4 chunks (0 resumed, 4 generated)")
+
+
+def test_the_tiny_pair_pans_the_way_its_storyboard_says_through_comfyuis_sampler(server):
+    """The sampler node passes the pair's camera speed, so the storyboard's pans reach the model through ComfyUI's
+    own sampler: the saved video moves right for the pan's second and back for the return's, by phase correlation
+    of its frames (a pan is 4 px a frame at 32 px)."""
+    workflow = tiny_workflow("camera", seconds=3.0)
+    workflow["6"]["inputs"]["storyboard"] = "0s: camera holds\n1s: camera pans right\n2s: camera comes back"
+    frames = saved_video(server, run(server, workflow))
+    assert abs(camera_motion(frames[:8])) < 1
+    assert camera_motion(frames[7:16]) > 2 and camera_motion(frames[15:24]) < -2
 
 
 def test_edit_and_run_again_starts_a_new_run_and_the_same_settings_resume(server):
