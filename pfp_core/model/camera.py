@@ -5,9 +5,11 @@ column in every frame. With a pair's `camera_speed` (DiT tokens the view moves p
 token's rotary w position is its screen column plus the view's position: the same place has the same position in
 every frame, and continuing a pan, or coming back to a view the history holds, is attention at zero offset, which
 a small DiT learns where a shift that changes every frame it does not. A chunk's flow then starts from the last
-frame moved with the camera (`reproject`), with what comes into view at that frame's mean colour, as GEN3C
-renders its cache into the new view. This is the pure-translation case of cameras as relative positional
-encodings (PRoPE, Li et al. 2025). Speed 0 keeps screen positions, as Wan has them.
+frame moved with the camera (`reproject`), as GEN3C renders its cache into the new view; what comes into view is
+what left the other side (the frame wrapped), so the start keeps the frame's texture and the DiT draws the new
+columns over it (a flat fill at the frame's mean followed the storyboard's pans less often: docs/drift_defences.md).
+This is the pure-translation case of cameras as relative positional encodings (PRoPE, Li et al. 2025). Speed 0
+keeps screen positions, as Wan has them.
 """
 from __future__ import annotations
 
@@ -57,12 +59,10 @@ def world_positions(positions: torch.Tensor, camera: torch.Tensor) -> torch.Tens
 
 def reproject(latent: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
     """latent [B, C, 1, h, w] seen from views moved right by `moves` [B, T] latent cells -> [B, C, T, h, w]: the
-    content shifts the other way and what comes into view takes the frame's mean."""
-    mean = latent.mean(dim=(-2, -1), keepdim=True)
+    content shifts the other way and the columns that leave one side come in on the other."""
+    width = latent.shape[-1]
     frames = []
     for move in moves.round().long().unbind(1):
-        columns = torch.arange(latent.shape[-1], device=latent.device) + move.to(latent.device)[:, None]  # [B, w]
-        inside = (columns >= 0) & (columns < latent.shape[-1])
-        index = columns.clamp(0, latent.shape[-1] - 1)[:, None, None, None, :].expand_as(latent)
-        frames.append(torch.where(inside[:, None, None, None, :], latent.gather(-1, index), mean))
+        columns = (torch.arange(width, device=latent.device) + move.to(latent.device)[:, None]) % width  # [B, w]
+        frames.append(latent.gather(-1, columns[:, None, None, None, :].expand_as(latent)))
     return torch.cat(frames, dim=2)
