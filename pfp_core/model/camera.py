@@ -6,8 +6,9 @@ token's rotary w position is its screen column plus the view's position: the sam
 every frame, and continuing a pan, or coming back to a view the history holds, is attention at zero offset, which
 a small DiT learns where a shift that changes every frame it does not. A chunk's flow then starts from the last
 frame moved with the camera (`reproject`), as GEN3C renders its cache into the new view; what comes into view is
-what left the other side (the frame wrapped), so the start keeps the frame's texture and the DiT draws the new
-columns over it (a flat fill at the frame's mean followed the storyboard's pans less often: docs/drift_defences.md).
+what left the other side (the frame wrapped), so the start keeps a texture that moves with the camera for the DiT
+to correct (the tiny pair leaves a hazy copy there; a flat fill at the frame's mean left a grey field in which no
+motion shows, and followed the storyboard's pans less often: docs/drift_defences.md).
 This is the pure-translation case of cameras as relative positional encodings (PRoPE, Li et al. 2025). Speed 0
 keeps screen positions, as Wan has them.
 """
