@@ -70,7 +70,8 @@ class AutoregressiveSampler(io.ComfyNode):
                        "start": start_hash(start)}
         request = GenerationRequest(start, prompts, total_frames, chunk_frames, round(history_seconds * storyboard.fps),
                                     seed, steps, memory_encoder.config.latent_stride[0], keep_frames=False,
-                                    camera_speed=memory_encoder.config.camera_speed)
+                                    camera_speed=memory_encoder.config.camera_speed,
+                                    object_speed=memory_encoder.config.object_speed)
         sampler = ComfyChunkSampler(model, storyboard.conditioning, storyboard.negative, steps, cfg, sampler_name,
                                     scheduler, memory_encoder)
         compress = memory_encoder.updater(storyboard.fps, adapter.config.temporal_factor)

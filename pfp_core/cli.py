@@ -164,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                              shift=args.shift, clean_context=args.clean_context, fsdp=args.fsdp,
                              anchor_noise=args.anchor_noise, rollout_mix=args.rollout_mix,
                              chunk_frames=args.chunk_frames, predict_change=args.predict_change,
-                             camera_speed=args.camera_speed,
+                             camera_speed=args.camera_speed, object_speed=args.object_speed,
                              change_weighting=args.change_weighting, unroll=args.unroll,
                              unroll_mix=args.unroll_mix, distill_from=optional_path(args.distill_from))
     losses = train(settings, progress=not args.quiet)
@@ -453,6 +453,11 @@ def add_objective_flags(p: argparse.ArgumentParser) -> None:
                         "and the chunk sit at their places in the world and each chunk starts from the last frame "
                         "moved with the camera (pfp_core.model.camera; the encoder file records it); 0: screen "
                         "positions")
+    p.add_argument("--object-speed", type=number(float, 0, 64, low_allowed=True), default=0.0, metavar="TOKENS",
+                   help="DiT tokens an object moves per frame of a caption that makes it leave or come back (story "
+                        "world: 1): half of a chunk's width rotary pairs follow the moving object, so its rest "
+                        "place in the history sits at zero offset (pfp_core.model.objects; the encoder file records "
+                        "it); 0: none")
     p.add_argument("--change-weighting", action="store_true",
                    help="finetune, with --predict-change and a batch of 2 or more: the loss is the mean of the "
                         "samples' errors weighted by one over the variance the skip leaves of their velocity (EDM's "

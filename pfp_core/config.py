@@ -145,6 +145,9 @@ class EncoderConfig(JsonConfig):
     # camera pans over and starts a chunk from the last frame moved with the camera (pfp_core.model.camera); 0:
     # screen positions, as Wan has them
     camera_speed: float = 0.0
+    # DiT tokens an object moves per frame of a leave or return caption: > 0 gives a chunk's tokens rotary pairs
+    # that follow the moving object (pfp_core.model.objects); 0: none
+    object_speed: float = 0.0
 
     def __post_init__(self) -> None:
         if self.variant not in ENCODER_VARIANTS:
@@ -168,6 +171,9 @@ class EncoderConfig(JsonConfig):
         if not self.camera_speed >= 0:
             raise ValueError(f"camera_speed: must be 0 (screen positions) or the tokens a pan moves per frame, got "
                              f"{self.camera_speed}")
+        if not self.object_speed >= 0:
+            raise ValueError(f"object_speed: must be 0 (no object positions) or the tokens an object moves per frame, "
+                             f"got {self.object_speed}")
         if self.anchor_noise is not None and not (self.anchor_noise > 0 and self.recent_frames):
             raise ValueError(f"anchor_noise: {self.anchor_noise} needs a positive scale and recent frames (> 0) to "
                              "start from; leave it unset for pure noise")

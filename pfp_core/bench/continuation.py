@@ -47,7 +47,7 @@ class ContinuationSettings:
     shift: float = 1.0  # sampling schedule shift
     history_seconds: float = 20.0
     project_chunks: bool = True
-    camera: bool = True  # False: screen positions whatever the pair records (the camera ablation)
+    camera: bool = True  # False: screen positions whatever the pair records (the camera and object ablation)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -68,7 +68,8 @@ def continue_video(engine: Engine, video: storyworld.StoryVideo, settings: Conti
     request = GenerationRequest(to_pixels(video.frames[None, :settings.given_frames]), [c.prompt for c in plan],
                                 settings.total_frames, chunk_frames, round(settings.history_seconds * fps), seed,
                                 steps, engine.encoder.config.latent_stride[0], settings.project_chunks,
-                                camera_speed=engine.encoder.config.camera_speed if settings.camera else 0.0)
+                                camera_speed=engine.encoder.config.camera_speed if settings.camera else 0.0,
+                                object_speed=engine.encoder.config.object_speed if settings.camera else 0.0)
     sampler = FlowChunkSampler(engine.dit, engine.text_encoder, SamplerSettings(steps=steps, shift=settings.shift))
     with torch.no_grad():
         return AutoregressiveGenerator(engine.memory_updater(), sampler, engine.vae).run(request).frames.numpy()

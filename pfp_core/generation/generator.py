@@ -16,6 +16,7 @@ import torch
 from .chunk_store import ChunkStore
 from ..errors import GenerationCancelled
 from ..model.camera import camera_path
+from ..model.objects import object_path
 from ..model.memory import Memory
 from ..model.vae import VAE
 
@@ -87,15 +88,17 @@ def frame_grid(seconds: float, chunk_seconds: float, fps: float, temporal_factor
     return 1 + f * max(1, round((total - 1) / f)), f * max(1, round(chunk / f))
 
 
-def latent_camera(spans: list[ChunkSpan], request: GenerationRequest, factor: int) -> torch.Tensor | None:
-    """float [latent frames]: the view's position the storyboard plans at each latent frame (each frame moves as
-    its chunk's prompt pans; the given frames hold), or None for a pair that reads screen positions."""
-    if not request.camera_speed:
-        return None
+def latent_paths(spans: list[ChunkSpan], request: GenerationRequest,
+                 factor: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """float [latent frames] each, as the storyboard plans them (each frame as its chunk's prompt says; the given
+    frames hold): the view's position (model.camera) and a moving object's shift (model.objects), None for a
+    pair that reads neither."""
     captions = [""] * request.total_frames
     for span in spans:
         captions[span.first_frame:span.end_frame] = [request.prompts[span.index]] * span.frames
-    return camera_path(captions, request.camera_speed)[::factor]  # latent k ends at frame k * factor
+    # latent k ends at frame k * factor
+    of = lambda path, speed: path(captions, speed)[::factor] if speed else None
+    return of(camera_path, request.camera_speed), of(object_path, request.object_speed)
 
 
 def chunk_seed(seed: int, index: int) -> int:
@@ -124,6 +127,7 @@ class GenerationRequest:
     project_chunks: bool = True  # drift defence: a chunk joins the history as the VAE would encode its frames
     keep_frames: bool = True  # False: frames stay in the chunk store only, so RAM does not grow with the video
     camera_speed: float = 0.0  # the pair's EncoderConfig.camera_speed: > 0 places context in the world (model.camera)
+    object_speed: float = 0.0  # the pair's EncoderConfig.object_speed: > 0 follows moving objects (model.objects)
 
 
 @dataclass
@@ -194,7 +198,7 @@ class AutoregressiveGenerator:
         if len(request.prompts) < spans[-1].index + 1:
             raise ValueError(f"prompts: {len(request.prompts)} given for {spans[-1].index + 1} chunks; plan the storyboard "
                              "for the whole video")
-        camera = latent_camera(spans, request, factor)
+        camera, objects = latent_paths(spans, request, factor)
         total_steps, resumed, token_counts = len(spans) * request.steps_per_chunk, 0, []
         for n, span in enumerate(spans):
             if self.store is not None and self.store.has(span.index):
@@ -204,8 +208,9 @@ class AutoregressiveGenerator:
             else:
                 window, offset = history.window(request.window_frames // factor, request.slab_frames)
                 memory = self.compress(window, offset)
-                if camera is not None:  # the window's frames and the chunk's, from the window's start
-                    memory = replace(memory, camera=camera[None, offset:history.length + span.frames // factor])
+                # the window's frames and the chunk's, from the window's start
+                cut = lambda path: None if path is None else path[None, offset:history.length + span.frames // factor]
+                memory = replace(memory, camera=cut(camera), object_path=cut(objects))
                 token_counts.append(memory.token_count)
                 latents = self._sample(span, memory, history.length - offset, window.shape, request, n, total_steps)
                 chunk_frames = to_uint8(self.decode_continuation(history, latents))

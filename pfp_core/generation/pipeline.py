@@ -167,7 +167,8 @@ def generate(engine: Engine, start_image: np.ndarray, storyboard_text: str, vide
                    "prompts": [c.prompt for c in plan], "start": hashlib.sha1(pixels.numpy().tobytes()).hexdigest()}
     request = GenerationRequest(pixels, [c.prompt for c in plan], total_frames, chunk_frames,
                                 round(video.history_seconds * fps), video.seed, sampler.steps,
-                                engine.encoder.config.latent_stride[0], camera_speed=engine.encoder.config.camera_speed)
+                                engine.encoder.config.latent_stride[0], camera_speed=engine.encoder.config.camera_speed,
+                                object_speed=engine.encoder.config.object_speed)
     generator = AutoregressiveGenerator(engine.memory_updater(), FlowChunkSampler(engine.dit, engine.text_encoder, sampler),
                                         engine.vae, ChunkStore(out_folder, fingerprint), callbacks)
     return generator.run(request)

@@ -37,9 +37,10 @@ def camera_path(captions: Sequence[str], speed: float) -> torch.Tensor:
     return torch.cumsum(steps, 0)
 
 
-def camera_at(camera: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-    """camera [B or 1, T] read at latent times [L] or [B, L] (fractional times interpolate: a memory token sits
-    at the centre of the frames it summarises) -> [B, L]."""
+def path_at(camera: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """A per-frame path [B or 1, T] (the camera's, or a moving object's: model.objects) read at latent times [L]
+    or [B, L] (fractional times interpolate: a memory token sits at the centre of the frames it summarises)
+    -> [B, L]."""
     times = times.float().to(camera.device)
     if times.dim() == 1:
         times = times.expand(camera.shape[0], -1)
@@ -52,7 +53,7 @@ def camera_at(camera: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
 
 def world_positions(positions: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
     """Token positions [L, 3] or [B, L, 3] (t, h, w) with w moved by the view's position at t -> [B, L, 3]."""
-    moved = camera_at(camera, positions[..., 0])
+    moved = path_at(camera, positions[..., 0])
     world = positions.expand(moved.shape[0], -1, -1).clone()
     world[..., 2] += moved.to(world)
     return world

@@ -11,6 +11,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
@@ -238,16 +239,21 @@ def wan_forward(model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
     x = x.flatten(2).transpose(1, 2)
     if frame_times is None:
         frame_times = torch.arange(grid[0], device=x.device)
-    positions = grid_positions(frame_times.to(x.device).expand(x.shape[0], -1), grid[1], grid[2])
+    frame_times = frame_times.to(x.device).expand(x.shape[0], -1)
+    positions = grid_positions(frame_times, grid[1], grid[2])
+    object_shift = None
     if memory is not None:
         positions = memory.placed(positions)
+        object_shift = memory.object_shift(frame_times, grid[1] * grid[2])
     video_tokens = x.shape[1]
     context_layers = [None] * len(model.blocks)
     if memory is not None and memory.clean_context and memory.token_count:
         context_layers = (context_cache or ContextCache()).get(model, memory, x.dtype)
     else:
         x, positions = join_memory(model, x, positions, memory)
-    angles = rope_angles(positions, x.shape[-1] // model.num_heads)
+    if object_shift is not None:  # joined context tokens stay at shift 0
+        object_shift = F.pad(object_shift.to(positions.device), (0, positions.shape[1] - object_shift.shape[1]))
+    angles = rope_angles(positions, x.shape[-1] // model.num_heads, object_shift=object_shift)
 
     time_emb, time_mod = time_modulation(model, timestep, x.dtype)
     context = model.text_embedding(context.to(x.dtype))

@@ -20,7 +20,7 @@ import torch
 
 from ..atomic import save_tensors
 from ..config import CHANGE_STD
-from .camera import camera_at, reproject, world_positions
+from .camera import path_at, reproject, world_positions
 from .rope import grid_positions
 
 
@@ -46,6 +46,9 @@ class Memory:
     # [B or 1, T]: the view's position in DiT tokens at each latent time from the window's start through the chunk
     # after it (pfp_core.model.camera), which the generator or the training step attaches; None: screen positions
     camera: torch.Tensor | None = None
+    # [B or 1, T] over the same times: the columns a captioned moving object has travelled from its rest place
+    # (pfp_core.model.objects); the chunk's tokens read it, context tokens stay at shift 0; None: no shift
+    object_path: torch.Tensor | None = None
 
     @property
     def reads_change(self) -> bool:
@@ -69,14 +72,22 @@ class Memory:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Memory":
         moved = lambda t: None if t is None else t.to(device=device, dtype=dtype)
-        camera = None if self.camera is None else self.camera.to(device=device)
+        path = lambda t: None if t is None else t.to(device=device)
         return replace(self, tokens=moved(self.tokens), positions=self.positions.to(device=device),
-                       recent_latents=moved(self.recent_latents), camera=camera)
+                       recent_latents=moved(self.recent_latents), camera=path(self.camera),
+                       object_path=path(self.object_path))
 
     def placed(self, positions: torch.Tensor) -> torch.Tensor:
         """Token positions [L, 3] or [B, L, 3] (t from the window's start) where the DiT reads them: in the world
         when the memory has a camera path, else on the screen as given."""
         return positions if self.camera is None else world_positions(positions, self.camera)
+
+    def object_shift(self, frame_times: torch.Tensor, tokens_per_frame: int) -> torch.Tensor | None:
+        """[B, T * tokens_per_frame]: the object shift of a chunk's tokens at latent times `frame_times` [B, T]
+        (frame-major, as the DiT flattens them), or None when the memory has no object path."""
+        if self.object_path is None:
+            return None
+        return path_at(self.object_path, frame_times).repeat_interleave(tokens_per_frame, dim=1)
 
     @property
     def window_length(self) -> int:
@@ -99,7 +110,7 @@ class Memory:
         if self.camera is None:
             return last
         times = torch.arange(self.window_length - 1, self.window_length + like.shape[2])
-        views = camera_at(self.camera, times).expand(like.shape[0], -1)
+        views = path_at(self.camera, times).expand(like.shape[0], -1)
         return reproject(last, (views[:, 1:] - views[:, :1]) * self.patch_size[2])
 
     def repeat(self, batch: int) -> "Memory":
@@ -107,8 +118,9 @@ class Memory:
         if self.tokens.shape[0] == batch:
             return self
         recent = None if self.recent_latents is None else self.recent_latents.expand(batch, -1, -1, -1, -1)
-        camera = None if self.camera is None else self.camera.expand(batch, -1)
-        return replace(self, tokens=self.tokens.expand(batch, -1, -1), recent_latents=recent, camera=camera)
+        path = lambda t: None if t is None else t.expand(batch, -1)
+        return replace(self, tokens=self.tokens.expand(batch, -1, -1), recent_latents=recent,
+                       camera=path(self.camera), object_path=path(self.object_path))
 
 
 def empty_memory(batch: int, dim: int, latent_frames: int = 0, seconds: float = 0.0) -> Memory:

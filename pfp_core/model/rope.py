@@ -12,12 +12,19 @@ def axis_dims(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * third, third, third
 
 
-def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> torch.Tensor:
-    """positions [..., L, 3] (t, h, w) -> angles [..., L, head_dim // 2]."""
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0,
+                object_shift: torch.Tensor | None = None) -> torch.Tensor:
+    """positions [..., L, 3] (t, h, w) -> angles [..., L, head_dim // 2]. With `object_shift` [..., L], the odd
+    pairs of the w part (every other frequency, so both halves keep fine and coarse ones) rotate by w minus the
+    shift: the column a moving object had at rest (pfp_core.model.objects). A zero shift changes nothing."""
     angles = []
     for axis, dim in enumerate(axis_dims(head_dim)):
         inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
-        angles.append(positions[..., axis, None].double() * inv_freq)
+        position = positions[..., axis, None].double()
+        if axis == 2 and object_shift is not None:
+            odd = torch.arange(inv_freq.shape[0], device=positions.device) % 2 == 1
+            position = torch.where(odd, position - object_shift[..., None].double(), position)
+        angles.append(position * inv_freq)
     return torch.cat(angles, dim=-1).float()
 
 

@@ -47,6 +47,7 @@ from .export import folder_files, merged_dit
 from ..model.flow import add_noise, flow_loss, sample, sampling_sigmas, training_sigmas
 from .lora import LoRA, attach, freeze_base, load_lora_into, lora_for, merge_into, read_lora, save_lora
 from ..model.camera import camera_path
+from ..model.objects import object_path
 from ..model.context import build_context
 from ..model.memory import Memory, change_loss_weight, empty_memory, with_recent
 from .precision import bf16_is_faster
@@ -101,6 +102,7 @@ class TrainSettings:
     anchor_noise: float | None = None  # finetune: chunks flow from the last recent latent plus this much noise
     predict_change: bool = False  # finetune: the DiT reads the chunk's change from the last history latent
     camera_speed: float = 0.0  # tokens a pan caption moves the view per frame: context placed in the world (model.camera)
+    object_speed: float = 0.0  # tokens a leave or return caption moves an object per frame (model.objects)
     change_weighting: bool = False  # with predict_change: EDM's loss weight by noise level (change_loss_weight)
     fsdp: bool = False  # shard weights, gradients and AdamW state over the torchrun processes (FSDP2) instead of DDP
     distill_from: Path | None = None  # with unroll: a pair's one-step estimates are the chunks' targets (Teacher)
@@ -157,9 +159,10 @@ class TrainSettings:
             raise ValueError("predict-change: the change flows from the last recent frame in a finetune with an "
                              "encoder; pass --recent-frames R --anchor-noise A with stage finetune, or drop "
                              "--predict-change")
-        if self.camera_speed and (not self.use_memory or self.world != "story" or self.data is not None):
-            raise ValueError("camera-speed: the camera path is read from the story world's pan captions, through a "
-                             "memory encoder; pass --world story without --data or --no-memory, or drop --camera-speed")
+        for name, speed in (("camera-speed", self.camera_speed), ("object-speed", self.object_speed)):
+            if speed and (not self.use_memory or self.world != "story" or self.data is not None):
+                raise ValueError(f"{name}: the path is read from the story world's captions, through a memory "
+                                 f"encoder; pass --world story without --data or --no-memory, or drop --{name}")
         if self.change_weighting and not self.predict_change:
             raise ValueError("change-weighting: weighs the errors of a change-reading DiT; pass --predict-change too, "
                              "or drop --change-weighting")
@@ -297,7 +300,7 @@ def build_models(settings: TrainSettings) -> Models:
                                  sampling_steps=1 if settings.unroll else None)
     if encoder is not None:  # generation pads prompts and places context as training did
         encoder.config = replace(encoder.config, text_padding=recorded_text_padding(settings),
-                                 camera_speed=settings.camera_speed)
+                                 camera_speed=settings.camera_speed, object_speed=settings.object_speed)
     if settings.predict_change and not predicted_change_before(settings):
         if settings.lora_rank:  # the zero head would stay zero and pass no gradient to the adapter or the encoder
             raise ValueError("predict-change: a DiT that starts reading changes starts from a zero head, which a LoRA "
@@ -378,31 +381,40 @@ def story_clips(settings: TrainSettings, rng: random.Random, frames: int) -> Vid
     return VideoClips(pixels, [video.captions()[:frames] for video in videos])
 
 
-def clip_camera(models: Models, text: FrameCaptions | None) -> torch.Tensor | None:
-    """[B, T]: the view's position at each frame of the clips as their captions pan (pfp_core.model.camera), or
-    None when the pair reads screen positions."""
-    speed = models.encoder.config.camera_speed if models.encoder is not None else 0.0
-    if not speed or text is None:
-        return None
-    return torch.stack([camera_path(row, speed) for row in text.captions])
+@dataclass
+class ClipPaths:
+    """[B, T] each, from the clips' captions: the view's position (pfp_core.model.camera) and a moving object's
+    shift (pfp_core.model.objects); None where the pair reads neither."""
+    camera: torch.Tensor | None = None
+    objects: torch.Tensor | None = None
 
 
-def placed(memory: Memory | None, camera: torch.Tensor | None, frames: int) -> Memory | None:
-    """`memory` with the camera path of the clips' first `frames` frames (window and chunk), as generation gives it."""
-    if memory is None or camera is None:
+def clip_paths(models: Models, text: FrameCaptions | None) -> ClipPaths:
+    config = models.encoder.config if models.encoder is not None else None
+    if config is None or text is None:
+        return ClipPaths()
+    of = lambda path, speed: torch.stack([path(row, speed) for row in text.captions]) if speed else None
+    return ClipPaths(of(camera_path, config.camera_speed), of(object_path, config.object_speed))
+
+
+def placed(memory: Memory | None, paths: ClipPaths, frames: int, chunk: bool = True) -> Memory | None:
+    """`memory` with the paths of the clips' first `frames` frames (window and chunk), as generation gives them;
+    the object shift only for a chunk that continues the window (retrieval redraws past frames where they were)."""
+    if memory is None:
         return memory
-    return replace(memory, camera=camera[:, :frames].to(memory.tokens.device))
+    cut = lambda path: None if path is None else path[:, :frames].to(memory.tokens.device)
+    return replace(memory, camera=cut(paths.camera), object_path=cut(paths.objects) if chunk else None)
 
 
 def encode_memory(models: Models, history_latents: torch.Tensor, settings: TrainSettings,
-                  camera: torch.Tensor | None = None) -> Memory | None:
+                  paths: ClipPaths = ClipPaths()) -> Memory | None:
     """The context a chunk after this history gets at generation (pfp_core.model.context)."""
     fps = dit_config(settings.model).fps
     if models.encoder is not None:
         encoder = models.encoder
         memory_of = (lambda older: encoder.encode(older, fps)) if encoder.config.compresses else None
         memory = build_context(encoder.config, memory_of, history_latents, fps)
-        return placed(memory, camera, history_latents.shape[2] + settings.chunk_frames)
+        return placed(memory, paths, history_latents.shape[2] + settings.chunk_frames)
     if settings.context_window:
         memory = empty_memory(history_latents.shape[0], models.dit.config.dim)
         return with_recent(memory, history_latents, settings.context_window, models.dit.config.patch_size)
@@ -427,7 +439,7 @@ def retrieval_loss(models: Models, latents: torch.Tensor, settings: TrainSetting
     b, _, t = latents.shape[:3]
     encoder = models.encoder
     memory = encoder.encode(latents, dit_config(settings.model).fps) if encoder and encoder.config.compresses else None
-    memory = placed(memory, clip_camera(models, text), t)
+    memory = placed(memory, clip_paths(models, text), t, chunk=False)
     frame_times = torch.stack([torch.randperm(t, generator=gen)[: settings.targets] for _ in range(b)])
     index = frame_times[:, None, :, None, None].expand(-1, latents.shape[1], -1, *latents.shape[3:]).to(latents.device)
     x0 = latents.gather(2, index)
@@ -442,7 +454,7 @@ def next_chunk_loss(models: Models, latents: torch.Tensor, settings: TrainSettin
     history = latents[:, :, :split]
     if rollout and split > rollout_chunks(settings) * settings.chunk_frames:
         history = recycled_history(models, history, settings, gen, text)
-    memory = encode_memory(models, corrupt(history, settings.context_noise, gen), settings, clip_camera(models, text))
+    memory = encode_memory(models, corrupt(history, settings.context_noise, gen), settings, clip_paths(models, text))
     frame_times = torch.arange(split, latents.shape[2]).expand(latents.shape[0], -1)
     return denoising_loss(models, latents[:, :, split:], memory, frame_times, settings, gen, text)
 
@@ -458,11 +470,11 @@ def unrolled_loss(models: Models, latents: torch.Tensor, settings: TrainSettings
     chunk's target is the teacher's one-step estimate given the same chain, not the real chunk."""
     split = latents.shape[2] - settings.unroll * settings.chunk_frames
     history = corrupt(latents[:, :, :split], settings.context_noise, gen)
-    vae, camera = SpaceToDepthVAE(), clip_camera(models, text)
+    vae, paths = SpaceToDepthVAE(), clip_paths(models, text)
     losses = []
     for start in range(split, latents.shape[2], settings.chunk_frames):
         end = start + settings.chunk_frames
-        memory = encode_memory(models, history, settings, camera)
+        memory = encode_memory(models, history, settings, paths)
         frame_times = torch.arange(start, end).expand(latents.shape[0], -1)
         noise = chunk_noise(latents[:, :, start:end].shape, memory, gen, latents.device)
         full_noise = torch.full((latents.shape[0],), 1000.0, device=latents.device)
@@ -502,7 +514,7 @@ def with_own_chunk(models: Models, history: torch.Tensor, start: int, settings: 
     end = start + settings.chunk_frames
     frame_times = torch.arange(start, end).expand(history.shape[0], -1)
     with torch.no_grad():
-        memory = encode_memory(models, history[:, :, :start], settings, clip_camera(models, text))
+        memory = encode_memory(models, history[:, :, :start], settings, clip_paths(models, text))
         context = text_context(models, text, frame_times, history.device)
         noise = chunk_noise(history[:, :, start:end].shape, memory, gen, history.device)
         velocity = lambda x, sigma: models.dit(x, sigma * 1000, context, memory, frame_times)

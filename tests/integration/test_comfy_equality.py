@@ -48,12 +48,14 @@ def test_comfy_detects_the_tiny_dit_as_wan(models):
 
 @pytest.mark.parametrize("with_memory,recent_frames,clean,change,camera", [
     (False, 0, False, False, False), (True, 0, False, False, False), (True, 2, False, False, False),
-    (True, 2, True, False, False), (True, 2, False, True, False), (True, 2, False, True, True)])
+    (True, 2, True, False, False), (True, 2, False, True, False), (True, 2, False, True, True),
+    (True, 2, False, True, "objects")])
 def test_pfp_core_and_comfy_wan_agree(pack, models, with_memory, recent_frames, clean, change, camera):
     """recent_frames > 0: the context of the next chunk, recent latents embedded inside each forward; clean: the
     context as its own clean stream (keys and values computed once per chunk); change: the noisy chunk read as
     its change from the last recent frame; camera: context and chunk placed in the world of a panning camera,
-    the chunk read from the last frame moved with it (pfp_core.model.camera)."""
+    the chunk read from the last frame moved with it (pfp_core.model.camera); "objects": besides, the chunk's
+    tokens follow an object that comes back (pfp_core.model.objects)."""
     wan_memory = importlib.import_module(pack.__name__ + ".nodes.wan_memory")
     dit, comfy_model, encoder = models
     torch.manual_seed(1)
@@ -65,6 +67,8 @@ def test_pfp_core_and_comfy_wan_agree(pack, models, with_memory, recent_frames, 
             memory = build_context(config, lambda older: encoder.encode(older, 8), torch.randn(1, 16, 6, 16, 16), 8)
             if camera:
                 memory = replace(memory, camera=torch.tensor([[0.0, 0, 1, 2, 3, 4, 5, 6, 7]]))
+            if camera == "objects":
+                memory = replace(memory, object_path=torch.tensor([[0.0, 0, 0, 0, 0, 0, -2, -1, 0]]))
             ours = dit(x, sigma * 1000, context, memory, torch.arange(6, 9))
             patched = wan_memory.with_memory(comfy_model, wan_memory.MemoryInjection(memory, first_frame_time=6))
             theirs = comfy_forward(patched, x, sigma, context)

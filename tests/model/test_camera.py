@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pfp_core.config import dit_config, encoder_config_for
-from pfp_core.model.camera import camera_at, camera_path, caption_pan, reproject, world_positions
+from pfp_core.model.camera import path_at, camera_path, caption_pan, reproject, world_positions
 from pfp_core.model.context import build_context
 from pfp_core.model.dit import WanDiT
 from pfp_core.model.encoder import MemoryEncoder
@@ -39,7 +39,7 @@ def test_world_positions_move_each_frame_by_its_view_and_interpolate_between_fra
     assert world.shape == (1, 4, 3)
     assert torch.equal(world[0, :, 2], torch.tensor([5.0, 6.0, 3.0, 3.0]))
     assert torch.equal(world[0, :, :2], positions[:, :2])  # time and height stay
-    assert torch.equal(camera_at(camera, torch.tensor([0.5])), torch.tensor([[0.5]]))
+    assert torch.equal(path_at(camera, torch.tensor([0.5])), torch.tensor([[0.5]]))
 
 
 def test_reprojecting_a_frame_of_a_pan_gives_the_next_frame_and_wraps_what_comes_into_view():

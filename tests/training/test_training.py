@@ -507,3 +507,25 @@ def test_a_camera_placed_step_starts_each_chunk_from_the_last_frame_moved_with_i
     assert load_encoder(tmp_path / "trained" / "encoder.safetensors").config.camera_speed == 1.0
     with pytest.raises(ValueError, match="^camera-speed: .*--world story"):
         small(tmp_path, stage="finetune", recent_frames=1, camera_speed=1.0)
+
+
+def test_an_object_following_step_shifts_the_chunk_as_its_captions_move_objects_and_retrieval_does_not(tmp_path):
+    """With --object-speed, a chunk's memory carries the captions' object path (a leave second: one token a frame
+    from rest), retrieval redraws past frames without it, and the encoder file records the speed."""
+    video = storyworld.make_story_video(storyworld.story_seed(0), 8, "static")  # second 1: an object leaves
+    text = FrameCaptions([video.captions()[:16]], HashTextEncoder(4096, 32, padding="mean"), 32)
+    settings = unroll_settings(tmp_path / "objects", object_speed=1.0, camera_speed=1.0, chunk_frames=8,
+                               history_frames=(8,), unroll=1)
+    models = build_models(settings)
+    paths = loop.clip_paths(models, text)
+    assert paths.objects[0].tolist() == [0.0] * 8 + [-1.0, -2, -3, -4, -5, -6, -7, -8]
+    assert paths.camera[0].tolist() == [0.0] * 16  # the static scene's camera holds
+    history = SpaceToDepthVAE().encode(procedural.to_pixels(video.frames[None, :8]))
+    memory = encode_memory(models, history, settings, paths)
+    assert torch.equal(memory.object_path, paths.objects)
+    assert loop.placed(memory, paths, 16, chunk=False).object_path is None
+    settings = replace(settings, steps=2)
+    train(settings, progress=False)
+    assert load_encoder(tmp_path / "objects" / "encoder.safetensors").config.object_speed == 1.0
+    with pytest.raises(ValueError, match="^object-speed: .*--world story"):
+        small(tmp_path, stage="finetune", recent_frames=1, object_speed=1.0)
