@@ -79,6 +79,9 @@ def start(device_flag: str = "auto") -> Process:
 
 def stop(process: Process) -> None:
     if process.world > 1 and dist.is_initialized():
+        # every rank done with its last collective before any tears the group down: a gloo rank whose peer
+        # closed first can abort on exit (seen under CPU load: "terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
 
 
