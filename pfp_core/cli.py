@@ -172,17 +172,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
 
 
+def recipe_steps(args: argparse.Namespace):
+    """train-tiny's step caps: the stages given on the command line, the shipped counts for the others."""
+    from .training.recipes import RecipeSteps
+
+    stages = ("change", "unroll", "cooldown", "camera", "camera_cooldown", "objects", "object_cooldown")
+    given = {stage: getattr(args, f"{stage}_steps") for stage in stages if getattr(args, f"{stage}_steps")}
+    return RecipeSteps(finetune=args.steps, **given)
+
+
 def cmd_train_tiny(args: argparse.Namespace) -> None:
     from .training import recipes
 
-    recipes.train_tiny(Path(args.out), Path(args.init_from), args.steps, progress=not args.quiet,
-                       change_steps=args.change_steps or recipes.CHANGE_STEPS,
-                       unroll_steps=args.unroll_steps or recipes.UNROLL_STEPS,
-                       cooldown_steps=args.cooldown_steps or recipes.COOLDOWN_STEPS,
-                       camera_steps=args.camera_steps or recipes.CAMERA_STEPS,
-                       camera_cooldown_steps=args.camera_cooldown_steps or recipes.CAMERA_COOLDOWN_STEPS)
-    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_camera_cooldown'}, sliding-window baseline in "
-          f"{Path(args.out) / 'sw_camera_cooldown'}")
+    recipes.train_tiny(Path(args.out), Path(args.init_from), recipe_steps(args), progress=not args.quiet)
+    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_objects_cooldown'}, sliding-window baseline in "
+          f"{Path(args.out) / 'sw_objects_cooldown'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -576,9 +580,9 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_train)
     p = sub.add_parser("train-tiny", help="reproduce the embedded tiny pair and its sliding-window baseline (resumable)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for the thirteen runs (pfp_pre, pfp_ft, sw_ft, pfp_change, sw_change, pfp_unroll, "
-                        "sw_unroll, pfp_cooldown, sw_cooldown, pfp_camera, sw_camera, then the shipped "
-                        "pfp_camera_cooldown and sw_camera_cooldown)")
+                   help="folder for the seventeen runs (pfp_pre, pfp_ft, sw_ft, then pfp_ and sw_ change, unroll, "
+                        "cooldown, camera, camera_cooldown, objects, and the shipped pfp_objects_cooldown and "
+                        "sw_objects_cooldown)")
     p.add_argument("--init-from", required=True, metavar="DIR",
                    help="folder with the starting dit.safetensors and encoder.safetensors (README: which ones)")
     p.add_argument("--steps", type=positive_int, default=8000, help="finetuning steps of pfp (the baseline gets "
@@ -592,8 +596,12 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--camera-steps", type=positive_int, default=None,
                    help="steps of the camera finetune (stage 6; default: as shipped)")
     p.add_argument("--camera-cooldown-steps", type=positive_int, default=None,
-                   help="steps of the camera finetune's cooldown that makes the shipped pair and its baseline "
-                        "(stage 7; default: as shipped)")
+                   help="steps of the camera finetune's cooldown (stage 7; default: as shipped)")
+    p.add_argument("--object-steps", dest="objects_steps", type=positive_int, default=None,
+                   help="steps of the object finetune (stage 8; default: as shipped)")
+    p.add_argument("--object-cooldown-steps", type=positive_int, default=None,
+                   help="steps of the object finetune's cooldown that makes the shipped pair and its baseline "
+                        "(stage 9; default: as shipped)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_tiny)
     p = sub.add_parser("export", help="a training folder -> a DiT or LoRA file for ComfyUI's stock loaders")

@@ -141,3 +141,14 @@ def test_an_unrolled_finetune_records_one_sampling_step_and_generation_and_evalu
         capsys.readouterr()
         assert main(["eval-continuation", *pair, "--videos", "1", "--json", "--quiet", *steps]) == 0
         assert json.loads(capsys.readouterr().out.splitlines()[-1])["settings"]["sampling_steps"] == expected
+
+
+def test_train_tiny_caps_the_stages_it_is_given_and_ships_the_others():
+    from pfp_core.cli import build_parser, recipe_steps
+    from pfp_core.training.recipes import RecipeSteps
+
+    args = build_parser().parse_args(["train-tiny", "--out", "runs", "--init-from", "start", "--steps", "7",
+                                      "--object-steps", "5", "--object-cooldown-steps", "3", "--camera-steps", "2"])
+    assert recipe_steps(args) == RecipeSteps(finetune=7, camera=2, objects=5, object_cooldown=3)
+    shipped = recipe_steps(build_parser().parse_args(["train-tiny", "--out", "runs", "--init-from", "start"]))
+    assert shipped == RecipeSteps()

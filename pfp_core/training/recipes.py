@@ -11,13 +11,16 @@ chunks before it, with the loss on all three (TrainSettings.unroll), so the pair
 the same at a fifth of the learning rate (stage 5, the cooldown), then the camera finetune (stage 6): the
 cooldown's settings with the context and the chunk placed in the world the captions pan over, each chunk starting
 from the last frame moved with the camera (TrainSettings.camera_speed, pfp_core.model.camera), and its cooldown at
-a fifth of that learning rate (stage 7).
+a fifth of that learning rate (stage 7), then the object finetune (stage 8): stage 6's settings with a chunk's
+tokens following the object its caption makes leave or come back (TrainSettings.object_speed,
+pfp_core.model.objects) on another data seed, and its cooldown (stage 9).
 Sliding window: the same stages 2 to 7 from the same start, its context the last 9 latent frames alone (576
 tokens; pfp's context is at most 560 tokens within eval-continuation's 8 s videos). Every run checkpoints and
 resumes, so the recipe can be stopped and continued; the step counts cap the stages.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .loop import TrainSettings
@@ -37,52 +40,62 @@ CAMERA_STEPS = 1200  # stage 6
 CAMERA_SPEED = 1.0  # DiT tokens per frame: the story world pans one view (8 tokens) a second at 8 fps
 CAMERA_COOLDOWN_STEPS = 400  # stage 7, the shipped pair
 CAMERA_COOLDOWN_LR = 2e-5
+OBJECT_STEPS = 1200  # stage 8
+OBJECT_SPEED = 1.0  # DiT tokens per frame: a story-world object leaves or comes back one view width a second
+OBJECT_COOLDOWN_STEPS = 400  # stage 9, the shipped pair
 
 
-def tiny_recipe(out: Path, init_from: Path, finetune_steps: int = 8000, pretrain_steps: int = 500,
-                change_steps: int = CHANGE_STEPS, unroll_steps: int = UNROLL_STEPS,
-                cooldown_steps: int = COOLDOWN_STEPS, camera_steps: int = CAMERA_STEPS,
-                camera_cooldown_steps: int = CAMERA_COOLDOWN_STEPS) -> list[dict]:
+@dataclass(frozen=True)
+class RecipeSteps:
+    """The step count that caps each stage (default: as shipped)."""
+    finetune: int = 8000  # stage 2 of pfp; the sliding window gets `pretrain` more
+    pretrain: int = 500
+    change: int = CHANGE_STEPS
+    unroll: int = UNROLL_STEPS
+    cooldown: int = COOLDOWN_STEPS
+    camera: int = CAMERA_STEPS
+    camera_cooldown: int = CAMERA_COOLDOWN_STEPS
+    objects: int = OBJECT_STEPS
+    object_cooldown: int = OBJECT_COOLDOWN_STEPS
+
+
+def tiny_recipe(out: Path, init_from: Path, steps: RecipeSteps = RecipeSteps()) -> list[dict]:
     """TrainSettings arguments of every stage in the order they run (a stage's --init-from folder exists only
     once the stage before it ran); `init_from` holds the starting dit.safetensors and encoder.safetensors. The
-    shipped pair is pfp_camera_cooldown, its baseline sw_camera_cooldown."""
+    shipped pair is pfp_objects_cooldown, its baseline sw_objects_cooldown."""
     # zero-padded captions: the shipped pair was trained before mean padding existed (pfp_core.model.text)
     common = dict(world="story", batch=4, lr=5e-4, checkpoint_every=100, rate="2x2x2", text_padding="zeros")
     finetune = dict(stage="finetune", history_frames=FINETUNE_HISTORY, context_noise=0.15, **common)
-    change = dict(finetune, steps=change_steps, predict_change=True, anchor_noise=0.5, context_noise=0.0, shift=3.0,
+    change = dict(finetune, steps=steps.change, predict_change=True, anchor_noise=0.5, context_noise=0.0, shift=3.0,
                   checkpoint_every=200)
-    unroll = dict(change, steps=unroll_steps, history_frames=UNROLL_HISTORY, unroll=UNROLL_CHUNKS, checkpoint_every=100)
+    unroll = dict(change, steps=steps.unroll, history_frames=UNROLL_HISTORY, unroll=UNROLL_CHUNKS, checkpoint_every=100)
     # a fifth of the learning rate settles the weights between stage 4's noisy checkpoints; another seed draws
     # other batches than stage 4's first ones
-    cooldown = dict(unroll, steps=cooldown_steps, lr=COOLDOWN_LR, seed=1)
-    camera = dict(cooldown, steps=camera_steps, camera_speed=CAMERA_SPEED, seed=2)
+    cooldown = dict(unroll, steps=steps.cooldown, lr=COOLDOWN_LR, seed=1)
+    camera = dict(cooldown, steps=steps.camera, camera_speed=CAMERA_SPEED, seed=2)
     # the same data seed as stage 6: it ran so, and drew stage 6's first batches again
-    camera_cooldown = dict(camera, steps=camera_cooldown_steps, lr=CAMERA_COOLDOWN_LR)
+    camera_cooldown = dict(camera, steps=steps.camera_cooldown, lr=CAMERA_COOLDOWN_LR)
+    objects = dict(camera, steps=steps.objects, object_speed=OBJECT_SPEED, seed=3)
+    object_cooldown = dict(objects, steps=steps.object_cooldown, lr=CAMERA_COOLDOWN_LR)
     pfp = dict(recent_frames=RECENT_FRAMES, retrieval_mix=0.2)
     window = dict(variant="none", recent_frames=SLIDING_WINDOW_FRAMES, retrieval_mix=0.0)
-    return [dict(stage="pretrain", out=out / "pfp_pre", init_from=init_from, steps=pretrain_steps,
-                 history_frames=(16, 32, 48, 64), **common),
-            dict(out=out / "pfp_ft", init_from=out / "pfp_pre", steps=finetune_steps, **pfp, **finetune),
-            dict(out=out / "sw_ft", init_from=init_from, steps=finetune_steps + pretrain_steps, **window, **finetune),
-            dict(out=out / "pfp_change", init_from=out / "pfp_ft", **pfp, **change),
-            dict(out=out / "sw_change", init_from=out / "sw_ft", **window, **change),
-            dict(out=out / "pfp_unroll", init_from=out / "pfp_change", **pfp, **unroll),
-            dict(out=out / "sw_unroll", init_from=out / "sw_change", **window, **unroll),
-            dict(out=out / "pfp_cooldown", init_from=out / "pfp_unroll", **pfp, **cooldown),
-            dict(out=out / "sw_cooldown", init_from=out / "sw_unroll", **window, **cooldown),
-            dict(out=out / "pfp_camera", init_from=out / "pfp_cooldown", **pfp, **camera),
-            dict(out=out / "sw_camera", init_from=out / "sw_cooldown", **window, **camera),
-            dict(out=out / "pfp_camera_cooldown", init_from=out / "pfp_camera", **pfp, **camera_cooldown),
-            dict(out=out / "sw_camera_cooldown", init_from=out / "sw_camera", **window, **camera_cooldown)]
+    stages = [dict(stage="pretrain", out=out / "pfp_pre", init_from=init_from, steps=steps.pretrain,
+                   history_frames=(16, 32, 48, 64), **common),
+              dict(out=out / "pfp_ft", init_from=out / "pfp_pre", steps=steps.finetune, **pfp, **finetune),
+              dict(out=out / "sw_ft", init_from=init_from, steps=steps.finetune + steps.pretrain, **window, **finetune)]
+    for stage, after, settings in (("change", "ft", change), ("unroll", "change", unroll),
+                                   ("cooldown", "unroll", cooldown), ("camera", "cooldown", camera),
+                                   ("camera_cooldown", "camera", camera_cooldown),
+                                   ("objects", "camera_cooldown", objects),
+                                   ("objects_cooldown", "objects", object_cooldown)):
+        stages += [dict(out=out / f"{kind}_{stage}", init_from=out / f"{kind}_{after}", **context, **settings)
+                   for kind, context in (("pfp", pfp), ("sw", window))]
+    return stages
 
 
-def train_tiny(out: Path, init_from: Path, finetune_steps: int, progress: bool = True, pretrain_steps: int = 500,
-               change_steps: int = CHANGE_STEPS, unroll_steps: int = UNROLL_STEPS,
-               cooldown_steps: int = COOLDOWN_STEPS, camera_steps: int = CAMERA_STEPS,
-               camera_cooldown_steps: int = CAMERA_COOLDOWN_STEPS) -> None:
+def train_tiny(out: Path, init_from: Path, steps: RecipeSteps = RecipeSteps(), progress: bool = True) -> None:
     """Run (or resume) the whole recipe."""
     from .loop import train
 
-    for arguments in tiny_recipe(out, init_from, finetune_steps, pretrain_steps, change_steps, unroll_steps,
-                                 cooldown_steps, camera_steps, camera_cooldown_steps):
+    for arguments in tiny_recipe(out, init_from, steps):
         train(TrainSettings(**arguments), progress=progress)
