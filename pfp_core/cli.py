@@ -11,12 +11,16 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from . import limits
 from .errors import GenerationCancelled
+
+if TYPE_CHECKING:  # the training room imports torch; the command line starts without it
+    from .training.recipes import RecipeSteps
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -172,7 +176,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{args.command}: steps {args.steps}, last loss {losses[-1]:.4f} -> {args.out}")
 
 
-def recipe_steps(args: argparse.Namespace):
+def recipe_steps(args: argparse.Namespace) -> RecipeSteps:
     """train-tiny's step caps: the stages given on the command line, the shipped counts for the others."""
     from .training.recipes import RecipeSteps
 

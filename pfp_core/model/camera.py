@@ -37,18 +37,18 @@ def camera_path(captions: Sequence[str], speed: float) -> torch.Tensor:
     return torch.cumsum(steps, 0)
 
 
-def path_at(camera: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+def path_at(path: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
     """A per-frame path [B or 1, T] (the camera's, or a moving object's: model.objects) read at latent times [L]
     or [B, L] (fractional times interpolate: a memory token sits at the centre of the frames it summarises)
     -> [B, L]."""
-    times = times.float().to(camera.device)
+    times = times.float().to(path.device)
     if times.dim() == 1:
-        times = times.expand(camera.shape[0], -1)
-    camera = camera.float().expand(times.shape[0], -1)
-    lower = times.floor().clamp(0, camera.shape[1] - 1)
-    upper = times.ceil().clamp(0, camera.shape[1] - 1)
+        times = times.expand(path.shape[0], -1)
+    path = path.float().expand(times.shape[0], -1)
+    lower = times.floor().clamp(0, path.shape[1] - 1)
+    upper = times.ceil().clamp(0, path.shape[1] - 1)
     weight = times - times.floor()
-    return camera.gather(1, lower.long()) * (1 - weight) + camera.gather(1, upper.long()) * weight
+    return path.gather(1, lower.long()) * (1 - weight) + path.gather(1, upper.long()) * weight
 
 
 def world_positions(positions: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:

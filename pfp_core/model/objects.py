@@ -2,14 +2,16 @@
 
 In the story world an object that leaves or comes back slides one view width a second, one DiT token a frame at
 the shipped size. On screen positions, drawing it asks each frame of a chunk to copy the object from another
-column of the context, a shift that changes frame by frame, which a small DiT does not learn (the camera had the
-same problem: pfp_core.model.camera). With a pair's `object_speed`, half of the width axis's rotary pairs of a
+column of the context, a shift that changes frame by frame; rotary positions are separable (a score is a time
+term plus a column term), so no attention can follow it (the camera had the same problem: pfp_core.model.camera).
+With a pair's `object_speed`, half of the width axis's rotary pairs of a
 chunk's tokens read the column the moving object had at rest instead of the screen column: `column - shift(t)`,
 where the shift is the way the caption moves an object times the frames since it left its rest (a leave starts
 from the frame before it) or before it reaches it (a return ends at rest). Context tokens keep shift 0, so the
 object's rest place in the history and every frame of the chunk that draws it sit at zero offset on those pairs,
 while the other pairs still place the background on the screen. A pair with speed 0 has no shift, and the same
-weights then give the same output.
+weights then give the same output. The tiny pair trained with it uses it (re-entry falls without it) but still
+does not visibly move its objects (README, "The tiny default model").
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ def caption_object_motion(caption: str) -> tuple[int, bool]:
 
 def object_path(captions: Sequence[str], speed: float) -> torch.Tensor:
     """float [T]: the columns a moving object has travelled from its rest place at each frame (0 where no
-    caption moves one). A run of frames under one caption is one motion: a leave moves one step a frame from the
-    frame before the run, a return arrives at rest on the run's last frame."""
+    caption moves one). A run of frames under one caption is one motion (so two seconds of the same words in a
+    row read as one): a leave moves one step a frame from the frame before the run, a return arrives at rest on
+    the run's last frame."""
     shifts: list[float] = []
     for caption, run in groupby(captions):
         frames = len(list(run))
