@@ -3,7 +3,8 @@
 Writes continuation.{json,md,png} and continuation_frames.png:
 - eval-continuation's figures for the model (what `eval-continuation` prints), the same model with generated
   chunks appended as sampled instead of projected back through the VAE (the drift-defence ablation) and, for a
-  pair that places its context in the world, at screen positions (the camera ablation);
+  pair that places its context in the world or follows moving objects, at screen positions (the position
+  ablation: no camera path, no object shift);
 - a rollout far past the training length (30 s by default, 240 frames) with the colour drift per second of the
   model, the sliding-window baseline and the last given frame repeated;
 - truth | model | sliding window frames of one video per scene, to look at.
@@ -20,10 +21,12 @@ from ..training import storyworld
 from .continuation import (BASELINES, ContinuationSettings, Generate, baseline_frames, colour_drift, engine_generator,
                            evaluate_continuation, steps_used)
 from ..generation.pipeline import BASELINE_DIT, BASELINE_ENCODER, DEFAULT_ENCODER, Engine, load_engine
+from ..config import EncoderConfig
 from ..model.checkpoint import load_encoder
 
 ROLLOUT_SEEDS = 500  # held-out seeds of the rollouts start here, past eval-continuation's
-ABLATION_NAMES = {"no_projection": "pfp, chunks not projected", "screen_positions": "pfp, screen positions (no camera)"}
+ABLATION_NAMES = {"no_projection": "pfp, chunks not projected",
+                  "screen_positions": "pfp, screen positions (no camera, no object shift)"}
 
 
 @dataclass
@@ -77,11 +80,16 @@ def example_frames(generators: dict[str, Generate], bench: ContinuationBench) ->
     return np.concatenate(sheets)
 
 
-def ablation_settings(settings: ContinuationSettings, camera: bool) -> dict[str, ContinuationSettings]:
-    """The ablations the bench measures: chunks appended unprojected, and for a pair that records a camera speed,
-    screen positions."""
+def places(config: EncoderConfig) -> bool:
+    """The pair reads positions other than the screen's: a camera path or an object shift."""
+    return bool(config.camera_speed or config.object_speed)
+
+
+def ablation_settings(settings: ContinuationSettings, placed: bool) -> dict[str, ContinuationSettings]:
+    """The ablations the bench measures: chunks appended unprojected, and for a pair that records a camera or an
+    object speed (`placed`), screen positions."""
     changed = {"no_projection": replace(settings, project_chunks=False)}
-    if camera:
+    if placed:
         changed["screen_positions"] = replace(settings, camera=False)
     return changed
 
@@ -89,8 +97,8 @@ def ablation_settings(settings: ContinuationSettings, camera: bool) -> dict[str,
 def progress_total(bench: ContinuationBench) -> int:
     """Progress ticks of run_bench for the embedded pair: one per video and scene of every evaluation, one for the
     rollouts."""
-    camera = bool(load_encoder(DEFAULT_ENCODER).config.camera_speed)
-    return (1 + len(ablation_settings(ContinuationSettings(), camera))) * 2 * bench.videos + 1
+    return (1 + len(ablation_settings(ContinuationSettings(), places(load_encoder(DEFAULT_ENCODER).config)))) * 2 \
+        * bench.videos + 1
 
 
 def ablation(model: Engine, window: Generate, settings: ContinuationSettings,
@@ -108,7 +116,7 @@ def run_bench(bench: ContinuationBench, progress: Callable[[str], None] = lambda
     report = {"bench": vars(bench).copy(), "model": evaluate_continuation(main, window, settings, progress)}
     report["bench"]["sampling_steps"] = steps_used(settings, model, baseline)
     report["ablations"] = {name: ablation(model, window, changed, progress) for name, changed in
-                           ablation_settings(settings, bool(model.encoder.config.camera_speed)).items()}
+                           ablation_settings(settings, places(model.encoder.config)).items()}
     long_settings = replace(settings, total_frames=bench.rollout_seconds * 8)
     long_runs = {"model": engine_generator(model, long_settings),
                  "sliding_window": engine_generator(baseline, long_settings)}

@@ -2,9 +2,13 @@ import json
 
 import numpy as np
 
-from pfp_core.bench.bench_continuation import (ContinuationBench, cached, figure, markdown, progress_total, rollout_drift,
-                                             run_bench)
+from dataclasses import replace
+
+from pfp_core.bench.bench_continuation import (ContinuationBench, ablation_settings, cached, figure, markdown, places,
+                                             progress_total, rollout_drift, run_bench)
 from pfp_core.bench.continuation import ContinuationSettings, baseline_frames, evaluate_continuation
+from pfp_core.config import encoder_config_for
+from pfp_core.training import storyworld
 
 
 def truth(video, seed):
@@ -40,20 +44,29 @@ def test_report_renders_as_markdown_and_a_figure():
                             for name in ("no_projection", "screen_positions")},
               "rollout": rollout_drift({"model": truth}, ContinuationBench(rollout_seconds=9, rollout_videos=1), settings)}
     text = markdown(json.loads(json.dumps(report)), "python -m pfp_core bench continuation")
-    assert "| pfp, chunks not projected |" in text and "| pfp, screen positions (no camera) |" in text
+    assert "| pfp, chunks not projected |" in text and "| pfp, screen positions (no camera, no object shift) |" in text
     assert "| pfp (embedded) |" in text and "adherence_at_least_0.9" in text and "## Drift over a 9 s rollout" in text
     assert "Euler steps per chunk, each pair the steps it was finetuned for: model 1, sliding_window 2." in text
     image = figure(report)
     assert image.dtype == np.uint8 and image.shape[2] == 3 and (image < 250).mean() > 0.01  # something is drawn
 
 
-def test_the_bench_on_the_embedded_pair_ticks_its_progress_total_and_measures_the_camera_ablation():
-    """The embedded pair records a camera speed, so the bench adds the screen-position ablation, and its progress
-    bar ends at its total."""
+def test_the_bench_on_the_embedded_pair_ticks_its_progress_total_and_measures_the_position_ablation():
+    """The embedded pair records a camera and an object speed, so the bench adds the screen-position ablation,
+    which changes both scenes (the panning one through the camera, the static one through the object shift), and
+    its progress bar ends at its total."""
     bench = ContinuationBench(videos=1, rollout_seconds=9, rollout_videos=1)
     ticks = []
     report, frames = run_bench(bench, ticks.append)
     assert len(ticks) == progress_total(bench)
     assert set(report["ablations"]) == {"no_projection", "screen_positions"}
-    placed, screen = report["model"]["scenes"]["panning"]["model"], report["ablations"]["screen_positions"]["panning"]
-    assert placed != screen and report["ablations"]["screen_positions"]["static"] == report["model"]["scenes"]["static"]["model"]
+    for scene in storyworld.SCENES:
+        assert report["ablations"]["screen_positions"][scene] != report["model"]["scenes"][scene]["model"], scene
+
+
+def test_a_pair_that_follows_objects_alone_gets_the_position_ablation_and_a_screen_pair_none():
+    config = encoder_config_for("tiny", rate="2x2x2", recent_frames=2)
+    for speeds, expected in (({}, False), ({"object_speed": 1.0}, True), ({"camera_speed": 1.0}, True)):
+        assert places(replace(config, **speeds)) is expected
+        names = set(ablation_settings(ContinuationSettings(), places(replace(config, **speeds))))
+        assert names == ({"no_projection", "screen_positions"} if expected else {"no_projection"})
