@@ -90,7 +90,7 @@ def ablation_settings(settings: ContinuationSettings, placed: bool) -> dict[str,
     object speed (`placed`), screen positions."""
     changed = {"no_projection": replace(settings, project_chunks=False)}
     if placed:
-        changed["screen_positions"] = replace(settings, camera=False)
+        changed["screen_positions"] = replace(settings, placed_positions=False)
     return changed
 
 

@@ -47,7 +47,8 @@ class ContinuationSettings:
     shift: float = 1.0  # sampling schedule shift
     history_seconds: float = 20.0
     project_chunks: bool = True
-    camera: bool = True  # False: screen positions whatever the pair records (the camera and object ablation)
+    # False: screen positions whatever the pair records (no camera path, no object shift: the position ablation)
+    placed_positions: bool = True
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -64,12 +65,12 @@ def continue_video(engine: Engine, video: storyworld.StoryVideo, settings: Conti
     chunk_frames = engine.chunk_frames
     parsed = parse_storyboard(storyboard or video.storyboard)
     plan = plan_chunks(parsed, settings.total_frames / fps, chunk_frames / fps)
-    steps = engine.steps_for(settings.steps)
+    steps, config = engine.steps_for(settings.steps), engine.encoder.config
     request = GenerationRequest(to_pixels(video.frames[None, :settings.given_frames]), [c.prompt for c in plan],
                                 settings.total_frames, chunk_frames, round(settings.history_seconds * fps), seed,
-                                steps, engine.encoder.config.latent_stride[0], settings.project_chunks,
-                                camera_speed=engine.encoder.config.camera_speed if settings.camera else 0.0,
-                                object_speed=engine.encoder.config.object_speed if settings.camera else 0.0)
+                                steps, config.latent_stride[0], settings.project_chunks,
+                                camera_speed=config.camera_speed if settings.placed_positions else 0.0,
+                                object_speed=config.object_speed if settings.placed_positions else 0.0)
     sampler = FlowChunkSampler(engine.dit, engine.text_encoder, SamplerSettings(steps=steps, shift=settings.shift))
     with torch.no_grad():
         return AutoregressiveGenerator(engine.memory_updater(), sampler, engine.vae).run(request).frames.numpy()

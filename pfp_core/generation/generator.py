@@ -15,9 +15,7 @@ import torch
 
 from .chunk_store import ChunkStore
 from ..errors import GenerationCancelled
-from ..model.camera import camera_path
-from ..model.objects import object_path
-from ..model.memory import Memory
+from ..model.memory import Memory, caption_paths
 from ..model.vae import VAE
 
 
@@ -96,9 +94,8 @@ def latent_paths(spans: list[ChunkSpan], request: GenerationRequest,
     captions = [""] * request.total_frames
     for span in spans:
         captions[span.first_frame:span.end_frame] = [request.prompts[span.index]] * span.frames
-    # latent k ends at frame k * factor
-    of = lambda path, speed: path(captions, speed)[::factor] if speed else None
-    return of(camera_path, request.camera_speed), of(object_path, request.object_speed)
+    paths = caption_paths(captions, request.camera_speed, request.object_speed)
+    return tuple(None if path is None else path[::factor] for path in paths)  # latent k ends at frame k * factor
 
 
 def chunk_seed(seed: int, index: int) -> int:

@@ -15,13 +15,23 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from ..atomic import save_tensors
 from ..config import CHANGE_STD
-from .camera import path_at, reproject, world_positions
+from .camera import camera_path, path_at, reproject, world_positions
+from .objects import object_path
 from .rope import grid_positions
+
+
+def caption_paths(captions: Sequence[str], camera_speed: float,
+                  object_speed: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """float [T] each, from per-frame captions, for a Memory's `camera` and `object_path`: the view's position
+    (model.camera) and a moving object's shift (model.objects); None for a speed of 0."""
+    path = lambda make, speed: make(captions, speed) if speed else None
+    return path(camera_path, camera_speed), path(object_path, object_speed)
 
 
 @dataclass

@@ -46,10 +46,8 @@ from ..model.encoder import MemoryEncoder
 from .export import folder_files, merged_dit
 from ..model.flow import add_noise, flow_loss, sample, sampling_sigmas, training_sigmas
 from .lora import LoRA, attach, freeze_base, load_lora_into, lora_for, merge_into, read_lora, save_lora
-from ..model.camera import camera_path
-from ..model.objects import object_path
 from ..model.context import build_context
-from ..model.memory import Memory, change_loss_weight, empty_memory, with_recent
+from ..model.memory import Memory, caption_paths, change_loss_weight, empty_memory, with_recent
 from .precision import bf16_is_faster
 from ..model.text import HashTextEncoder
 from .text_embeddings import FrameCaptions, TextEmbeddings, load_text_embeddings
@@ -393,8 +391,8 @@ def clip_paths(models: Models, text: FrameCaptions | None) -> ClipPaths:
     config = models.encoder.config if models.encoder is not None else None
     if config is None or text is None:
         return ClipPaths()
-    of = lambda path, speed: torch.stack([path(row, speed) for row in text.captions]) if speed else None
-    return ClipPaths(of(camera_path, config.camera_speed), of(object_path, config.object_speed))
+    rows = [caption_paths(row, config.camera_speed, config.object_speed) for row in text.captions]
+    return ClipPaths(*(None if paths[0] is None else torch.stack(paths) for paths in zip(*rows)))
 
 
 def placed(memory: Memory | None, paths: ClipPaths, frames: int, chunk: bool = True) -> Memory | None:

@@ -69,8 +69,8 @@ def test_eval_continuation_prints_the_fixed_fields_last(capsys):
 
 def test_a_camera_pair_with_its_zero_head_pans_as_asked_and_the_camera_ablation_does_not():
     """The untrained head's chunk is its flow start: for a pair with camera_speed 1 the last frame moved with the
-    planned camera, so its frames follow the storyboard's first pan; with settings.camera False the same pair
-    reads screen positions and holds still, as a pair that records no camera speed does."""
+    planned camera, so its frames follow the storyboard's first pan; with settings.placed_positions False the same
+    pair reads screen positions and holds still, as a pair that records no camera speed does."""
     from dataclasses import replace
 
     import torch
@@ -91,7 +91,7 @@ def test_a_camera_pair_with_its_zero_head_pans_as_asked_and_the_camera_ablation_
     settings = ContinuationSettings(videos=1, total_frames=16)
     with torch.no_grad():
         placed = continue_video(engine(1.0), video, settings, 0)
-        screen = continue_video(engine(1.0), video, replace(settings, camera=False), 0)
+        screen = continue_video(engine(1.0), video, replace(settings, placed_positions=False), 0)
         plain = continue_video(engine(0.0), video, settings, 0)
     assert storyboard_motions(video, 8) == segment_motions(placed, 8, 8) == [1]
     assert segment_motions(screen, 8, 8) == [0] and np.array_equal(screen, plain)
