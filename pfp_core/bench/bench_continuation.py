@@ -7,6 +7,8 @@ Writes continuation.{json,md,png} and continuation_frames.png:
   ablation: no camera path, no object shift);
 - a rollout far past the training length (30 s by default, 240 frames) with the colour drift per second of the
   model, the sliding-window baseline and the last given frame repeated;
+- teacher-forced object events (pfp_core.bench.object_events): whether each pair moves the objects its captions
+  move when given the real past, apart from its drift;
 - truth | model | sliding window frames of one video per scene, to look at.
 """
 from __future__ import annotations
@@ -23,7 +25,9 @@ from .continuation import (BASELINES, ContinuationSettings, Generate, baseline_f
 from ..generation.pipeline import BASELINE_DIT, BASELINE_ENCODER, DEFAULT_ENCODER, Engine, load_engine
 from ..config import EncoderConfig
 from ..model.checkpoint import load_encoder
+from .object_events import engine_second, object_event_figures
 
+OBJECT_EVENT_COLUMNS = ("model", "sliding_window", "repeat_last")
 ROLLOUT_SEEDS = 500  # held-out seeds of the rollouts start here, past eval-continuation's
 ABLATION_NAMES = {"no_projection": "pfp, chunks not projected",
                   "screen_positions": "pfp, screen positions (no camera, no object shift)"}
@@ -95,10 +99,10 @@ def ablation_settings(settings: ContinuationSettings, placed: bool) -> dict[str,
 
 
 def progress_total(bench: ContinuationBench) -> int:
-    """Progress ticks of run_bench for the embedded pair: one per video and scene of every evaluation, one for the
-    rollouts."""
-    return (1 + len(ablation_settings(ContinuationSettings(), places(load_encoder(DEFAULT_ENCODER).config)))) * 2 \
-        * bench.videos + 1
+    """Progress ticks of run_bench for the embedded pair: one per video and scene of every evaluation, one per
+    video of the object events, one for the rollouts."""
+    evaluations = 1 + len(ablation_settings(ContinuationSettings(), places(load_encoder(DEFAULT_ENCODER).config)))
+    return evaluations * 2 * bench.videos + bench.videos + 1
 
 
 def ablation(model: Engine, window: Generate, settings: ContinuationSettings,
@@ -117,6 +121,9 @@ def run_bench(bench: ContinuationBench, progress: Callable[[str], None] = lambda
     report["bench"]["sampling_steps"] = steps_used(settings, model, baseline)
     report["ablations"] = {name: ablation(model, window, changed, progress) for name, changed in
                            ablation_settings(settings, places(model.encoder.config)).items()}
+    report["object_events"] = object_event_figures(
+        {"model": engine_second(model, bench.steps), "sliding_window": engine_second(baseline, bench.steps)},
+        bench.videos, bench.seed, progress)
     long_settings = replace(settings, total_frames=bench.rollout_seconds * 8)
     long_runs = {"model": engine_generator(model, long_settings),
                  "sliding_window": engine_generator(baseline, long_settings)}
@@ -147,6 +154,12 @@ def markdown(report: dict, command: str) -> str:
               "| target | value | threshold | met |", "|---|---|---|---|"]
     lines += [f"| {name} | {t['value']} | {t['relation']} {t['threshold']} | {'yes' if t['met'] else '**no**'} |"
               for name, t in model["targets"].items()]
+    lines += ["", "## Object events, teacher-forced", "",
+              "The real frames before each second whose caption makes an object leave or come back, then that second "
+              "generated; PSNR on where the object is or was a frame before, pooled over the events.", "",
+              "| event | events | " + " | ".join(OBJECT_EVENT_COLUMNS) + " |", "|---" * (len(OBJECT_EVENT_COLUMNS) + 2) + "|"]
+    lines += [f"| {kind.replace('_', ' ')} | {row['events']} | " + " | ".join(f"{row[c]:.2f}" for c in OBJECT_EVENT_COLUMNS)
+              + " |" for kind, row in report["object_events"].items()]
     rollout = report["rollout"]
     lines += ["", f"## Drift over a {rollout['seconds']} s rollout ({rollout['videos']} videos per scene)", "",
               "| scene | generator | 1 s | 8 s | last second |", "|---|---|---|---|---|"]

@@ -42,11 +42,13 @@ def test_report_renders_as_markdown_and_a_figure():
     report = {"bench": {"sampling_steps": {"model": 1, "sliding_window": 2}}, "model": model,
               "ablations": {name: {s: model["scenes"][s]["model"] for s in model["scenes"]}
                             for name in ("no_projection", "screen_positions")},
-              "rollout": rollout_drift({"model": truth}, ContinuationBench(rollout_seconds=9, rollout_videos=1), settings)}
+              "rollout": rollout_drift({"model": truth}, ContinuationBench(rollout_seconds=9, rollout_videos=1), settings),
+              "object_events": {"leaves": {"events": 3, "model": 12.5, "sliding_window": 12.25, "repeat_last": 12.0}}}
     text = markdown(json.loads(json.dumps(report)), "python -m pfp_core bench continuation")
     assert "| pfp, chunks not projected |" in text and "| pfp, screen positions (no camera, no object shift) |" in text
     assert "| pfp (embedded) |" in text and "adherence_at_least_0.9" in text and "## Drift over a 9 s rollout" in text
     assert "Euler steps per chunk, each pair the steps it was finetuned for: model 1, sliding_window 2." in text
+    assert "| leaves | 3 | 12.50 | 12.25 | 12.00 |" in text
     image = figure(report)
     assert image.dtype == np.uint8 and image.shape[2] == 3 and (image < 250).mean() > 0.01  # something is drawn
 
@@ -60,6 +62,7 @@ def test_the_bench_on_the_embedded_pair_ticks_its_progress_total_and_measures_th
     report, frames = run_bench(bench, ticks.append)
     assert len(ticks) == progress_total(bench)
     assert set(report["ablations"]) == {"no_projection", "screen_positions"}
+    assert report["object_events"]["leaves"]["events"] >= 1  # second 1 of a static video always sends one away
     for scene in storyworld.SCENES:
         assert report["ablations"]["screen_positions"][scene] != report["model"]["scenes"][scene]["model"], scene
 
