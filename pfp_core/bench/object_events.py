@@ -28,11 +28,6 @@ def object_events(video: storyworld.StoryVideo) -> list[tuple[int, str]]:
             for words, kind in EVENT_KINDS.items() if "object " + words in event]
 
 
-def storyboard_until(video: storyworld.StoryVideo, second: int) -> str:
-    """The video's storyboard through `second`, as a user would write it for that second's chunk."""
-    return " / ".join(f"{s}s: {event}" for s, event in enumerate(video.events[:second + 1]))
-
-
 def event_mask(video: storyworld.StoryVideo, start: int) -> np.ndarray:
     """bool [fps, H, W]: where any object is, or was one frame before, over the second starting at `start`."""
     present = video.object_masks[:, start - 1:start + video.fps].any(axis=0)
@@ -56,18 +51,21 @@ def object_event_figures(generators: dict[str, GenerateSecond], videos: int, see
     """{kind: {"events": n, name: pooled PSNR, ..., "repeat_last": ...}} over the static videos of seeds
     seed..seed+videos-1 (eval-continuation's held-out videos)."""
     generators = {**generators, "repeat_last": repeat_last_second}
-    pooled = {kind: {name: [] for name in generators} for kind in EVENT_KINDS.values()}
-    real, masks = {kind: [] for kind in pooled}, {kind: [] for kind in pooled}
+    generated = {kind: {name: [] for name in generators} for kind in EVENT_KINDS.values()}
+    real, masks = {kind: [] for kind in generated}, {kind: [] for kind in generated}
     for i in range(videos):
         video = storyworld.make_story_video(storyworld.story_seed(seed + i), 8, "static")
         for second, kind in object_events(video):
             given = second * video.fps
             for name, generate in generators.items():
-                pooled[kind][name].append(generate(video, given, storyboard_until(video, second)))
+                generated[kind][name].append(generate(video, given, video.storyboard_until(second)))
             real[kind].append(video.frames[given:given + video.fps])
             masks[kind].append(event_mask(video, given))
         progress(f"object events {i + 1}/{videos}")
-    return {kind: {"events": len(real[kind]),
-                   **{name: pooled_psnr(np.concatenate(frames), np.concatenate(real[kind]), np.concatenate(masks[kind]))
-                      for name, frames in rows.items()}}
-            for kind, rows in pooled.items() if real[kind]}
+    figures = {}
+    for kind, rows in generated.items():
+        if real[kind]:
+            truth, where = np.concatenate(real[kind]), np.concatenate(masks[kind])
+            figures[kind] = {"events": len(real[kind]),
+                             **{name: pooled_psnr(np.concatenate(frames), truth, where) for name, frames in rows.items()}}
+    return figures

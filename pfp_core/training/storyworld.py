@@ -49,7 +49,11 @@ class StoryVideo:
 
     @property
     def storyboard(self) -> str:
-        return " / ".join(f"{second}s: {event}" for second, event in enumerate(self.events))
+        return self.storyboard_until(len(self.events) - 1)
+
+    def storyboard_until(self, second: int) -> str:
+        """The storyboard through `second` (counted from 0), as a user writes it for that second's chunk."""
+        return " / ".join(f"{s}s: {event}" for s, event in enumerate(self.events[:second + 1]))
 
     def captions(self) -> list[str]:
         """The caption active at each frame, with each camera return's way back resolved as generation resolves

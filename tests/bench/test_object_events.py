@@ -1,7 +1,7 @@
 import numpy as np
 
 from pfp_core.bench.continuation import pooled_psnr
-from pfp_core.bench.object_events import event_mask, object_event_figures, object_events, storyboard_until
+from pfp_core.bench.object_events import event_mask, object_event_figures, object_events
 from pfp_core.training import storyworld
 
 PERFECT = pooled_psnr(np.zeros((1, 2, 2, 3)), np.zeros((1, 2, 2, 3)), np.ones((1, 2, 2), bool))
@@ -16,7 +16,7 @@ def test_events_are_the_seconds_whose_captions_move_an_object():
     events = object_events(video)
     assert events and events[0] == (1, "leaves")  # the story world's second 1 always sends an object away
     assert [second * video.fps for second, kind in events if kind == "comes_back"] == [f for f, _ in video.returns]
-    assert storyboard_until(video, 2) == " / ".join(video.storyboard.split(" / ")[:3])
+    assert video.storyboard_until(2) == " / ".join(video.storyboard.split(" / ")[:3])
 
 
 def test_the_mask_covers_where_the_object_goes_and_where_it_was():
