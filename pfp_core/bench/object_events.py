@@ -14,18 +14,24 @@ from typing import Callable
 import numpy as np
 
 from ..generation.pipeline import Engine
+from ..model.objects import caption_object_motion
 from ..training import storyworld
 from .continuation import ContinuationSettings, continue_video, pooled_psnr
 
 # frames of the second after `given` real frames, from those frames and the storyboard up to that second
 GenerateSecond = Callable[[storyworld.StoryVideo, int, str], np.ndarray]
-EVENT_KINDS = {"leaves": "leaves", "comes back": "comes_back"}
+EVENT_KINDS = ("leaves", "comes_back")
 
 
 def object_events(video: storyworld.StoryVideo) -> list[tuple[int, str]]:
-    """(second, kind) of every second after the first whose caption moves an object, kind as in EVENT_KINDS."""
-    return [(second, kind) for second, event in enumerate(video.events) if second
-            for words, kind in EVENT_KINDS.items() if "object " + words in event]
+    """(second, kind) of every second after the first whose caption moves an object (read as the engine reads
+    it: model.objects), kind one of EVENT_KINDS."""
+    events = []
+    for second, caption in enumerate(video.events[1:], start=1):
+        way, returns = caption_object_motion(caption)
+        if way:
+            events.append((second, EVENT_KINDS[returns]))
+    return events
 
 
 def event_mask(video: storyworld.StoryVideo, start: int) -> np.ndarray:
@@ -51,7 +57,7 @@ def object_event_figures(generators: dict[str, GenerateSecond], videos: int, see
     """{kind: {"events": n, name: pooled PSNR, ..., "repeat_last": ...}} over the static videos of seeds
     seed..seed+videos-1 (eval-continuation's held-out videos)."""
     generators = {**generators, "repeat_last": repeat_last_second}
-    generated = {kind: {name: [] for name in generators} for kind in EVENT_KINDS.values()}
+    generated = {kind: {name: [] for name in generators} for kind in EVENT_KINDS}
     real, masks = {kind: [] for kind in generated}, {kind: [] for kind in generated}
     for i in range(videos):
         video = storyworld.make_story_video(storyworld.story_seed(seed + i), 8, "static")
