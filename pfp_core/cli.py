@@ -180,7 +180,8 @@ def recipe_steps(args: argparse.Namespace) -> RecipeSteps:
     """train-tiny's step caps: the stages given on the command line, the shipped counts for the others."""
     from .training.recipes import RecipeSteps
 
-    stages = ("change", "unroll", "cooldown", "camera", "camera_cooldown", "objects", "object_cooldown")
+    stages = ("change", "unroll", "cooldown", "camera", "camera_cooldown", "objects", "object_cooldown", "long_objects",
+              "long_object_cooldown")
     given = {stage: getattr(args, f"{stage}_steps") for stage in stages if getattr(args, f"{stage}_steps")}
     return RecipeSteps(finetune=args.steps, **given)
 
@@ -189,8 +190,8 @@ def cmd_train_tiny(args: argparse.Namespace) -> None:
     from .training import recipes
 
     recipes.train_tiny(Path(args.out), Path(args.init_from), recipe_steps(args), progress=not args.quiet)
-    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_objects_cooldown'}, sliding-window baseline in "
-          f"{Path(args.out) / 'sw_objects_cooldown'}")
+    print(f"train-tiny: pfp pair in {Path(args.out) / 'pfp_long_objects_cooldown'}, sliding-window baseline in "
+          f"{Path(args.out) / 'sw_long_objects_cooldown'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -496,8 +497,8 @@ def add_story_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", choices=("story", "texture"), default="texture",
                    help="procedural data: the captioned story world or Table 1's fine-texture world")
     p.add_argument("--scenes", nargs="+", choices=SCENES, default=list(SCENES),
-                   help="story world: the scenes clips are drawn from (default both; panning alone gives a stage "
-                        "more camera moves to learn from)")
+                   help="story world: the scenes clips are drawn from, each named as often as it is to be drawn "
+                        "(default both, equally; 'static static panning' gives two static clips to a panning one)")
     p.add_argument("--text-padding", choices=TEXT_PADDINGS, default="mean",
                    help="story world: pad captions with the mean of their word vectors (default; the DiT then reads "
                         "the caption wherever it attends) or with zeros (the pairs trained before this option)")
@@ -584,9 +585,9 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_train)
     p = sub.add_parser("train-tiny", help="reproduce the embedded tiny pair and its sliding-window baseline (resumable)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for the seventeen runs (pfp_pre, pfp_ft, sw_ft, then pfp_ and sw_ change, unroll, "
-                        "cooldown, camera, camera_cooldown, objects, and the shipped pfp_objects_cooldown and "
-                        "sw_objects_cooldown)")
+                   help="folder for the twenty-one runs (pfp_pre, pfp_ft, sw_ft, then pfp_ and sw_ change, unroll, "
+                        "cooldown, camera, camera_cooldown, objects, objects_cooldown, long_objects, and the shipped "
+                        "pfp_long_objects_cooldown and sw_long_objects_cooldown)")
     p.add_argument("--init-from", required=True, metavar="DIR",
                    help="folder with the starting dit.safetensors and encoder.safetensors (README: which ones)")
     p.add_argument("--steps", type=positive_int, default=8000, help="finetuning steps of pfp (the baseline gets "
@@ -604,8 +605,12 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--object-steps", dest="objects_steps", type=positive_int, default=None,
                    help="steps of the object finetune (stage 8; default: as shipped)")
     p.add_argument("--object-cooldown-steps", type=positive_int, default=None,
-                   help="steps of the object finetune's cooldown that makes the shipped pair and its baseline "
-                        "(stage 9; default: as shipped)")
+                   help="steps of the object finetune's cooldown (stage 9; default: as shipped)")
+    p.add_argument("--long-object-steps", dest="long_objects_steps", type=positive_int, default=None,
+                   help="steps of the long object finetune (stage 10; default: as shipped)")
+    p.add_argument("--long-object-cooldown-steps", type=positive_int, default=None,
+                   help="steps of the long object finetune's cooldown that makes the shipped pair and its baseline "
+                        "(stage 11; default: as shipped)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_tiny)
     p = sub.add_parser("export", help="a training folder -> a DiT or LoRA file for ComfyUI's stock loaders")

@@ -148,7 +148,9 @@ def test_train_tiny_caps_the_stages_it_is_given_and_ships_the_others():
     from pfp_core.training.recipes import RecipeSteps
 
     args = build_parser().parse_args(["train-tiny", "--out", "runs", "--init-from", "start", "--steps", "7",
-                                      "--object-steps", "5", "--object-cooldown-steps", "3", "--camera-steps", "2"])
-    assert recipe_steps(args) == RecipeSteps(finetune=7, camera=2, objects=5, object_cooldown=3)
+                                      "--object-steps", "5", "--object-cooldown-steps", "3", "--camera-steps", "2",
+                                      "--long-object-steps", "11", "--long-object-cooldown-steps", "4"])
+    assert recipe_steps(args) == RecipeSteps(finetune=7, camera=2, objects=5, object_cooldown=3, long_objects=11,
+                                             long_object_cooldown=4)
     shipped = recipe_steps(build_parser().parse_args(["train-tiny", "--out", "runs", "--init-from", "start"]))
     assert shipped == RecipeSteps()

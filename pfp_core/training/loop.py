@@ -93,7 +93,7 @@ class TrainSettings:
     text_embeddings: Path | None = None  # precomputed caption embeddings; None: zero context
     text_padding: str = "mean"  # story world: how the word-hash encoder pads captions (pfp_core.model.text)
     world: str = "texture"  # procedural data without --data: "story" (captioned) or "texture" (Table 1)
-    scenes: tuple[str, ...] = storyworld.SCENES  # story world: the scenes clips are drawn from
+    scenes: tuple[str, ...] = storyworld.SCENES  # story world: each clip's scene drawn from these, repeats weigh
     recent_frames: int = 0  # history latents given uncompressed beside the memory (pfp_core.model.context)
     context_noise: float = 0.0  # finetune: history plus noise of standard deviation U(0, context_noise)
     clean_context: bool = False  # the DiT reads the context as a clean stream of its own (pfp_core.model.dit.context_stream)
@@ -369,8 +369,9 @@ def batch_videos(settings: TrainSettings, data: TrainingData, rng: random.Random
 
 
 def story_clips(settings: TrainSettings, rng: random.Random, frames: int) -> VideoClips:
-    """Story-world clips (of the settings' scenes, in equal shares), each the first `frames` frames of an 8 s video,
-    so clip and storyboard segments start together and a chunk of one second is one segment."""
+    """Story-world clips, each of a scene drawn uniformly from the settings' scenes (a scene named twice comes twice
+    as often), each the first `frames` frames of an 8 s video, so clip and storyboard segments start together and a
+    chunk of one second is one segment."""
     fps = dit_config(settings.model).fps
     seconds = -(-frames // fps)
     videos = [storyworld.make_story_video(rng.randrange(len(procedural.TRAIN_SEEDS)), max(8, seconds),

@@ -13,8 +13,10 @@ cooldown's settings with the context and the chunk placed in the world the capti
 from the last frame moved with the camera (TrainSettings.camera_speed, pfp_core.model.camera), and its cooldown at
 a fifth of that learning rate (stage 7), then the object finetune (stage 8): stage 6's settings with a chunk's
 tokens following the object its caption makes leave or come back (TrainSettings.object_speed,
-pfp_core.model.objects) on another data seed, and its cooldown (stage 9).
-Sliding window: the same stages 2 to 7 from the same start, its context the last 9 latent frames alone (576
+pfp_core.model.objects) on another data seed, and its cooldown (stage 9), then the long object finetune (stage 10):
+stage 8's settings at twice its learning rate for thousands of steps, with static clips (an object leaves or comes
+back in about half of their seconds) twice as often as panning ones, and its cooldown (stage 11).
+Sliding window: the same stages 2 to 11 from the same start, its context the last 9 latent frames alone (576
 tokens; pfp's context is at most 560 tokens within eval-continuation's 8 s videos). Every run checkpoints and
 resumes, so the recipe can be stopped and continued; the step counts cap the stages.
 """
@@ -42,7 +44,12 @@ CAMERA_COOLDOWN_STEPS = 400  # stage 7, the shipped pair
 CAMERA_COOLDOWN_LR = 2e-5
 OBJECT_STEPS = 1200  # stage 8
 OBJECT_SPEED = 1.0  # DiT tokens per frame: a story-world object leaves or comes back one view width a second
-OBJECT_COOLDOWN_STEPS = 400  # stage 9, the shipped pair
+OBJECT_COOLDOWN_STEPS = 400  # stage 9
+LONG_OBJECT_STEPS = 5000  # stage 10
+LONG_OBJECT_LR = 2e-4
+# static clips move an object in about half their seconds, panning ones never: two of three clips static
+LONG_OBJECT_SCENES = ("static", "static", "panning")
+LONG_OBJECT_COOLDOWN_STEPS = 400  # stage 11, the shipped pair
 
 
 @dataclass(frozen=True)
@@ -57,12 +64,14 @@ class RecipeSteps:
     camera_cooldown: int = CAMERA_COOLDOWN_STEPS
     objects: int = OBJECT_STEPS
     object_cooldown: int = OBJECT_COOLDOWN_STEPS
+    long_objects: int = LONG_OBJECT_STEPS
+    long_object_cooldown: int = LONG_OBJECT_COOLDOWN_STEPS
 
 
 def tiny_recipe(out: Path, init_from: Path, steps: RecipeSteps = RecipeSteps()) -> list[dict]:
     """TrainSettings arguments of every stage in the order they run (a stage's --init-from folder exists only
     once the stage before it ran); `init_from` holds the starting dit.safetensors and encoder.safetensors. The
-    shipped pair is pfp_objects_cooldown, its baseline sw_objects_cooldown."""
+    shipped pair is pfp_long_objects_cooldown, its baseline sw_long_objects_cooldown."""
     # zero-padded captions: the shipped pair was trained before mean padding existed (pfp_core.model.text)
     common = dict(world="story", batch=4, lr=5e-4, checkpoint_every=100, rate="2x2x2", text_padding="zeros")
     finetune = dict(stage="finetune", history_frames=FINETUNE_HISTORY, context_noise=0.15, **common)
@@ -77,6 +86,8 @@ def tiny_recipe(out: Path, init_from: Path, steps: RecipeSteps = RecipeSteps()) 
     camera_cooldown = dict(camera, steps=steps.camera_cooldown, lr=CAMERA_COOLDOWN_LR)
     objects = dict(camera, steps=steps.objects, object_speed=OBJECT_SPEED, seed=3)
     object_cooldown = dict(objects, steps=steps.object_cooldown, lr=CAMERA_COOLDOWN_LR)
+    long_objects = dict(objects, steps=steps.long_objects, lr=LONG_OBJECT_LR, scenes=LONG_OBJECT_SCENES, seed=5)
+    long_object_cooldown = dict(long_objects, steps=steps.long_object_cooldown, lr=CAMERA_COOLDOWN_LR)
     pfp = dict(recent_frames=RECENT_FRAMES, retrieval_mix=0.2)
     window = dict(variant="none", recent_frames=SLIDING_WINDOW_FRAMES, retrieval_mix=0.0)
     stages = [dict(stage="pretrain", out=out / "pfp_pre", init_from=init_from, steps=steps.pretrain,
@@ -87,7 +98,9 @@ def tiny_recipe(out: Path, init_from: Path, steps: RecipeSteps = RecipeSteps()) 
                                    ("cooldown", "unroll", cooldown), ("camera", "cooldown", camera),
                                    ("camera_cooldown", "camera", camera_cooldown),
                                    ("objects", "camera_cooldown", objects),
-                                   ("objects_cooldown", "objects", object_cooldown)):
+                                   ("objects_cooldown", "objects", object_cooldown),
+                                   ("long_objects", "objects_cooldown", long_objects),
+                                   ("long_objects_cooldown", "long_objects", long_object_cooldown)):
         stages += [dict(out=out / f"{kind}_{stage}", init_from=out / f"{kind}_{after}", **context, **settings)
                    for kind, context in (("pfp", pfp), ("sw", window))]
     return stages

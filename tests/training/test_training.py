@@ -486,6 +486,18 @@ def test_scenes_choose_the_story_clips_a_stage_trains_on(tmp_path):
         small(tmp_path, stage="finetune", world="texture", scenes=("panning",))
 
 
+def test_a_scene_named_twice_is_drawn_twice_as_often(tmp_path):
+    """The long object stage's 'static static panning': two of three clips static (object captions), the rest
+    panning (camera pans), against one of two with the default."""
+    def static_share(**scenes) -> float:
+        clips = story_clips(small(tmp_path, stage="finetune", world="story", batch=600, **scenes), random.Random(0), 16)
+        static = [any("object" in c for c in row) for row in clips.captions]
+        assert not any(any("pans" in c for c in row) for row, is_static in zip(clips.captions, static) if is_static)
+        return sum(static) / len(static)
+    assert abs(static_share(scenes=("static", "static", "panning")) - 2 / 3) < 0.06
+    assert abs(static_share() - 1 / 2) < 0.06
+
+
 def test_a_camera_placed_step_starts_each_chunk_from_the_last_frame_moved_with_its_captions(tmp_path):
     """With --camera-speed the chunks of a pan start from the last frame moved the way their captions pan, so the
     zero head's one-step predictions (that start itself) are closer to the real frames than the last frame left
